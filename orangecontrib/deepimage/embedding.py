@@ -1,0 +1,317 @@
+"""ImageEmbedder: images to vectors with a pretrained network, locally.
+
+The scripting interface follows orange3-imageanalytics' ``ImageEmbedder``::
+
+    >>> from orangecontrib.deepimage import ImageEmbedder
+    >>> embedder = ImageEmbedder(model="squeezenet")
+    >>> vectors = embedder(["cat.jpg", "missing.jpg"])   # [array, None]
+    >>> embedded, skipped, n_skipped = embedder(table, col="image")
+
+Images are decoded in worker threads while the network runs on the previous
+batch; the network runs as one traced ``tf.function`` over batches (on the
+GPU, with mixed precision, when there is one). Embeddings are cached on disk
+by image content, so embedding the same images again is instant.
+"""
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from Orange.data import ContinuousVariable, Domain, StringVariable, Table
+from Orange.data.util import get_unique_names
+
+from orangecontrib.deepimage.backbones import (
+    Backbone, decode_imagenet_top, get_backbone)
+from orangecontrib.deepimage.cache import EmbeddingCache
+from orangecontrib.deepimage.device import (
+    dtype_policy, preferred_dtype_policy)
+from orangecontrib.deepimage.images import (
+    find_image_column, image_paths, iter_image_batches)
+
+__all__ = ["ImageEmbedder", "EmbeddingResult", "EmbeddingCancelled"]
+
+#: Bump when decoding or resizing changes, so old cache entries are ignored.
+PIPELINE_VERSION = "1"
+
+Progress = Callable[[float], None]
+
+
+class EmbeddingCancelled(Exception):
+    """Raised when the progress callback asks to stop."""
+
+
+@dataclass
+class EmbeddingResult:
+    """Embeddings of a sequence of images, in input order.
+
+    Attributes
+    ----------
+    vectors : list of numpy.ndarray or None
+        One vector per input; None where the image was skipped.
+    skipped : dict
+        Input position -> the reason the image was skipped.
+    probabilities : list of numpy.ndarray or None, optional
+        ImageNet class probabilities, when they were asked for.
+    n_cached : int
+        How many vectors came from the cache.
+    """
+    vectors: List[Optional[np.ndarray]]
+    skipped: Dict[int, str] = field(default_factory=dict)
+    probabilities: Optional[List[Optional[np.ndarray]]] = None
+    n_cached: int = 0
+
+
+class ImageEmbedder:
+    """Embed images with a pretrained network from the backbone registry.
+
+    Parameters
+    ----------
+    model : str
+        A key of :data:`~orangecontrib.deepimage.backbones.BACKBONES`.
+    weights : str, optional
+        A weights file to use instead of the standard ImageNet weights
+        (None: the bundled or downloaded ImageNet weights).
+    layer : str
+        ``"penultimate"`` (as in orange3-imageanalytics) or another layer
+        the backbone offers (e.g. ``"fire9"`` for SqueezeNet).
+    batch_size : int
+        Images per step of the network.
+    use_cache : bool
+        Read and write the on-disk embedding cache.
+    mirror : str, optional
+        Base URL or folder to download weights from.
+    workers : int
+        Threads decoding images while the network runs.
+    cache_dir : str, optional
+        Folder of the embedding cache (default: Orange's cache folder or
+        ``$DEEPIMAGE_CACHE_DIR``).
+    download_progress : callable, optional
+        ``download_progress(bytes_done, bytes_total)`` while weights download.
+    """
+
+    def __init__(self, model: str = "squeezenet", weights: Optional[str] = None,
+                 layer: str = "penultimate", batch_size: int = 32,
+                 use_cache: bool = True, mirror: Optional[str] = None,
+                 workers: int = 2, cache_dir: Optional[str] = None,
+                 download_progress=None):
+        self.backbone: Backbone = get_backbone(model)
+        self.backbone.embedding_size_of(layer)  # validates the layer name
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive. "
+                             f"Received: batch_size={batch_size}")
+        self.model = model
+        self.weights = weights
+        self.layer = layer
+        self.batch_size = batch_size
+        self.use_cache = use_cache
+        self.mirror = mirror
+        self.workers = workers
+        self.download_progress = download_progress
+        self._cache_dir = cache_dir
+        self._cache = None
+        self._network = None
+        self._predict = None
+
+    # --- the network ---------------------------------------------------
+
+    @property
+    def embedding_size(self) -> int:
+        """Length of the vectors this embedder returns."""
+        return self.backbone.embedding_size_of(self.layer)
+
+    def model_id(self) -> str:
+        """Identify model, weights, layer and image pipeline for the cache."""
+        if self.weights:
+            stat = os.stat(self.weights)
+            source = f"{os.path.abspath(self.weights)}:{stat.st_size}:" \
+                     f"{stat.st_mtime_ns}"
+        else:
+            source = "imagenet"
+        text = f"{self.model}|{self.layer}|{source}|{PIPELINE_VERSION}"
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def _ensure_network(self):
+        if self._predict is not None:
+            return
+        import keras
+        import tensorflow as tf
+        from orangecontrib.deepimage.preprocessing import ImagePreprocessing
+
+        backbone = self.backbone
+        with dtype_policy(preferred_dtype_policy()):
+            network = backbone.build(self.weights, mirror=self.mirror,
+                                     progress=self.download_progress)
+            height, width = backbone.input_size
+            pixels = keras.Input((height, width, 3), name="pixels")
+            preprocessed = ImagePreprocessing(backbone.preprocessing,
+                                              name="preprocessing")(pixels)
+            embedding, probabilities = backbone.feature_outputs(
+                network, self.layer)
+            features = keras.Model(network.input, [embedding, probabilities])
+            outputs = features(preprocessed)
+            model = keras.Model(pixels, outputs, name=f"{self.model}_features")
+
+        @tf.function(input_signature=[
+            tf.TensorSpec((None, height, width, 3), tf.uint8)])
+        def predict(batch):
+            embedding, probabilities = model(batch, training=False)
+            return (tf.cast(embedding, tf.float32),
+                    tf.cast(probabilities, tf.float32))
+
+        self._network = model
+        self._predict = predict
+
+    @property
+    def cache(self) -> EmbeddingCache:
+        """The on-disk cache of this embedder's model."""
+        if self._cache is None:
+            self._cache = EmbeddingCache(self.model_id(), self._cache_dir)
+        return self._cache
+
+    # --- embedding -----------------------------------------------------
+
+    def embed_paths(self, paths: Sequence[Optional[str]],
+                    callback: Optional[Progress] = None,
+                    with_probabilities: bool = False) -> EmbeddingResult:
+        """Embed the images at `paths` (files or URLs).
+
+        Parameters
+        ----------
+        paths : sequence of str or None
+        callback : callable, optional
+            Called with the fraction done (0..1) after each batch; it may
+            raise an exception to stop (embeddings done so far stay cached).
+        with_probabilities : bool
+            Also return ImageNet class probabilities; this bypasses the
+            cache, which stores embeddings only.
+
+        Returns
+        -------
+        EmbeddingResult
+        """
+        n = len(paths)
+        result = EmbeddingResult([None] * n)
+        if with_probabilities:
+            result.probabilities = [None] * n
+        use_cache = self.use_cache and not with_probabilities
+        if n == 0:
+            return result
+        self._ensure_network()
+        cache = self.cache if use_cache else None
+        is_cached = cache.contains if cache is not None else None
+
+        done = 0
+        batches = iter_image_batches(
+            paths, self.backbone.input_size[::-1], self.batch_size,
+            self.workers, is_cached)
+        try:
+            for batch, cached in batches:
+                if cached:
+                    vectors = cache.get_many(key for _, key in cached)
+                    for index, key in cached:
+                        result.vectors[index] = vectors[key]
+                    result.n_cached += len(cached)
+                for index, reason in batch.skipped:
+                    result.skipped[index] = reason
+                if len(batch.indices):
+                    embeddings, probabilities = self._run_network(batch.pixels)
+                    for row, index in enumerate(batch.indices):
+                        result.vectors[index] = embeddings[row]
+                        if with_probabilities:
+                            result.probabilities[index] = probabilities[row]
+                    if cache is not None:
+                        cache.put_many(zip(batch.keys, embeddings))
+                done += len(batch.indices) + len(cached) + len(batch.skipped)
+                if callback is not None:
+                    callback(done / n)
+        finally:
+            batches.close()
+        return result
+
+    def _run_network(self, pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        embeddings, probabilities = self._predict(pixels)
+        return embeddings.numpy(), probabilities.numpy()
+
+    def top_labels(self, paths: Sequence[Optional[str]], k: int = 3,
+                   callback: Optional[Progress] = None
+                   ) -> List[Optional[List[Tuple[str, float]]]]:
+        """Return the top-`k` ImageNet (label, probability) pairs per image.
+
+        Skipped images get None.
+        """
+        result = self.embed_paths(paths, callback, with_probabilities=True)
+        return [None if probs is None else decode_imagenet_top(probs, k)[0]
+                for probs in result.probabilities]
+
+    def __call__(self, data: Union[Table, Sequence[str]],
+                 col: Optional[Union[str, "Orange.data.Variable"]] = None,
+                 callback: Optional[Progress] = None):
+        """Embed a list of paths, or the image column of a table.
+
+        Parameters
+        ----------
+        data : Orange.data.Table or sequence of str
+        col : str or Orange.data.Variable, optional
+            The image column; default: the first column marked as images.
+        callback : callable, optional
+            Progress callback, see :meth:`embed_paths`.
+
+        Returns
+        -------
+        list of numpy.ndarray or None
+            For a sequence of paths: one vector per path, None if skipped.
+        (Table or None, Table or None, int)
+            For a table: the embedded rows with the embedding appended as
+            hidden features, the skipped rows with the reason, their count.
+        """
+        if not isinstance(data, Table):
+            return self.embed_paths(list(data), callback).vectors
+        return self.embed_table(data, col, callback)
+
+    def embed_table(self, table: Table, col=None,
+                    callback: Optional[Progress] = None):
+        """Embed the images of `table`; see :meth:`__call__`."""
+        column = table.domain[col] if col is not None \
+            else find_image_column(table)
+        if column is None:
+            raise ValueError("The data has no image column (a text meta "
+                             "column marked as images).")
+        result = self.embed_paths(image_paths(table, column), callback)
+        return embedding_tables(table, result, self.embedding_size)
+
+
+def embedding_tables(table: Table, result: EmbeddingResult, size: int):
+    """Split `table` into embedded rows (with the vectors) and skipped rows.
+
+    The input table is not changed; both outputs keep the rows' ids.
+    """
+    embedded_mask = np.array([v is not None for v in result.vectors],
+                             dtype=bool)
+    embedded = skipped = None
+    if embedded_mask.any():
+        names = get_unique_names(table.domain, [f"n{i}" for i in range(size)])
+        features = [ContinuousVariable(name) for name in names]
+        for var in features:
+            var.attributes["hidden"] = True
+        domain = Domain(table.domain.attributes + tuple(features),
+                        table.domain.class_vars, table.domain.metas)
+        embedded = table[embedded_mask].transform(domain)
+        vectors = np.vstack([v for v in result.vectors if v is not None])
+        with embedded.unlocked(embedded.X):
+            embedded.X[:, len(table.domain.attributes):] = vectors
+        embedded.name = "Embedded images"
+    n_skipped = int((~embedded_mask).sum())
+    if n_skipped:
+        reason_var = StringVariable(
+            get_unique_names(table.domain, "Skip reason"))
+        domain = Domain(table.domain.attributes, table.domain.class_vars,
+                        table.domain.metas + (reason_var,))
+        skipped = table[~embedded_mask].transform(domain)
+        reasons = [result.skipped.get(i, "not embedded")
+                   for i in np.flatnonzero(~embedded_mask)]
+        with skipped.unlocked(skipped.metas):
+            skipped.metas[:, -1] = reasons
+        skipped.name = "Skipped images"
+    return embedded, skipped, n_skipped
