@@ -132,7 +132,8 @@ class ImageEmbedder:
         text = f"{self.model}|{self.layer}|{source}|{PIPELINE_VERSION}"
         return hashlib.sha1(text.encode()).hexdigest()
 
-    def _ensure_network(self):
+    def load_network(self):
+        """Build the network (downloading weights if needed); idempotent."""
         if self._predict is not None:
             return
         import keras
@@ -198,7 +199,7 @@ class ImageEmbedder:
         use_cache = self.use_cache and not with_probabilities
         if n == 0:
             return result
-        self._ensure_network()
+        self.load_network()
         cache = self.cache if use_cache else None
         is_cached = cache.contains if cache is not None else None
 

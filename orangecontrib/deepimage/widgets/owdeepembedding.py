@@ -1,0 +1,337 @@
+"""Deep Embedding: embed images locally with a pretrained network."""
+import os
+import threading
+from types import SimpleNamespace
+from typing import Dict, Optional, Tuple
+
+from AnyQt.QtCore import Qt
+from AnyQt.QtWidgets import QFileDialog, QGridLayout, QLabel, QLineEdit
+
+from Orange.data import Table
+from Orange.widgets import gui
+from Orange.widgets.settings import (
+    ContextSetting, DomainContextHandler, Setting)
+from Orange.widgets.utils.concurrent import ConcurrentWidgetMixin, TaskState
+from Orange.widgets.utils.itemmodels import VariableListModel
+from Orange.widgets.utils.widgetpreview import WidgetPreview
+from Orange.widgets.widget import Input, Msg, Output, OWWidget
+
+from orangecontrib.deepimage.backbones import BACKBONES, get_backbone
+from orangecontrib.deepimage.device import device_description
+from orangecontrib.deepimage.embedding import (
+    EmbeddingCancelled, ImageEmbedder)
+from orangecontrib.deepimage.images import image_columns
+from orangecontrib.deepimage.weights import WeightsUnavailable
+
+MODEL_KEYS = sorted(BACKBONES, key=lambda key: BACKBONES[key].order)
+
+_embedders: Dict[Tuple, ImageEmbedder] = {}
+_embedders_lock = threading.Lock()
+
+
+def shared_embedder(model: str, weights: Optional[str], layer: str,
+                    mirror: Optional[str]) -> ImageEmbedder:
+    """Return an embedder for these settings, reusing a built network."""
+    key = (model, weights or None, layer, mirror or None)
+    with _embedders_lock:
+        if key not in _embedders:
+            _embedders[key] = ImageEmbedder(
+                model=model, weights=weights or None, layer=layer,
+                mirror=mirror or None)
+        return _embedders[key]
+
+
+def run_embedding(data: Table, column_name: str, model: str,
+                  weights: Optional[str], layer: str, mirror: Optional[str],
+                  state: TaskState) -> SimpleNamespace:
+    """Embed the images of `data` (runs in a worker thread).
+
+    Returns
+    -------
+    SimpleNamespace
+        ``embeddings``, ``skipped`` (tables or None), ``n_skipped``,
+        ``n_cached``.
+    """
+    embedder = shared_embedder(model, weights, layer, mirror)
+    megabyte = 2 ** 20
+
+    def download_progress(done, total):
+        if state.is_interruption_requested():
+            raise EmbeddingCancelled()
+        size = f" of {total / megabyte:.0f}" if total else ""
+        state.set_status(f"Downloading weights: "
+                         f"{done / megabyte:.0f}{size} MB")
+        if total:
+            state.set_progress_value(100 * done / total)
+
+    def progress(fraction):
+        if state.is_interruption_requested():
+            raise EmbeddingCancelled()
+        state.set_progress_value(100 * fraction)
+
+    embedder.download_progress = download_progress
+    state.set_status("Loading the network…")
+    embedder.load_network()
+    state.set_status("Embedding…")
+    state.set_progress_value(0)
+    embedded, skipped, n_skipped = embedder.embed_table(
+        data, column_name, callback=progress)
+    return SimpleNamespace(embeddings=embedded, skipped=skipped,
+                           n_skipped=n_skipped)
+
+
+class OWDeepEmbedding(OWWidget, ConcurrentWidgetMixin):
+    name = "Deep Embedding"
+    description = "Embed images with a pretrained deep network, locally " \
+                  "(on the GPU when there is one)."
+    icon = "icons/DeepEmbedding.svg"
+    priority = 10
+    keywords = "deep embedding, image embedding, squeezenet, inception, " \
+               "vgg, resnet, features"
+
+    class Inputs:
+        images = Input("Images", Table)
+
+    class Outputs:
+        embeddings = Output("Embeddings", Table, default=True)
+        skipped_images = Output("Skipped Images", Table)
+
+    class Error(OWWidget.Error):
+        no_image_column = Msg("The data has no image column (a text column "
+                              "with image paths or URLs).")
+        weights_unavailable = Msg("{}")
+        embedding_failed = Msg("Embedding failed: {}")
+
+    class Warning(OWWidget.Warning):
+        images_skipped = Msg("{} image(s) could not be read; see the "
+                             "'Skipped Images' output for the reasons.")
+
+    class Information(OWWidget.Information):
+        all_skipped = Msg("No image could be embedded.")
+
+    settingsHandler = DomainContextHandler()
+    image_column = ContextSetting(None)
+    model: str = Setting("squeezenet")
+    layer: str = Setting("penultimate")
+    weights_file: str = Setting("")
+    mirror: str = Setting("")
+    auto_commit: bool = Setting(True)
+
+    want_main_area = False
+    resizing_enabled = False
+
+    def __init__(self):
+        OWWidget.__init__(self)
+        ConcurrentWidgetMixin.__init__(self)
+        self.data: Optional[Table] = None
+        if self.model not in BACKBONES:
+            self.model = "squeezenet"
+
+        box = gui.vBox(self.controlArea, "Images")
+        self.column_model = VariableListModel(placeholder="(none)")
+        gui.comboBox(box, self, "image_column", label="Image column:",
+                     model=self.column_model, orientation=Qt.Horizontal,
+                     callback=self.commit.deferred)
+
+        box = gui.vBox(self.controlArea, "Model")
+        self.model_combo = gui.comboBox(box, self, None)
+        self.model_combo.activated.connect(self._on_model_changed)
+        self._fill_models()
+        self.layer_combo = gui.comboBox(
+            box, self, None, label="Embedding:", orientation=Qt.Horizontal)
+        self.layer_combo.activated.connect(self._on_layer_changed)
+        self._fill_layers()
+        self.model_info = gui.widgetLabel(box, "")
+        self.model_info.setWordWrap(True)
+
+        box = gui.vBox(self.controlArea, "Weights (optional)")
+        grid = QGridLayout()
+        gui.widgetBox(box, orientation=grid)
+        self.weights_label = QLabel()
+        self.weights_label.setWordWrap(True)
+        grid.addWidget(QLabel("File:"), 0, 0)
+        grid.addWidget(self.weights_label, 0, 1)
+        grid.addWidget(gui.button(None, self, "Choose…",
+                                  callback=self.choose_weights_file,
+                                  autoDefault=False), 0, 2)
+        grid.addWidget(gui.button(None, self, "Clear",
+                                  callback=self.clear_weights_file,
+                                  autoDefault=False), 0, 3)
+        grid.addWidget(QLabel("Mirror:"), 1, 0)
+        self.mirror_edit = QLineEdit(self.mirror)
+        self.mirror_edit.setPlaceholderText("URL or folder with Keras weights")
+        self.mirror_edit.editingFinished.connect(self._on_mirror_edited)
+        grid.addWidget(self.mirror_edit, 1, 1, 1, 3)
+        self._update_weights_label()
+
+        box = gui.vBox(self.controlArea, "Device")
+        self.device_label = gui.widgetLabel(box, device_description())
+
+        self.cancel_button = gui.button(self.buttonsArea, self, "Cancel",
+                                        callback=self.cancel)
+        self.cancel_button.setEnabled(False)
+        gui.auto_apply(self.buttonsArea, self, "auto_commit")
+
+    # --- model choice ----------------------------------------------------
+
+    def _fill_models(self):
+        self.model_combo.clear()
+        for key in MODEL_KEYS:
+            backbone = BACKBONES[key]
+            weights = self.weights_file if key == self.model else None
+            self.model_combo.addItem(
+                f"{backbone.name} ({backbone.availability(weights)})", key)
+            self.model_combo.setItemData(
+                self.model_combo.count() - 1, backbone.description,
+                Qt.ToolTipRole)
+        self.model_combo.setCurrentIndex(MODEL_KEYS.index(self.model))
+
+    def _fill_layers(self):
+        backbone = get_backbone(self.model)
+        if self.layer not in backbone.layer_names():
+            self.layer = "penultimate"
+        self.layer_combo.clear()
+        for layer in backbone.layer_names():
+            self.layer_combo.addItem(
+                f"{layer} ({backbone.embedding_size_of(layer)} values)", layer)
+        self.layer_combo.setCurrentIndex(
+            backbone.layer_names().index(self.layer))
+
+    def _on_model_changed(self):
+        self.model = self.model_combo.currentData()
+        self.weights_file = ""
+        self._fill_layers()
+        self._update_weights_label()
+        self.commit.deferred()
+
+    def _on_layer_changed(self):
+        self.layer = self.layer_combo.currentData()
+        self.commit.deferred()
+
+    def _on_mirror_edited(self):
+        mirror = self.mirror_edit.text().strip()
+        if mirror != self.mirror:
+            self.mirror = mirror
+            self.commit.deferred()
+
+    def choose_weights_file(self):
+        filename, _ = QFileDialog.getOpenFileName(
+            self, "Weights file", os.path.expanduser("~"),
+            "Weights (*.h5 *.keras *.pkl);;All files (*)")
+        if filename:
+            self.set_weights_file(filename)
+
+    def set_weights_file(self, filename: str):
+        """Use the weights in `filename` for the current model."""
+        self.weights_file = filename
+        self._update_weights_label()
+        self.commit.deferred()
+
+    def clear_weights_file(self):
+        self.set_weights_file("")
+
+    def _update_weights_label(self):
+        backbone = get_backbone(self.model)
+        if self.weights_file:
+            text = os.path.basename(self.weights_file)
+        elif backbone.is_bundled:
+            text = "bundled ImageNet weights"
+        else:
+            text = f"ImageNet weights ({backbone.availability()})"
+        self.weights_label.setText(text)
+        self.model_info.setText(
+            f"Input {backbone.input_size[1]}×{backbone.input_size[0]}; "
+            f"{backbone.availability(self.weights_file)}.")
+        self._fill_models_text()
+
+    def _fill_models_text(self):
+        for index, key in enumerate(MODEL_KEYS):
+            backbone = BACKBONES[key]
+            weights = self.weights_file if key == self.model else None
+            self.model_combo.setItemText(
+                index, f"{backbone.name} ({backbone.availability(weights)})")
+
+    # --- data and work ---------------------------------------------------
+
+    @Inputs.images
+    def set_data(self, data: Optional[Table]):
+        self.closeContext()
+        self.cancel()
+        self.data = data
+        self.Error.no_image_column.clear()
+        columns = image_columns(data) if data is not None else []
+        self.column_model[:] = columns
+        self.image_column = columns[0] if columns else None
+        if data is not None and not columns:
+            self.Error.no_image_column()
+        if data is not None:
+            self.openContext(data)
+        self.commit.now()
+
+    @gui.deferred
+    def commit(self):
+        self.cancel()
+        self.Error.weights_unavailable.clear()
+        self.Error.embedding_failed.clear()
+        self.Warning.images_skipped.clear()
+        self.Information.all_skipped.clear()
+        if self.data is None or self.image_column is None:
+            self._send(None, None)
+            return
+        self.cancel_button.setEnabled(True)
+        self.start(run_embedding, self.data, self.image_column.name,
+                   self.model, self.weights_file or None, self.layer,
+                   self.mirror or None)
+
+    def _send(self, embeddings, skipped):
+        self.Outputs.embeddings.send(embeddings)
+        self.Outputs.skipped_images.send(skipped)
+
+    def on_done(self, result: SimpleNamespace):
+        self.cancel_button.setEnabled(False)
+        if result.n_skipped:
+            self.Warning.images_skipped(result.n_skipped)
+        if result.embeddings is None:
+            self.Information.all_skipped()
+        self._send(result.embeddings, result.skipped)
+
+    def on_exception(self, ex: Exception):
+        self.cancel_button.setEnabled(False)
+        self._send(None, None)
+        if isinstance(ex, EmbeddingCancelled):
+            return
+        if isinstance(ex, WeightsUnavailable):
+            self.Error.weights_unavailable(str(ex))
+        else:
+            self.Error.embedding_failed(str(ex) or type(ex).__name__)
+
+    def on_partial_result(self, result):
+        pass
+
+    def cancel(self):
+        super().cancel()
+        self.cancel_button.setEnabled(False)
+
+    def onDeleteWidget(self):
+        self.shutdown()
+        super().onDeleteWidget()
+
+    def send_report(self):
+        backbone = get_backbone(self.model)
+        items = [("Model", backbone.name),
+                 ("Embedding", f"{self.layer} "
+                               f"({backbone.embedding_size_of(self.layer)} "
+                               "values)"),
+                 ("Weights", self.weights_file or "ImageNet"),
+                 ("Device", device_description())]
+        if self.image_column is not None:
+            items.insert(0, ("Image column", self.image_column.name))
+        self.report_items(items)
+        if self.data is not None:
+            self.report_data("Images", self.data)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from orangecontrib.imageanalytics.import_images import ImportImages
+    WidgetPreview(OWDeepEmbedding).run(
+        ImportImages()(os.path.expanduser("~/Pictures"))[0])

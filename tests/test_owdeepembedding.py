@@ -1,0 +1,144 @@
+import os
+import tempfile
+import threading
+import unittest
+from unittest import mock
+
+import numpy as np
+from PIL import Image
+
+from Orange.data import ContinuousVariable, Domain, StringVariable, Table
+from Orange.widgets.tests.base import WidgetTest
+from Orange.widgets.tests.utils import simulate
+
+from orangecontrib.deepimage.embedding import EmbeddingCancelled
+from orangecontrib.deepimage.widgets import owdeepembedding
+from orangecontrib.deepimage.widgets.owdeepembedding import OWDeepEmbedding
+from orangecontrib.deepimage.weights import WeightsUnavailable
+
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (250, 250, 0)]
+
+
+def make_image_table(folder):
+    """A table of four good images and a broken file named like an image."""
+    names = []
+    for i, colour in enumerate(COLOURS):
+        names.append(f"good{i}.png")
+        Image.new("RGB", (32, 24), colour).save(os.path.join(folder, names[-1]))
+    names.insert(2, "broken.jpg")
+    with open(os.path.join(folder, "broken.jpg"), "w") as file:
+        file.write("this is text, not a picture")
+    image = StringVariable("image")
+    image.attributes.update({"type": "image", "origin": folder})
+    return Table.from_numpy(Domain([], metas=[image]), np.empty((5, 0)),
+                            metas=np.array(names, dtype=object)[:, None])
+
+
+class TestOWDeepEmbedding(WidgetTest):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tempdir = tempfile.TemporaryDirectory()
+        cls.images = make_image_table(cls.tempdir.name)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tempdir.cleanup()
+        super().tearDownClass()
+
+    def setUp(self):
+        self.widget = self.create_widget(OWDeepEmbedding)
+
+    def test_embeds_images_and_lists_skipped(self):
+        self.send_signal(self.widget.Inputs.images, self.images)
+        embeddings = self.get_output(self.widget.Outputs.embeddings,
+                                     wait=60000)
+        skipped = self.get_output(self.widget.Outputs.skipped_images)
+        self.assertEqual(len(embeddings), 4)
+        self.assertEqual(len(embeddings.domain.attributes),
+                         len(self.images.domain.attributes) + 1000)
+        self.assertTrue(all(var.attributes.get("hidden") for var in
+                            embeddings.domain.attributes[-1000:]))
+        self.assertFalse(np.isnan(embeddings.X).any())
+        self.assertEqual(len(skipped), 1)
+        reason = skipped.get_column("Skip reason")[0]
+        self.assertIn("not an image", reason)
+        self.assertTrue(self.widget.Warning.images_skipped.is_shown())
+        self.assertIn("CPU", self.widget.device_label.text())
+
+    def test_no_image_column(self):
+        data = Table.from_numpy(Domain([ContinuousVariable("x")]),
+                                np.arange(3).reshape(3, 1))
+        self.send_signal(self.widget.Inputs.images, data)
+        self.assertTrue(self.widget.Error.no_image_column.is_shown())
+        self.assertIsNone(self.get_output(self.widget.Outputs.embeddings))
+        self.send_signal(self.widget.Inputs.images, None)
+        self.assertFalse(self.widget.Error.no_image_column.is_shown())
+
+    def test_model_list_marks_offline_and_download(self):
+        texts = [self.widget.model_combo.itemText(i)
+                 for i in range(self.widget.model_combo.count())]
+        self.assertIn("works offline", texts[0])
+        self.assertTrue(texts[0].startswith("SqueezeNet"))
+        self.assertTrue(any("downloads" in text and "MB" in text
+                            for text in texts[1:]))
+
+    def test_missing_weights_shows_error(self):
+        def fail(*_):
+            raise WeightsUnavailable("weights missing: set the mirror")
+        with mock.patch.object(owdeepembedding, "run_embedding", fail):
+            self.send_signal(self.widget.Inputs.images, self.images)
+            self.wait_until_finished()
+        self.assertTrue(self.widget.Error.weights_unavailable.is_shown())
+        self.assertIn("set the mirror",
+                      str(self.widget.Error.weights_unavailable))
+        self.assertIsNone(self.get_output(self.widget.Outputs.embeddings))
+
+    def test_cancel_stops_the_run(self):
+        started, release = threading.Event(), threading.Event()
+
+        def slow(data, column, model, weights, layer, mirror, state):
+            started.set()
+            release.wait(10)
+            if state.is_interruption_requested():
+                raise EmbeddingCancelled()
+            raise AssertionError("the task was not interrupted")
+
+        with mock.patch.object(owdeepembedding, "run_embedding", slow):
+            self.send_signal(self.widget.Inputs.images, self.images)
+            self.assertTrue(started.wait(10))
+            self.assertTrue(self.widget.cancel_button.isEnabled())
+            self.widget.cancel_button.click()
+            release.set()
+            self.wait_until_finished()
+        self.assertFalse(self.widget.cancel_button.isEnabled())
+        self.assertFalse(self.widget.Error.embedding_failed.is_shown())
+        self.assertIsNone(self.get_output(self.widget.Outputs.embeddings))
+
+    def test_settings_round_trip(self):
+        simulate.combobox_activate_index(
+            self.widget.model_combo, owdeepembedding.MODEL_KEYS.index("vgg16"))
+        self.widget.mirror_edit.setText("http://127.0.0.1:9/weights/")
+        self.widget.mirror_edit.editingFinished.emit()
+        settings = self.widget.settingsHandler.pack_data(self.widget)
+        self.assertEqual(settings["model"], "vgg16")
+        restored = self.create_widget(OWDeepEmbedding,
+                                      stored_settings=settings)
+        self.assertEqual(restored.model, "vgg16")
+        self.assertEqual(restored.model_combo.currentData(), "vgg16")
+        self.assertEqual(restored.mirror_edit.text(),
+                         "http://127.0.0.1:9/weights/")
+
+    def test_unknown_stored_model_falls_back_to_squeezenet(self):
+        widget = self.create_widget(OWDeepEmbedding,
+                                    stored_settings={"model": "painters"})
+        self.assertEqual(widget.model, "squeezenet")
+
+    def test_report(self):
+        self.send_signal(self.widget.Inputs.images, self.images)
+        self.wait_until_finished(timeout=60000)
+        self.widget.send_report()
+
+
+if __name__ == "__main__":
+    unittest.main()
