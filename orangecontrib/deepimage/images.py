@@ -193,14 +193,19 @@ def _download(url: str) -> bytes:
     return data
 
 
+def _is_svg(data: bytes) -> bool:
+    return data.lstrip()[:5].lower() in (b"<?xml", b"<svg ", b"<svg>") \
+        or b"<svg" in data[:1024].lower()
+
+
 def _open(data: bytes) -> Image.Image:
-    if data.lstrip()[:5].lower() in (b"<?xml", b"<svg ", b"<svg>") \
-            or b"<svg" in data[:1024].lower():
-        raise ImageSkipped("SVG drawings are not supported; "
-                           "convert them to PNG")
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        # Only now: a PNG's metadata may mention "<svg" too.
+        if _is_svg(data):
+            raise ImageSkipped("SVG drawings are not supported; "
+                               "convert them to PNG") from None
         raise ImageSkipped("not an image file (unknown format)") from None
     except Image.DecompressionBombError as error:
         raise ImageSkipped(f"decompression bomb refused: {error}") from None
@@ -402,23 +407,29 @@ def iter_image_batches(paths: Sequence[Optional[str]],
                 part.clear()
             return result
 
-        while position < len(paths) or pending:
-            while position < len(paths) and len(pending) < max_in_flight:
-                pending.append((position, pool.submit(
-                    _prepare, paths[position], size, is_cached, None)))
-                position += 1
-            index, future = pending.popleft()
-            array, key, reason = future.result()
-            if reason is not None:
-                skipped.append((index, reason))
-            elif array is None:
-                cached.append((index, key))
-            else:
-                indices.append(index)
-                arrays.append(array)
-                keys.append(key)
-            if len(arrays) == batch_size or not (position < len(paths)
-                                                 or pending):
-                yield flush()
-            elif len(cached) + len(skipped) >= batch_size:
-                yield flush()
+        try:
+            while position < len(paths) or pending:
+                while position < len(paths) and len(pending) < max_in_flight:
+                    pending.append((position, pool.submit(
+                        _prepare, paths[position], size, is_cached, None)))
+                    position += 1
+                index, future = pending.popleft()
+                array, key, reason = future.result()
+                if reason is not None:
+                    skipped.append((index, reason))
+                elif array is None:
+                    cached.append((index, key))
+                else:
+                    indices.append(index)
+                    arrays.append(array)
+                    keys.append(key)
+                if len(arrays) == batch_size or not (position < len(paths)
+                                                     or pending):
+                    yield flush()
+                elif len(cached) + len(skipped) >= batch_size:
+                    yield flush()
+        finally:
+            # When the caller stops early (a cancelled run), do not wait
+            # for queued images to be read: each could be a slow URL.
+            for _, future in pending:
+                future.cancel()
