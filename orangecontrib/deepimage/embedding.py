@@ -14,6 +14,7 @@ by image content, so embedding the same images again is instant.
 """
 import hashlib
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -30,7 +31,8 @@ from orangecontrib.deepimage.device import (
 from orangecontrib.deepimage.images import (
     find_image_column, image_paths, iter_image_batches)
 
-__all__ = ["ImageEmbedder", "EmbeddingResult", "EmbeddingCancelled"]
+__all__ = ["ImageEmbedder", "EmbeddingResult", "EmbeddingCancelled",
+           "shared_embedder"]
 
 #: Bump when decoding or resizing changes, so old cache entries are ignored.
 PIPELINE_VERSION = "1"
@@ -113,6 +115,9 @@ class ImageEmbedder:
         self._cache = None
         self._network = None
         self._predict = None
+        self._build_lock = threading.Lock()
+        #: The backbone as built (with its ImageNet head), once loaded.
+        self.backbone_network = None
 
     # --- the network ---------------------------------------------------
 
@@ -134,8 +139,11 @@ class ImageEmbedder:
 
     def load_network(self):
         """Build the network (downloading weights if needed); idempotent."""
-        if self._predict is not None:
-            return
+        with self._build_lock:
+            if self._predict is None:
+                self._build_network()
+
+    def _build_network(self):
         import keras
         import tensorflow as tf
         from orangecontrib.deepimage.preprocessing import ImagePreprocessing
@@ -161,6 +169,7 @@ class ImageEmbedder:
             return (tf.cast(embedding, tf.float32),
                     tf.cast(probabilities, tf.float32))
 
+        self.backbone_network = network
         self._network = model
         self._predict = predict
 
@@ -281,6 +290,28 @@ class ImageEmbedder:
                              "column marked as images).")
         result = self.embed_paths(image_paths(table, column), callback)
         return embedding_tables(table, result, self.embedding_size)
+
+
+_shared_embedders: Dict[Tuple, ImageEmbedder] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_embedder(model: str = "squeezenet", weights: Optional[str] = None,
+                    layer: str = "penultimate", mirror: Optional[str] = None
+                    ) -> ImageEmbedder:
+    """Return an embedder for these settings, reusing one built before.
+
+    Building a network costs seconds; widgets and cross-validation folds
+    that embed with the same settings share one embedder (its network is
+    never trained, so sharing is safe).
+    """
+    key = (model, weights or None, layer, mirror or None)
+    with _shared_lock:
+        if key not in _shared_embedders:
+            _shared_embedders[key] = ImageEmbedder(
+                model=model, weights=weights or None, layer=layer,
+                mirror=mirror or None)
+        return _shared_embedders[key]
 
 
 def embedding_tables(table: Table, result: EmbeddingResult, size: int):

@@ -1,8 +1,7 @@
 """Deep Embedding: embed images locally with a pretrained network."""
 import os
-import threading
 from types import SimpleNamespace
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 from AnyQt.QtCore import Qt
 from AnyQt.QtWidgets import QFileDialog, QGridLayout, QLabel, QLineEdit
@@ -19,26 +18,11 @@ from Orange.widgets.widget import Input, Msg, Output, OWWidget
 from orangecontrib.deepimage.backbones import BACKBONES, get_backbone
 from orangecontrib.deepimage.device import device_description
 from orangecontrib.deepimage.embedding import (
-    EmbeddingCancelled, ImageEmbedder)
+    EmbeddingCancelled, shared_embedder)
 from orangecontrib.deepimage.images import image_columns
 from orangecontrib.deepimage.weights import WeightsUnavailable
 
 MODEL_KEYS = sorted(BACKBONES, key=lambda key: BACKBONES[key].order)
-
-_embedders: Dict[Tuple, ImageEmbedder] = {}
-_embedders_lock = threading.Lock()
-
-
-def shared_embedder(model: str, weights: Optional[str], layer: str,
-                    mirror: Optional[str]) -> ImageEmbedder:
-    """Return an embedder for these settings, reusing a built network."""
-    key = (model, weights or None, layer, mirror or None)
-    with _embedders_lock:
-        if key not in _embedders:
-            _embedders[key] = ImageEmbedder(
-                model=model, weights=weights or None, layer=layer,
-                mirror=mirror or None)
-        return _embedders[key]
 
 
 def run_embedding(data: Table, column_name: str, model: str,

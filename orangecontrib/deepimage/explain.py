@@ -1,0 +1,246 @@
+"""Grad-CAM: where in an image the network looked for a class.
+
+Grad-CAM (Selvaraju et al., 2017) weighs each channel of the last
+convolutional feature map by the mean gradient of the class score with
+respect to it; the positive part of the weighted sum, scaled to 0..1 and
+resized to the image, is the heatmap.
+
+It works for an :class:`~orangecontrib.deepimage.classification.ImageClassifierModel`
+and for a backbone's own ImageNet head (pass its registry key)::
+
+    >>> from orangecontrib.deepimage.explain import grad_cam
+    >>> heatmaps = grad_cam("squeezenet", ["cat.jpg"])
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from Orange.data import Table
+
+from orangecontrib.deepimage.backbones import get_backbone, imagenet_labels
+from orangecontrib.deepimage.images import (
+    find_image_column, image_paths, iter_image_batches)
+
+__all__ = ["grad_cam", "explain_images", "Explanation", "overlay_heatmap"]
+
+
+@dataclass
+class Explanation:
+    """Grad-CAM heatmaps and predictions for a sequence of images.
+
+    Attributes
+    ----------
+    heatmaps : list of numpy.ndarray or None
+        Per image, a (height, width) map in 0..1 at the network's input
+        size; None for images that could not be read.
+    classes : numpy.ndarray
+        Index of the explained class per image (-1 where skipped).
+    probabilities : numpy.ndarray
+        Probability of the explained class per image (NaN where skipped).
+    predicted : numpy.ndarray
+        Index of the predicted class per image (-1 where skipped).
+    class_names : tuple of str
+    skipped : dict
+        Position -> reason, for images that could not be read.
+    """
+    heatmaps: List[Optional[np.ndarray]]
+    classes: np.ndarray
+    probabilities: np.ndarray
+    predicted: np.ndarray
+    class_names: tuple
+    skipped: Dict[int, str] = field(default_factory=dict)
+
+
+def _grad_model(model):
+    """(keras.Model pixels → [feature map, probabilities], input size, names)."""
+    import keras
+    from orangecontrib.deepimage.classification import ImageClassifierModel
+    from orangecontrib.deepimage.preprocessing import ImagePreprocessing
+    if isinstance(model, ImageClassifierModel):
+        network = model.network
+        grad_model = keras.Model(
+            network.input,
+            [network.get_layer("trunk").output, network.output])
+        return grad_model, model.input_size, model.class_names
+    if isinstance(model, str):
+        backbone = get_backbone(model)
+        network = backbone.build()
+        height, width = backbone.input_size
+        pixels = keras.Input((height, width, 3), name="pixels")
+        x = ImagePreprocessing(backbone.preprocessing)(pixels)
+        inner = keras.Model(
+            network.input,
+            [network.get_layer(backbone.feature_map_layer).output,
+             network.output])
+        feature_map, output = inner(x)
+        if backbone.outputs_logits:
+            output = keras.layers.Softmax()(output)
+        return (keras.Model(pixels, [feature_map, output]),
+                backbone.input_size, imagenet_labels())
+    raise TypeError(f"grad_cam explains an ImageClassifierModel or a "
+                    f"backbone key. Received: {type(model).__name__}")
+
+
+def _paths_of(table_or_paths) -> List[Optional[str]]:
+    if isinstance(table_or_paths, Table):
+        column = find_image_column(table_or_paths)
+        if column is None:
+            raise ValueError("The data has no image column.")
+        return image_paths(table_or_paths, column)
+    return list(table_or_paths)
+
+
+def _class_indices(target, class_names, n):
+    """Target per image as class indices (None: the predicted class)."""
+    if target is None:
+        return None
+    targets = [target] * n if np.isscalar(target) or isinstance(target, str) \
+        else list(target)
+    indices = []
+    for value in targets:
+        if isinstance(value, str):
+            if value not in class_names:
+                raise ValueError(f"Unknown class. Received: target={value!r}")
+            value = list(class_names).index(value)
+        indices.append(int(value))
+    return np.array(indices)
+
+
+def explain_images(model, table_or_paths: Union[Table, Sequence[str]],
+                   target=None, batch_size: int = 16,
+                   callback=None) -> Explanation:
+    """Grad-CAM heatmaps with the explained class and its probability.
+
+    Parameters
+    ----------
+    model : ImageClassifierModel or str
+        A trained classifier, or a backbone key for its ImageNet head.
+    table_or_paths : Orange.data.Table or sequence of str
+    target : int, str or sequence, optional
+        Class (index or name) to explain, for all images or per image;
+        default: each image's predicted class.
+    batch_size : int
+    callback : callable, optional
+        ``callback(fraction)``; may raise to cancel.
+
+    Returns
+    -------
+    Explanation
+    """
+    import tensorflow as tf
+    grad_model, (height, width), class_names = _grad_model(model)
+    paths = _paths_of(table_or_paths)
+    n = len(paths)
+    targets = _class_indices(target, class_names, n)
+    result = Explanation([None] * n, np.full(n, -1), np.full(n, np.nan),
+                         np.full(n, -1), tuple(class_names))
+    done = 0
+    for batch, _ in iter_image_batches(paths, (width, height), batch_size):
+        result.skipped.update(batch.skipped)
+        if len(batch.indices):
+            pixels = tf.constant(batch.pixels, tf.float32)
+            chosen = None if targets is None else targets[batch.indices]
+            maps, explained, probs, predicted = _grad_cam_batch(
+                grad_model, pixels, chosen)
+            for row, index in enumerate(batch.indices):
+                result.heatmaps[index] = maps[row]
+                result.classes[index] = explained[row]
+                result.probabilities[index] = probs[row]
+                result.predicted[index] = predicted[row]
+        done += len(batch.indices) + len(batch.skipped)
+        if callback is not None:
+            callback(done / max(n, 1))
+    return result
+
+
+def _grad_cam_batch(grad_model, pixels, targets):
+    import tensorflow as tf
+    with tf.GradientTape() as tape:
+        feature_map, probabilities = grad_model(pixels, training=False)
+        feature_map = tf.cast(feature_map, tf.float32)
+        probabilities = tf.cast(probabilities, tf.float32)
+        predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        explained = predicted if targets is None \
+            else tf.constant(targets, tf.int32)
+        score = tf.gather(probabilities, explained, batch_dims=1)
+    gradients = tape.gradient(score, feature_map)
+    channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(channel_weights * feature_map, axis=-1))
+    top = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+    cam = tf.math.divide_no_nan(cam, top)
+    cam = tf.image.resize(cam[..., None], pixels.shape[1:3],
+                          method="bilinear")[..., 0]
+    return (cam.numpy(), explained.numpy(), score.numpy(),
+            predicted.numpy())
+
+
+def grad_cam(model, table_or_paths: Union[Table, Sequence[str]],
+             target=None) -> List[Optional[np.ndarray]]:
+    """Return a Grad-CAM heatmap per image (None for unreadable ones).
+
+    Parameters
+    ----------
+    model : ImageClassifierModel or str
+        A trained classifier, or a backbone registry key (its ImageNet head).
+    table_or_paths : Orange.data.Table or sequence of str
+    target : int, str or sequence, optional
+        The class to explain; default: the predicted class.
+
+    Returns
+    -------
+    list of numpy.ndarray or None
+        (height, width) maps in 0..1 at the network's input size.
+    """
+    return explain_images(model, table_or_paths, target).heatmaps
+
+
+def overlay_heatmap(image, heatmap: np.ndarray, opacity: float = 0.5):
+    """Blend a heatmap (0..1) over a PIL image as a red-yellow colour map.
+
+    Returns
+    -------
+    PIL.Image.Image
+        An RGB image of the size of `image`.
+    """
+    from PIL import Image
+    heat = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8))
+    heat = np.asarray(heat.resize(image.size, Image.Resampling.BILINEAR),
+                      dtype=np.float32) / 255
+    colours = np.stack([np.clip(heat * 2, 0, 1),           # red first,
+                        np.clip(heat * 2 - 1, 0, 1),       # then yellow
+                        np.zeros_like(heat)], axis=-1) * 255
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    alpha = opacity * heat[..., None]
+    blended = base * (1 - alpha) + colours * alpha
+    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+
+
+def write_heatmaps(explanation: Explanation, paths: Sequence[Optional[str]],
+                   out_dir: str, opacity: float = 0.5) -> List[Optional[str]]:
+    """Write each image with its heatmap overlaid as a PNG in `out_dir`.
+
+    Existing files are never overwritten: a numbered suffix is added.
+
+    Returns
+    -------
+    list of str or None
+        The written file per image (None where there is no heatmap).
+    """
+    from orangecontrib.deepimage.files import create_new_file
+    from orangecontrib.deepimage.images import load_image
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for path, heatmap in zip(paths, explanation.heatmaps):
+        if heatmap is None:
+            written.append(None)
+            continue
+        image = load_image(path)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        file, target = create_new_file(
+            os.path.join(out_dir, f"{stem}-gradcam.png"))
+        with file:
+            overlay_heatmap(image, heatmap, opacity).save(file, format="PNG")
+        written.append(target)
+    return written

@@ -1,0 +1,189 @@
+"""What classification and segmentation training share.
+
+* :class:`ProgressReporter`, the bridge from Keras to Orange: it reports the
+  fraction done through a progress callback (which may raise to cancel, as
+  Orange's callbacks do), stops training when ``should_stop()`` says so, and
+  passes each epoch's metrics to ``on_epoch_end`` for live curves;
+* :class:`KeepBestWeights`, which restores the best epoch's weights at the
+  end however training ended (finished, stopped early or cancelled);
+* :func:`fit`, which runs ``model.fit`` with these and turns NaN losses and
+  running out of memory into :class:`TrainingError` with advice.
+"""
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+__all__ = ["ProgressReporter", "KeepBestWeights", "TrainingError", "fit",
+           "TrainingHooks"]
+
+
+class TrainingError(RuntimeError):
+    """Training failed for a reason the user can act on."""
+
+
+class TrainingHooks:
+    """Optional callables that let a widget follow and steer training.
+
+    Parameters
+    ----------
+    progress : callable, optional
+        ``progress(fraction)``; may raise an exception to cancel.
+    should_stop : callable, optional
+        ``should_stop() -> bool``; True ends training gracefully, keeping the
+        best weights so far.
+    on_epoch_end : callable, optional
+        ``on_epoch_end(epoch, logs)`` with the epoch's metrics.
+    """
+
+    def __init__(self, progress: Optional[Callable[[float], None]] = None,
+                 should_stop: Optional[Callable[[], bool]] = None,
+                 on_epoch_end: Optional[Callable[[int, Dict], None]] = None):
+        self.progress = progress
+        self.should_stop = should_stop
+        self.on_epoch_end = on_epoch_end
+
+
+def _keras_callback_base():
+    import keras
+    return keras.callbacks.Callback
+
+
+class ProgressReporter(_keras_callback_base()):
+    """Report progress, honour stop requests and pass on epoch metrics.
+
+    Parameters
+    ----------
+    hooks : TrainingHooks
+    epochs : int
+        Epochs in this call of ``fit``.
+    start, end : float
+        The part of the whole job this ``fit`` covers (0..1).
+    epoch_offset : int
+        Added to epoch numbers passed to ``on_epoch_end`` (for a second
+        training phase).
+    """
+
+    def __init__(self, hooks: TrainingHooks, epochs: int, start: float = 0.0,
+                 end: float = 1.0, epoch_offset: int = 0):
+        super().__init__()
+        self.hooks = hooks
+        self.epochs = max(1, epochs)
+        self.start, self.end = start, end
+        self.epoch_offset = epoch_offset
+        self._epoch = 0
+        self.stopped_by_user = False
+
+    def _steps(self):
+        return (self.params or {}).get("steps") or 1
+
+    def _report(self, fraction):
+        if self.hooks.progress is not None:
+            self.hooks.progress(self.start + (self.end - self.start) * fraction)
+
+    def _check_stop(self):
+        if self.hooks.should_stop is not None and self.hooks.should_stop():
+            self.stopped_by_user = True
+            self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._report((self._epoch + (batch + 1) / self._steps()) / self.epochs)
+        self._check_stop()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._report((epoch + 1) / self.epochs)
+        if self.hooks.on_epoch_end is not None:
+            self.hooks.on_epoch_end(epoch + self.epoch_offset,
+                                    {k: float(v) for k, v in
+                                     (logs or {}).items()})
+        self._check_stop()
+
+
+class KeepBestWeights(_keras_callback_base()):
+    """Restore the weights of the best epoch when training ends.
+
+    Unlike ``EarlyStopping(restore_best_weights=True)``, this also restores
+    them when training ran to the end or was stopped by the user.
+    """
+
+    def __init__(self, monitor: str = "val_loss"):
+        super().__init__()
+        self.monitor = monitor
+        self.best = np.inf
+        self.best_weights = None
+        self.best_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and np.isfinite(value) and value < self.best:
+            self.best = float(value)
+            self.best_epoch = epoch
+            self.best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
+        validation_data=None, early_stopping: bool = True, patience: int = 5,
+        start: float = 0.0, end: float = 1.0, epoch_offset: int = 0,
+        **fit_kwargs) -> Dict[str, List[float]]:
+    """Train `model` with progress, cancellation and the best weights kept.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A compiled model.
+    data
+        What ``model.fit`` takes as ``x`` (a ``tf.data.Dataset``, or an array
+        with ``y=`` in `fit_kwargs`).
+    epochs : int
+    hooks : TrainingHooks, optional
+    validation_data : optional
+        As for ``model.fit``; the best epoch is chosen on it when given,
+        else on the training loss.
+    early_stopping : bool
+        Stop when the monitored loss has not improved for `patience` epochs.
+    start, end, epoch_offset
+        See :class:`ProgressReporter`.
+
+    Returns
+    -------
+    dict
+        The metrics of each epoch (``history.history``).
+
+    Raises
+    ------
+    TrainingError
+        When the loss became NaN or the device ran out of memory.
+    """
+    import keras
+    import tensorflow as tf
+
+    monitor = "val_loss" if validation_data is not None else "loss"
+    reporter = ProgressReporter(hooks or TrainingHooks(), epochs, start, end,
+                                epoch_offset)
+    callbacks = [reporter, KeepBestWeights(monitor),
+                 keras.callbacks.TerminateOnNaN()]
+    if early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=monitor, patience=patience, restore_best_weights=False))
+    if not isinstance(data, np.ndarray):
+        fit_kwargs.setdefault("shuffle", False)  # datasets shuffle themselves
+    try:
+        history = model.fit(data, validation_data=validation_data,
+                            epochs=epochs, callbacks=callbacks, verbose=0,
+                            **fit_kwargs)
+    except tf.errors.ResourceExhaustedError as error:
+        raise TrainingError(
+            "Out of memory while training: use a smaller batch size or "
+            "smaller images, or fewer unfrozen layers.") from error
+    losses = history.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        raise TrainingError(
+            "Training diverged (the loss became NaN): lower the learning "
+            "rate, or check that the images are not blank.")
+    return history.history
