@@ -2,9 +2,29 @@
 
 Scripting entry points::
 
-    from orangecontrib.deepimage import ImageEmbedder
-"""
-from orangecontrib.deepimage.embedding import ImageEmbedder
-from orangecontrib.deepimage.backbones import BACKBONES, get_backbone
+    from orangecontrib.deepimage import ImageEmbedder, ImageClassifierLearner
 
-__all__ = ["ImageEmbedder", "BACKBONES", "get_backbone"]
+Names are imported on first use, so that importing the package (as Orange's
+canvas does at start-up) does not load TensorFlow.
+"""
+import importlib
+
+_EXPORTS = {
+    "ImageEmbedder": "orangecontrib.deepimage.embedding",
+    "ImageClassifierLearner": "orangecontrib.deepimage.classification",
+    "ImageClassifierModel": "orangecontrib.deepimage.classification",
+    "BACKBONES": "orangecontrib.deepimage.backbones",
+    "get_backbone": "orangecontrib.deepimage.backbones",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -349,7 +349,9 @@ def build_head(n_features: int, n_classes: int, hidden_units: int = 128,
             hidden_units, activation="relu", name="hidden",
             kernel_initializer=keras.initializers.HeNormal(seed)))
         if batch_norm:
-            head.add(layers.BatchNormalization(name="hidden_bn"))
+            # A lower momentum than the default 0.99: small data sets give few
+            # steps per epoch, and validation uses the moving statistics.
+            head.add(layers.BatchNormalization(momentum=0.9, name="hidden_bn"))
     if dropout:
         head.add(layers.Dropout(dropout, seed=seed, name="dropout"))
     head.add(layers.Dense(
@@ -520,6 +522,17 @@ class ImageClassifierModel(Model):
         values[known] = np.argmax(probs[known], axis=1)
         return values, probs
 
+    def backmap_value(self, value, mapped_probs, n_values, backmappers):
+        # Orange fills unknown predictions with the most probable class when
+        # the data's class variable is another object; an unreadable image
+        # must stay unknown.
+        unknown = np.isnan(value)
+        value = super().backmap_value(value, mapped_probs, n_values,
+                                      backmappers)
+        value = np.asarray(value, dtype=float)
+        value[unknown] = np.nan
+        return value
+
     def predict_paths(self, paths: Sequence[Optional[str]], callback=None):
         """Class probabilities for image files or URLs.
 
@@ -600,6 +613,10 @@ class ImageClassifierModel(Model):
     def __repr__(self):
         return (f"ImageClassifierModel(backbone={self.backbone!r}, "
                 f"classes={list(self.class_names)!r})")
+
+
+#: What the learner returns; Orange's learner widgets type their outputs by it.
+ImageClassifierLearner.__returns__ = ImageClassifierModel
 
 
 def _network_to_bytes(network) -> bytes:

@@ -13,8 +13,8 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-__all__ = ["ProgressReporter", "KeepBestWeights", "TrainingError", "fit",
-           "TrainingHooks"]
+__all__ = ["ProgressReporter", "KeepBestWeights", "StopOnNaN",
+           "TrainingError", "fit", "TrainingHooks"]
 
 
 class TrainingError(RuntimeError):
@@ -127,6 +127,20 @@ class KeepBestWeights(_keras_callback_base()):
             self.model.set_weights(self.best_weights)
 
 
+class StopOnNaN(_keras_callback_base()):
+    """Stop at the first batch whose loss is NaN or infinite, and say so."""
+
+    def __init__(self):
+        super().__init__()
+        self.diverged = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self.diverged = True
+            self.model.stop_training = True
+
+
 def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
         validation_data=None, early_stopping: bool = True, patience: int = 5,
         start: float = 0.0, end: float = 1.0, epoch_offset: int = 0,
@@ -166,8 +180,8 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
     monitor = "val_loss" if validation_data is not None else "loss"
     reporter = ProgressReporter(hooks or TrainingHooks(), epochs, start, end,
                                 epoch_offset)
-    callbacks = [reporter, KeepBestWeights(monitor),
-                 keras.callbacks.TerminateOnNaN()]
+    nan_guard = StopOnNaN()
+    callbacks = [reporter, KeepBestWeights(monitor), nan_guard]
     if early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, patience=patience, restore_best_weights=False))
@@ -181,8 +195,7 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
         raise TrainingError(
             "Out of memory while training: use a smaller batch size or "
             "smaller images, or fewer unfrozen layers.") from error
-    losses = history.history.get("loss", [])
-    if losses and not np.isfinite(losses[-1]):
+    if nan_guard.diverged:
         raise TrainingError(
             "Training diverged (the loss became NaN): lower the learning "
             "rate, or check that the images are not blank.")
