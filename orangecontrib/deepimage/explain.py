@@ -59,10 +59,16 @@ def _grad_model(model):
     from orangecontrib.deepimage.classification import ImageClassifierModel
     from orangecontrib.deepimage.preprocessing import ImagePreprocessing
     if isinstance(model, ImageClassifierModel):
+        # The trunk is a nested model: its own `.output` is not connected
+        # to the network's input, so the graph is rebuilt from its layers
+        # (shared, not copied).
         network = model.network
-        grad_model = keras.Model(
-            network.input,
-            [network.get_layer("trunk").output, network.output])
+        pixels = keras.Input(network.input_shape[1:], name="pixels")
+        x = network.get_layer("preprocessing")(pixels)
+        feature_map = network.get_layer("trunk")(x, training=False)
+        output = network.get_layer("head")(
+            network.get_layer("pool")(feature_map))
+        grad_model = keras.Model(pixels, [feature_map, output])
         return grad_model, model.input_size, model.class_names
     if isinstance(model, str):
         backbone = get_backbone(model)
@@ -168,10 +174,10 @@ def _grad_cam_batch(grad_model, pixels, targets):
     gradients = tape.gradient(score, feature_map)
     channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(channel_weights * feature_map, axis=-1))
-    top = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-    cam = tf.math.divide_no_nan(cam, top)
     cam = tf.image.resize(cam[..., None], pixels.shape[1:3],
                           method="bilinear")[..., 0]
+    top = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+    cam = tf.math.divide_no_nan(cam, top)
     return (cam.numpy(), explained.numpy(), score.numpy(),
             predicted.numpy())
 

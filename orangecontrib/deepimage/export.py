@@ -119,9 +119,9 @@ def _write_savedmodel(network, path):
 
 def _write_tflite(network, path):
     import tensorflow as tf
-    serve = _serving_function(network)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [serve.get_concrete_function()], network)
+    # Converting the Keras model directly; converting the serving function
+    # or the SavedModel gave NaN outputs (TF 2.21).
+    converter = tf.lite.TFLiteConverter.from_keras_model(network)
     with open(path, "wb") as file:
         file.write(converter.convert())
 
