@@ -33,6 +33,7 @@ from Orange.data import DiscreteVariable, StringVariable, Table, Variable
 
 __all__ = [
     "ImageSkipped", "LoadedImage", "image_columns", "find_image_column",
+    "find_mask_column", "is_mask_column", "mask_class_names",
     "image_paths", "read_image_bytes", "decode_image", "load_image",
     "iter_image_batches", "MAX_IMAGE_PIXELS",
 ]
@@ -60,8 +61,24 @@ class LoadedImage:
 
 # --- the image column ----------------------------------------------------
 
+def is_mask_column(var: Variable) -> bool:
+    """True for a column of segmentation masks (``attributes["mask"]``)."""
+    return var.attributes.get("type") == "image" and "mask" in var.attributes
+
+
+def mask_class_names(var: Variable) -> List[str]:
+    """Class names of a mask column (``attributes["classes"]``, comma list).
+
+    Class index 0 is the first name (usually "background").
+    """
+    classes = var.attributes.get("classes", "")
+    return [name.strip() for name in str(classes).split(",") if name.strip()]
+
+
 def image_columns(table: Table) -> List[Variable]:
     """Return the meta columns that may hold images, ``type=image`` first.
+
+    Mask columns (see :func:`is_mask_column`) are not image columns.
 
     Parameters
     ----------
@@ -73,9 +90,23 @@ def image_columns(table: Table) -> List[Variable]:
         String and discrete metas; those marked ``type=image`` come first.
     """
     candidates = [var for var in table.domain.metas
-                  if isinstance(var, (StringVariable, DiscreteVariable))]
+                  if isinstance(var, (StringVariable, DiscreteVariable))
+                  and not is_mask_column(var)]
     return sorted(candidates,
                   key=lambda var: var.attributes.get("type") != "image")
+
+
+def find_mask_column(table: Table) -> Optional[Variable]:
+    """Return the first mask column of `table`, or None.
+
+    A mask column follows the image-column convention (a string meta with
+    ``type=image`` and ``origin``) and has ``attributes["mask"]``: the kind
+    of masks, ``"class"`` (pixel values are class indices) or
+    ``"instance"`` (each object its own id); ``attributes["classes"]``
+    lists the class names, comma-separated.
+    """
+    masks = [var for var in table.domain.metas if is_mask_column(var)]
+    return masks[0] if masks else None
 
 
 def find_image_column(table: Table, name: Optional[str] = None
