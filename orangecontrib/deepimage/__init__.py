@@ -13,6 +13,8 @@ _EXPORTS = {
     "ImageEmbedder": "orangecontrib.deepimage.embedding",
     "ImageClassifierLearner": "orangecontrib.deepimage.classification",
     "ImageClassifierModel": "orangecontrib.deepimage.classification",
+    "SegmentationLearner": "orangecontrib.deepimage.segmentation",
+    "SegmentationModel": "orangecontrib.deepimage.segmentation",
     "BACKBONES": "orangecontrib.deepimage.backbones",
     "get_backbone": "orangecontrib.deepimage.backbones",
 }

@@ -17,9 +17,6 @@ probabilities, so a saved model goes from image file to label by itself::
     >>> labels = model(test_table)
     >>> model.export("valves.keras", "keras")
 """
-import os
-import tempfile
-import warnings
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -30,12 +27,12 @@ from Orange.data.filter import HasClass
 from Orange.util import dummy_callback
 
 from orangecontrib.deepimage.backbones import get_backbone
-from orangecontrib.deepimage.embedding import (
-    EmbeddingCancelled, shared_embedder)
+from orangecontrib.deepimage.embedding import shared_embedder
 from orangecontrib.deepimage.images import (
-    ImageSkipped, decode_image, find_image_column, image_columns,
-    image_paths, iter_image_batches, read_image_bytes)
-from orangecontrib.deepimage.training import TrainingHooks, fit
+    ImageSkipped, decode_image, find_image_column, image_paths,
+    iter_image_batches, read_image_bytes)
+from orangecontrib.deepimage.training import (
+    TrainingHooks, fit, network_from_bytes, network_to_bytes)
 
 __all__ = ["ImageClassifierLearner", "ImageClassifierModel"]
 
@@ -520,6 +517,9 @@ class ImageClassifierModel(Model):
         values = np.full(len(probs), np.nan)
         known = ~np.isnan(probs).any(axis=1)
         values[known] = np.argmax(probs[known], axis=1)
+        # float32 softmax sums are off by ~1e-7; Orange's scorers (log loss)
+        # expect rows that sum to one.
+        probs[known] /= probs[known].sum(axis=1, keepdims=True)
         return values, probs
 
     def backmap_value(self, value, mapped_probs, n_values, backmappers):
@@ -594,20 +594,23 @@ class ImageClassifierModel(Model):
     def export(self, path: str, format: str = "keras") -> str:
         """Write the network for use outside Orange.
 
-        See :func:`orangecontrib.deepimage.export.export_classifier`.
+        See :func:`orangecontrib.deepimage.export.export_model`.
         """
-        from orangecontrib.deepimage.export import export_classifier
-        return export_classifier(self, path, format)
+        from orangecontrib.deepimage.export import export_model
+        return export_model(self, path, format)
+
+    export_output_description = \
+        "class probabilities, in the order of class_names"
 
     def __getstate__(self):
         state = super().__getstate__().copy()
         state["_predict_fn"] = None
-        state["network"] = _network_to_bytes(self.network)
+        state["network"] = network_to_bytes(self.network)
         return state
 
     def __setstate__(self, state):
         state = dict(state)
-        state["network"] = _network_from_bytes(state["network"])
+        state["network"] = network_from_bytes(state["network"])
         self.__dict__.update(state)
 
     def __repr__(self):
@@ -617,23 +620,3 @@ class ImageClassifierModel(Model):
 
 #: What the learner returns; Orange's learner widgets type their outputs by it.
 ImageClassifierLearner.__returns__ = ImageClassifierModel
-
-
-def _network_to_bytes(network) -> bytes:
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "network.keras")
-        network.save(path)
-        with open(path, "rb") as file:
-            return file.read()
-
-
-def _network_from_bytes(data: bytes):
-    import keras
-    import orangecontrib.deepimage.preprocessing  # noqa: F401  registers layer
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "network.keras")
-        with open(path, "wb") as file:
-            file.write(data)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return keras.saving.load_model(path, compile=False)

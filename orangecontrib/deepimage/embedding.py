@@ -20,7 +20,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from Orange.data import ContinuousVariable, Domain, StringVariable, Table
+from Orange.data import (
+    ContinuousVariable, Domain, StringVariable, Table, Variable)
 from Orange.data.util import get_unique_names
 
 from orangecontrib.deepimage.backbones import (
@@ -256,7 +257,7 @@ class ImageEmbedder:
                 for probs in result.probabilities]
 
     def __call__(self, data: Union[Table, Sequence[str]],
-                 col: Optional[Union[str, "Orange.data.Variable"]] = None,
+                 col: Optional[Union[str, Variable]] = None,
                  callback: Optional[Progress] = None):
         """Embed a list of paths, or the image column of a table.
 

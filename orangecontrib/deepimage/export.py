@@ -2,7 +2,7 @@
 
 Every format takes raw RGB pixels (0–255, float32) of shape
 ``(batch, height, width, 3)`` with the preprocessing inside the network, and
-gives class probabilities. The class names and input size are written to a
+gives class probabilities (per image, or per pixel for segmentation). The class names and input size are written to a
 JSON file beside the export (``<name>.json``; inside the folder for a
 SavedModel). Nothing is ever overwritten: an existing target is an error.
 """
@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-__all__ = ["export_classifier", "EXPORT_FORMATS", "load_export_metadata"]
+__all__ = ["export_model", "EXPORT_FORMATS", "load_export_metadata"]
 
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite")
 _SUFFIXES = {"keras": ".keras", "tflite": ".tflite", "savedmodel": ""}
@@ -24,7 +24,7 @@ def _metadata(model, export_format):
             "input": {"height": height, "width": width, "channels": 3,
                       "dtype": "float32", "range": [0, 255],
                       "color": "RGB"},
-            "output": "class probabilities, in the order of class_names"}
+            "output": model.export_output_description}
 
 
 def _metadata_path(path, export_format):
@@ -39,12 +39,14 @@ def load_export_metadata(path: str, export_format: str) -> dict:
         return json.load(file)
 
 
-def export_classifier(model, path: str, export_format: str = "keras") -> str:
+def export_model(model, path: str, export_format: str = "keras") -> str:
     """Write `model`'s network as a Keras file, a SavedModel or TFLite.
 
     Parameters
     ----------
-    model : ImageClassifierModel
+    model : ImageClassifierModel or SegmentationModel
+        Anything with ``network``, ``input_size``, ``class_names``,
+        ``backbone`` and ``export_output_description``.
     path : str
         Target file (``.keras``, ``.tflite``) or folder (SavedModel); the
         suffix is added when missing.

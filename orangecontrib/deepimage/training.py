@@ -9,12 +9,16 @@
 * :func:`fit`, which runs ``model.fit`` with these and turns NaN losses and
   running out of memory into :class:`TrainingError` with advice.
 """
+import os
+import tempfile
+import warnings
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 __all__ = ["ProgressReporter", "KeepBestWeights", "StopOnNaN",
-           "TrainingError", "fit", "TrainingHooks"]
+           "TrainingError", "fit", "TrainingHooks", "network_to_bytes",
+           "network_from_bytes"]
 
 
 class TrainingError(RuntimeError):
@@ -200,3 +204,30 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
             "Training diverged (the loss became NaN): lower the learning "
             "rate, or check that the images are not blank.")
     return history.history
+
+
+def network_to_bytes(network) -> bytes:
+    """Serialise a Keras model (architecture and weights) to bytes.
+
+    Models pickle their network this way (Orange's Save Model).
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "network.keras")
+        network.save(path)
+        with open(path, "rb") as file:
+            return file.read()
+
+
+def network_from_bytes(data: bytes):
+    """Rebuild a Keras model from :func:`network_to_bytes`' output."""
+    import keras
+    # Registers the add-on's serialisable layers before loading.
+    import orangecontrib.deepimage.preprocessing  # noqa: F401
+    import orangecontrib.deepimage.layers  # noqa: F401
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "network.keras")
+        with open(path, "wb") as file:
+            file.write(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return keras.saving.load_model(path, compile=False)

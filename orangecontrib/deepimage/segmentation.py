@@ -1,0 +1,727 @@
+"""Semantic segmentation: U-Nets trained on image + mask columns.
+
+Architectures: a U-Net from scratch (Ronneberger et al., 2015), its residual
+variant (ResUNet), and a U-Net whose encoder is a pretrained backbone from
+the registry (SqueezeNet works offline). Losses: cross-entropy, soft Dice,
+focal, and Dice + cross-entropy.
+
+Images of any size are trained on random tiles, streamed from disk, and
+predicted tile by tile with overlap: each tile's border (where the network
+sees less context) is discarded, so a 4000×3000 photo is segmented with
+bounded memory and no seams::
+
+    >>> from orangecontrib.deepimage import SegmentationLearner
+    >>> model = SegmentationLearner(epochs=30)(table)   # image + mask columns
+    >>> labels = model.segment(["slide.png"])[0]         # (H, W) class indices
+"""
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from Orange.data import Domain, StringVariable, Table
+from Orange.data.util import get_unique_names
+
+from orangecontrib.deepimage.backbones import get_backbone
+from orangecontrib.deepimage.images import (
+    ImageSkipped, find_image_column, find_mask_column, image_paths,
+    load_image, mask_class_names)
+from orangecontrib.deepimage.device import (
+    dtype_policy, preferred_dtype_policy)
+from orangecontrib.deepimage.training import (
+    TrainingHooks, fit, network_from_bytes, network_to_bytes)
+
+__all__ = ["SegmentationLearner", "SegmentationModel", "build_unet",
+           "build_encoder_unet", "segmentation_loss", "predict_tiled",
+           "iou_and_dice", "ARCHITECTURES", "LOSSES"]
+
+ARCHITECTURES = ("unet", "resunet")
+LOSSES = ("crossentropy", "dice", "focal", "dice+crossentropy")
+
+#: Encoder layers whose outputs feed the decoder, finest first.
+ENCODER_SKIPS = {
+    "squeezenet": ("conv1", "fire3_concat", "fire5_concat", "fire9_concat"),
+    "vgg16": ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3",
+              "block5_conv3"),
+    "mobilenet-v2": ("block_1_expand_relu", "block_3_expand_relu",
+                     "block_6_expand_relu", "block_13_expand_relu",
+                     "out_relu"),
+    "resnet50": ("conv1_relu", "conv2_block3_out", "conv3_block4_out",
+                 "conv4_block6_out", "conv5_block3_out"),
+}
+
+
+# --- networks ---------------------------------------------------------------
+
+def _conv_block(x, filters, name, residual=False):
+    from keras import layers
+    shortcut = x
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                          name=f"{name}_conv{i}")(x)
+        # Momentum 0.9: small data gives few steps, and prediction uses
+        # the moving statistics.
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
+        if i == 1 or not residual:
+            x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    if residual:
+        if shortcut.shape[-1] != filters:
+            shortcut = layers.Conv2D(filters, 1, padding="same",
+                                     name=f"{name}_shortcut")(shortcut)
+        x = layers.Add(name=f"{name}_add")([x, shortcut])
+        x = layers.Activation("relu", name=f"{name}_relu2")(x)
+    return x
+
+
+def build_unet(n_classes: int, depth: int = 4, base_filters: int = 16,
+               residual: bool = False, input_shape=(None, None, 3)):
+    """A U-Net (or ResUNet when `residual`) from scratch.
+
+    Parameters
+    ----------
+    n_classes : int
+        Output classes (background included).
+    depth : int
+        Down-sampling steps; input sides must be divisible by ``2**depth``.
+    base_filters : int
+        Filters of the first level; doubled at each level down.
+    residual : bool
+        Residual convolution blocks (ResUNet).
+    input_shape : tuple
+        (height, width, 3) of RGB pixels in 0..255.
+
+    Returns
+    -------
+    keras.Model
+        Pixels → per-pixel class probabilities (float32).
+    """
+    import keras
+    from keras import layers
+    pixels = keras.Input(input_shape, name="pixels")
+    x = layers.Rescaling(1 / 255, name="scale")(pixels)
+    skips = []
+    for level in range(depth):
+        x = _conv_block(x, base_filters * 2 ** level, f"down{level}",
+                        residual)
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _conv_block(x, base_filters * 2 ** depth, "bottom", residual)
+    for level in reversed(range(depth)):
+        filters = base_filters * 2 ** level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same",
+                                   name=f"up{level}")(x)
+        x = layers.Concatenate(name=f"join{level}")([x, skips[level]])
+        x = _conv_block(x, filters, f"dec{level}", residual)
+    outputs = layers.Conv2D(n_classes, 1, activation="softmax",
+                            dtype="float32", name="classes")(x)
+    name = "resunet" if residual else "unet"
+    return keras.Model(pixels, outputs, name=name)
+
+
+def build_encoder_unet(n_classes: int, encoder: str,
+                       weights: Optional[str] = None,
+                       mirror: Optional[str] = None, base_filters: int = 16):
+    """A U-Net whose encoder is a pretrained backbone (frozen).
+
+    The input size is the backbone's (e.g. 227×227 for SqueezeNet); the
+    decoder resizes each map to the size of the skip it joins.
+
+    Returns
+    -------
+    keras.Model
+        Pixels (0..255) at the backbone's input size → class probabilities.
+    """
+    import keras
+    from keras import layers
+    from orangecontrib.deepimage.layers import ResizeLike
+    from orangecontrib.deepimage.preprocessing import ImagePreprocessing
+    if encoder not in ENCODER_SKIPS:
+        raise ValueError(f"No U-Net encoder for this backbone. Received: "
+                         f"encoder={encoder!r}; expected one of "
+                         f"{sorted(ENCODER_SKIPS)}")
+    backbone = get_backbone(encoder)
+    network = backbone.build(weights, mirror=mirror)
+    skip_names = ENCODER_SKIPS[encoder]
+    features = keras.Model(
+        network.input, [network.get_layer(n).output for n in skip_names],
+        name="encoder")
+    features.trainable = False
+    height, width = backbone.input_size
+    pixels = keras.Input((height, width, 3), name="pixels")
+    skips = features(ImagePreprocessing(backbone.preprocessing,
+                                        name="preprocessing")(pixels),
+                     training=False)
+    x = skips[-1]
+    for level in reversed(range(len(skips) - 1)):
+        x = ResizeLike(name=f"up{level}")([x, skips[level]])
+        x = layers.Concatenate(name=f"join{level}")([x, skips[level]])
+        x = _conv_block(x, base_filters * 2 ** level, f"dec{level}")
+    x = ResizeLike(name="up_full")([x, pixels])
+    x = _conv_block(x, base_filters, "dec_full")
+    outputs = layers.Conv2D(n_classes, 1, activation="softmax",
+                            dtype="float32", name="classes")(x)
+    return keras.Model(pixels, outputs, name=f"unet_{encoder}")
+
+
+# --- losses and metrics -----------------------------------------------------
+
+def segmentation_loss(name: str, n_classes: int):
+    """Return a Keras loss: ``crossentropy``, ``dice``, ``focal`` or a sum.
+
+    Dice is the soft Dice loss averaged over classes (1 − mean Dice); focal
+    is the focal loss with γ = 2 (Lin et al., 2017). Labels are sparse
+    class indices of shape (batch, height, width).
+    """
+    from keras import ops
+    import keras
+    if name not in LOSSES:
+        raise ValueError(f"Unknown loss. Received: loss={name!r}; expected "
+                         f"one of {LOSSES}")
+    crossentropy = keras.losses.SparseCategoricalCrossentropy()
+
+    def one_hot(y_true):
+        return ops.one_hot(ops.cast(ops.squeeze(y_true, -1)
+                                    if len(y_true.shape) == 4 else y_true,
+                                    "int32"), n_classes)
+
+    def dice(y_true, y_pred):
+        truth = one_hot(y_true)
+        intersection = ops.sum(truth * y_pred, axis=(1, 2))
+        total = ops.sum(truth + y_pred, axis=(1, 2))
+        return 1 - ops.mean((2 * intersection + 1) / (total + 1))
+
+    def focal(y_true, y_pred, gamma=2.0):
+        truth = one_hot(y_true)
+        p = ops.clip(ops.sum(truth * y_pred, axis=-1), 1e-7, 1.0)
+        return ops.mean(-((1 - p) ** gamma) * ops.log(p))
+
+    def loss(y_true, y_pred):
+        if name == "crossentropy":
+            return crossentropy(y_true, y_pred)
+        if name == "dice":
+            return dice(y_true, y_pred)
+        if name == "focal":
+            return focal(y_true, y_pred)
+        return dice(y_true, y_pred) + crossentropy(y_true, y_pred)
+    loss.__name__ = name.replace("+", "_")
+    return loss
+
+
+def iou_and_dice(truth: np.ndarray, predicted: np.ndarray, n_classes: int
+                 ) -> Dict[str, np.ndarray]:
+    """Per-class IoU and Dice of label images (NaN for absent classes).
+
+    Returns
+    -------
+    dict
+        ``{"iou": array(n_classes), "dice": array(n_classes)}``.
+    """
+    truth = np.asarray(truth).ravel()
+    predicted = np.asarray(predicted).ravel()
+    iou = np.full(n_classes, np.nan)
+    dice = np.full(n_classes, np.nan)
+    for c in range(n_classes):
+        t, p = truth == c, predicted == c
+        union = np.logical_or(t, p).sum()
+        if union:
+            inter = np.logical_and(t, p).sum()
+            iou[c] = inter / union
+            dice[c] = 2 * inter / (t.sum() + p.sum())
+    return {"iou": iou, "dice": dice}
+
+
+# --- tiles ------------------------------------------------------------------
+
+def _tile_starts(length: int, tile: int, stride: int) -> List[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride)) + [length - tile]
+    return sorted(set(starts))
+
+
+def predict_tiled(predict_batch, image: np.ndarray, tile: int,
+                  overlap: int, n_classes: int, batch_size: int = 4
+                  ) -> np.ndarray:
+    """Segment an image of any size tile by tile.
+
+    Tiles of ``tile × tile`` overlap by `overlap` pixels; of each tile only
+    the part at least ``overlap // 2`` from its inner edges is kept, so
+    every pixel is labelled from a tile where it had context on all sides
+    (except at the image's own border). Memory holds one batch of tiles and
+    the label image.
+
+    Parameters
+    ----------
+    predict_batch : callable
+        ``(n, tile, tile, 3) float32 → (n, tile, tile, n_classes)``.
+    image : numpy.ndarray
+        (height, width, 3) RGB pixels.
+    tile, overlap : int
+    n_classes : int
+
+    Returns
+    -------
+    numpy.ndarray
+        (height, width) class indices (uint8, or uint16 for > 255 classes).
+    """
+    height, width = image.shape[:2]
+    margin = overlap // 2
+    pad_h, pad_w = max(0, tile - height), max(0, tile - width)
+    if pad_h or pad_w:
+        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)),
+                       mode="reflect" if min(height, width) > 1 else "edge")
+    stride = max(1, tile - overlap)
+    rows = _tile_starts(image.shape[0], tile, stride)
+    cols = _tile_starts(image.shape[1], tile, stride)
+    dtype = np.uint8 if n_classes <= 256 else np.uint16
+    labels = np.zeros(image.shape[:2], dtype)
+    windows = [(r, c) for r in rows for c in cols]
+    for start in range(0, len(windows), batch_size):
+        part = windows[start:start + batch_size]
+        batch = np.stack([image[r:r + tile, c:c + tile] for r, c in part]
+                         ).astype(np.float32)
+        classes = np.argmax(predict_batch(batch), axis=-1)
+        for (r, c), tile_labels in zip(part, classes):
+            top = 0 if r == rows[0] else margin
+            left = 0 if c == cols[0] else margin
+            bottom = tile if r == rows[-1] else tile - margin
+            right = tile if c == cols[-1] else tile - margin
+            labels[r + top:r + bottom, c + left:c + right] = \
+                tile_labels[top:bottom, left:right]
+    return labels[:height, :width]
+
+
+# --- data -------------------------------------------------------------------
+
+def _read_pair(image_path, mask_path, kind):
+    from orangecontrib.deepimage.segdata import load_mask
+    image = np.asarray(load_image(image_path), dtype=np.uint8)
+    mask = load_mask(mask_path, kind)
+    if mask.shape != image.shape[:2]:
+        raise ImageSkipped(f"mask {mask.shape[1]}×{mask.shape[0]} does not "
+                           f"match image {image.shape[1]}×{image.shape[0]}")
+    return image, mask
+
+
+def _random_tile(image, mask, tile, rng, augment):
+    height, width = mask.shape
+    if height < tile or width < tile:
+        pad = ((0, max(0, tile - height)), (0, max(0, tile - width)))
+        image = np.pad(image, pad + ((0, 0),), mode="reflect")
+        mask = np.pad(mask, pad, mode="reflect")
+        height, width = mask.shape
+    top = rng.integers(0, height - tile + 1)
+    left = rng.integers(0, width - tile + 1)
+    image = image[top:top + tile, left:left + tile].astype(np.float32)
+    mask = mask[top:top + tile, left:left + tile]
+    if augment:
+        # The same flips and quarter turns for image and mask; brightness
+        # and contrast change the image only.
+        turns = int(rng.integers(4))
+        image, mask = np.rot90(image, turns), np.rot90(mask, turns)
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        image = (image - 127.5) * rng.uniform(0.8, 1.2) + 127.5 \
+            + rng.uniform(-20, 20)
+        image = np.clip(image, 0, 255)
+    return np.ascontiguousarray(image, np.float32), \
+        np.ascontiguousarray(mask, np.int32)
+
+
+def tile_dataset(pairs: Sequence[Tuple[str, str]], kind: str, tile: int,
+                 tiles_per_image: int, batch_size: int, augment: bool,
+                 seed: int, repeat_seed: bool = False):
+    """Random tiles of image/mask pairs, decoded from disk as they are used.
+
+    Each element reads its pair again, so memory holds only the images in
+    flight, whatever the number of images. `repeat_seed` gives the same
+    tiles every epoch (for validation).
+    """
+    import tensorflow as tf
+    entries = [(i, p) for p in range(len(pairs))
+               for i in range(tiles_per_image)]
+    paths = np.array([pairs[p][0] for _, p in entries], dtype=str)
+    masks = np.array([pairs[p][1] for _, p in entries], dtype=str)
+    epoch_counter = [0]
+
+    def load(index, image_path, mask_path):
+        epoch = 0 if repeat_seed else epoch_counter[0]
+        rng = np.random.default_rng([seed, int(index), epoch])
+        image, mask = _read_pair(image_path.decode(), mask_path.decode(),
+                                 kind)
+        return _random_tile(image, mask, tile, rng, augment)
+
+    def load_tf(index, image_path, mask_path):
+        image, mask = tf.numpy_function(
+            load, [index, image_path, mask_path], (tf.float32, tf.int32))
+        image.set_shape((tile, tile, 3))
+        mask.set_shape((tile, tile))
+        return image, mask
+
+    data = tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(entries)), paths, masks))
+    if not repeat_seed:
+        data = data.shuffle(len(entries), seed=seed,
+                            reshuffle_each_iteration=True)
+    data = data.map(load_tf, num_parallel_calls=2).batch(batch_size) \
+        .prefetch(2)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    data = data.with_options(options)
+    return data, epoch_counter
+
+
+# --- learner and model ------------------------------------------------------
+
+@dataclass
+class _Columns:
+    image: object
+    mask: object
+    classes: List[str]
+    kind: str
+
+
+def _columns(table: Table) -> _Columns:
+    image = find_image_column(table)
+    mask = find_mask_column(table)
+    if image is None:
+        raise ValueError("The data has no image column.")
+    if mask is None:
+        raise ValueError("The data has no mask column (images paired with "
+                         "masks, e.g. from Segmentation Data).")
+    classes = mask_class_names(mask)
+    kind = mask.attributes.get("mask", "class")
+    if kind == "instance":
+        classes = ["background", "object"]
+    if len(classes) < 2:
+        classes = ["background", "object"]
+    return _Columns(image, mask, classes, kind)
+
+
+class SegmentationLearner:
+    """Train a segmentation network on a table's image and mask columns.
+
+    Parameters
+    ----------
+    architecture : str
+        ``"unet"`` or ``"resunet"`` (used when `encoder` is None).
+    encoder : str, optional
+        A registry key for a pretrained encoder (``"squeezenet"`` works
+        offline); the tile size is then the backbone's input size.
+    loss : str
+        ``"crossentropy"``, ``"dice"``, ``"focal"`` or
+        ``"dice+crossentropy"``.
+    epochs, batch_size : int
+    learning_rate : float
+    tile_size : int
+        Side of the training tiles (a multiple of 16 for U-Nets from
+        scratch); prediction uses the same tiles with overlap.
+    augment : bool
+        Joint random flips and quarter turns of image and mask, and
+        brightness and contrast of the image.
+    validation : float
+        Fraction of images held out for validation metrics and for picking
+        the best epoch.
+    random_state : int
+    depth, base_filters : int
+        Size of a U-Net from scratch.
+    tiles_per_image : int, optional
+        Random tiles per image per epoch (default: enough to cover it).
+    hooks : TrainingHooks, optional
+        Runtime hooks for widgets (progress, stop, per-epoch metrics).
+    """
+    name = "segmentation"
+
+    def __init__(self, architecture: str = "unet",
+                 encoder: Optional[str] = None,
+                 loss: str = "dice+crossentropy", epochs: int = 30,
+                 batch_size: int = 8, learning_rate: float = 1e-3,
+                 tile_size: int = 128, augment: bool = True,
+                 validation: float = 0.2, random_state: int = 0,
+                 depth: int = 4, base_filters: int = 16,
+                 tiles_per_image: Optional[int] = None,
+                 early_stopping: bool = True,
+                 weights: Optional[str] = None, mirror: Optional[str] = None,
+                 hooks: Optional[TrainingHooks] = None):
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"Unknown architecture. Received: architecture="
+                             f"{architecture!r}; expected one of "
+                             f"{ARCHITECTURES}")
+        if loss not in LOSSES:
+            raise ValueError(f"Unknown loss. Received: loss={loss!r}; "
+                             f"expected one of {LOSSES}")
+        if encoder is not None:
+            get_backbone(encoder)
+        elif tile_size % 2 ** depth:
+            raise ValueError(f"tile_size must be a multiple of {2 ** depth}. "
+                             f"Received: tile_size={tile_size}")
+        self.architecture = architecture
+        self.encoder = encoder
+        self.loss = loss
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.tile_size = tile_size
+        self.augment = augment
+        self.validation = validation
+        self.random_state = random_state
+        self.depth = depth
+        self.base_filters = base_filters
+        self.tiles_per_image = tiles_per_image
+        self.early_stopping = early_stopping
+        self.weights = weights
+        self.mirror = mirror
+        self.hooks = hooks
+
+    def build_network(self, n_classes: int):
+        """The untrained network and its tile size.
+
+        On a GPU with tensor cores the network computes in mixed precision;
+        its output layer stays float32.
+        """
+        with dtype_policy(preferred_dtype_policy()):
+            return self._build_network(n_classes)
+
+    def _build_network(self, n_classes):
+        if self.encoder is not None:
+            network = build_encoder_unet(n_classes, self.encoder,
+                                         self.weights, self.mirror,
+                                         self.base_filters)
+            return network, get_backbone(self.encoder).input_size[0]
+        network = build_unet(n_classes, self.depth, self.base_filters,
+                             self.architecture == "resunet")
+        return network, self.tile_size
+
+    def __call__(self, table: Table, progress_callback=None
+                 ) -> "SegmentationModel":
+        import keras
+        columns = _columns(table)
+        images = image_paths(table, columns.image)
+        masks = image_paths(table, columns.mask)
+        pairs = [(i, m) for i, m in zip(images, masks) if i and m]
+        if not pairs:
+            raise ValueError("No image has a mask.")
+        keras.utils.set_random_seed(self.random_state)
+        n_classes = len(columns.classes)
+        network, tile = self.build_network(n_classes)
+        train, val = self._split(len(pairs))
+        tiles = self.tiles_per_image or self._tiles_per_image(pairs[0], tile)
+        train_data, counter = tile_dataset(
+            [pairs[i] for i in train], columns.kind, tile, tiles,
+            self.batch_size, self.augment, self.random_state)
+        val_data = None
+        if len(val):
+            val_data, _ = tile_dataset(
+                [pairs[i] for i in val], columns.kind, tile, tiles,
+                self.batch_size, False, self.random_state + 1,
+                repeat_seed=True)
+        network.compile(
+            optimizer=keras.optimizers.Adam(self.learning_rate),
+            loss=segmentation_loss(self.loss, n_classes),
+            metrics=[keras.metrics.MeanIoU(n_classes, sparse_y_pred=False,
+                                           name="iou")])
+        hooks = self._hooks(progress_callback, counter)
+        history = fit(network, train_data, validation_data=val_data,
+                      epochs=self.epochs, hooks=hooks,
+                      early_stopping=self.early_stopping, patience=8)
+        model = SegmentationModel(network, columns.classes, tile,
+                                  self.architecture, self.encoder, history)
+        if len(val):
+            model.validation_metrics = model.evaluate(
+                [pairs[i] for i in val], columns.kind)
+        return model
+
+    @staticmethod
+    def _tiles_per_image(pair, tile):
+        """Enough tiles to cover the first image once, 1 to 16."""
+        from PIL import Image
+        try:
+            with Image.open(pair[0]) as image:
+                width, height = image.size
+        except OSError:
+            return 1
+        return int(np.clip(np.ceil(width * height / tile ** 2), 1, 16))
+
+    def _split(self, n):
+        rng = np.random.default_rng(self.random_state)
+        order = rng.permutation(n)
+        n_val = int(round(self.validation * n))
+        if n - n_val < 1:
+            n_val = 0
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+    def _hooks(self, progress_callback, counter):
+        hooks = self.hooks or TrainingHooks()
+
+        def on_epoch_end(epoch, logs):
+            counter[0] = epoch + 1  # new random tiles for the next epoch
+            if hooks.on_epoch_end is not None:
+                hooks.on_epoch_end(epoch, logs)
+
+        def progress(fraction):
+            if progress_callback is not None:
+                progress_callback(fraction)
+            if hooks.progress is not None:
+                hooks.progress(fraction)
+        return TrainingHooks(progress, hooks.should_stop, on_epoch_end)
+
+
+class SegmentationModel:
+    """A trained segmentation network; see :class:`SegmentationLearner`.
+
+    Attributes
+    ----------
+    network : keras.Model
+        RGB pixels (0..255) → per-pixel class probabilities.
+    class_names : tuple of str
+        Index 0 is the background.
+    tile_size : int
+    history : dict
+        Per-epoch metrics.
+    validation_metrics : dict or None
+        Per-class ``iou`` and ``dice`` on the held-out images (whole-image
+        tiled prediction), and their ``mean_iou`` over foreground classes.
+    """
+    export_output_description = \
+        "per-pixel class probabilities, in the order of class_names"
+
+    def __init__(self, network, class_names, tile_size, architecture="unet",
+                 encoder=None, history=None):
+        self.network = network
+        self.class_names = tuple(class_names)
+        self.tile_size = int(tile_size)
+        self.architecture = architecture
+        self.encoder = encoder
+        self.history = dict(history or {})
+        self.validation_metrics = None
+        self.overlap = self.tile_size // 2
+        self.batch_size = 4
+        self._predict_fn = None
+
+    @property
+    def backbone(self):
+        return self.encoder or self.architecture
+
+    @property
+    def input_size(self):
+        return (self.tile_size, self.tile_size)
+
+    def _predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        if self._predict_fn is None:
+            import tensorflow as tf
+            network = self.network
+
+            @tf.function(reduce_retracing=True)
+            def predict(pixels):
+                return tf.cast(network(pixels, training=False), tf.float32)
+            self._predict_fn = predict
+        return self._predict_fn(batch).numpy()
+
+    def segment_array(self, image: np.ndarray) -> np.ndarray:
+        """Label image of one RGB array (any size), by overlapping tiles."""
+        return predict_tiled(self._predict_batch, image, self.tile_size,
+                             self.overlap, len(self.class_names),
+                             self.batch_size)
+
+    def segment(self, table_or_paths: Union[Table, Sequence[str]],
+                callback=None) -> List[Optional[np.ndarray]]:
+        """Return one (H, W) label image per input (None if unreadable)."""
+        if isinstance(table_or_paths, Table):
+            column = find_image_column(table_or_paths)
+            if column is None:
+                raise ValueError("The data has no image column.")
+            paths = image_paths(table_or_paths, column)
+        else:
+            paths = list(table_or_paths)
+        labels = []
+        for i, path in enumerate(paths):
+            try:
+                image = np.asarray(load_image(path), dtype=np.uint8)
+            except ImageSkipped:
+                labels.append(None)
+            else:
+                labels.append(self.segment_array(image))
+            if callback is not None:
+                callback((i + 1) / len(paths))
+        return labels
+
+    def evaluate(self, pairs: Sequence[Tuple[str, str]], kind: str = "class"
+                 ) -> Dict[str, object]:
+        """Per-class IoU and Dice over image/mask pairs (all pixels)."""
+        n_classes = len(self.class_names)
+        truths, predictions = [], []
+        for image_path, mask_path in pairs:
+            image, mask = _read_pair(image_path, mask_path, kind)
+            if kind == "instance":
+                mask = (mask > 0).astype(np.int32)
+            truths.append(mask.ravel())
+            predictions.append(self.segment_array(image).ravel())
+        scores = iou_and_dice(np.concatenate(truths),
+                              np.concatenate(predictions), n_classes)
+        foreground = scores["iou"][1:]
+        scores["mean_iou"] = float(np.nanmean(foreground)) \
+            if np.isfinite(foreground).any() else float("nan")
+        return scores
+
+    def predict_masks(self, table: Table, out_dir: str, callback=None
+                      ) -> Table:
+        """Write a mask PNG per image into `out_dir`; return the table with
+        a mask column pointing at them.
+
+        Existing files are never overwritten (a numbered suffix is added);
+        rows whose image cannot be read get an empty mask value.
+        """
+        from PIL import Image
+        from orangecontrib.deepimage.files import (
+            check_output_folder, create_new_file)
+        check_output_folder(out_dir)
+        column = find_image_column(table)
+        if column is None:
+            raise ValueError("The data has no image column.")
+        paths = image_paths(table, column)
+        labels = self.segment(paths, callback)
+        names = []
+        for path, label in zip(paths, labels):
+            if label is None:
+                names.append("")
+                continue
+            stem = os.path.splitext(os.path.basename(path))[0]
+            file, written = create_new_file(
+                os.path.join(out_dir, f"{stem}-mask.png"))
+            with file:
+                Image.fromarray(label.astype(np.uint8)
+                                if label.max(initial=0) < 256 else label) \
+                    .save(file, format="PNG")
+            names.append(os.path.basename(written))
+        mask_var = StringVariable(get_unique_names(table.domain, "mask"))
+        mask_var.attributes.update({
+            "type": "image", "origin": out_dir, "mask": "class",
+            "classes": ",".join(self.class_names)})
+        domain = Domain(table.domain.attributes, table.domain.class_vars,
+                        table.domain.metas + (mask_var,))
+        result = table.transform(domain)
+        with result.unlocked(result.metas):
+            result.metas[:, -1] = names
+        return result
+
+    def export(self, path: str, format: str = "keras") -> str:
+        """Write the network (one tile in, probabilities out); see
+        :func:`orangecontrib.deepimage.export.export_model`."""
+        from orangecontrib.deepimage.export import export_model
+        return export_model(self, path, format)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_predict_fn"] = None
+        state["network"] = network_to_bytes(self.network)
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        state["network"] = network_from_bytes(state["network"])
+        self.__dict__.update(state)
+
+    def __repr__(self):
+        return (f"SegmentationModel({self.backbone!r}, "
+                f"classes={list(self.class_names)!r})")
