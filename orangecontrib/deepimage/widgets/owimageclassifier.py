@@ -1,0 +1,540 @@
+"""Image Classifier: train a deep image classifier by transfer learning.
+
+A learner widget like Orange's own: it sends an
+:class:`~orangecontrib.deepimage.classification.ImageClassifierLearner` at
+once (for Test & Score) and, given data, trains a model off the GUI thread
+(for Predictions, Confusion Matrix, Save Model, Explain Images) while live
+loss and accuracy curves are drawn.
+
+"Stop" ends training early and keeps the best model found so far: it sets an
+event that the training hooks read, so Keras stops after the current batch,
+restores the best epoch's weights and the task finishes normally. The
+mixin's real cancel (which discards the result) is used only when new data or
+parameters make the running training pointless.
+"""
+import copy
+import os
+import threading
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import pyqtgraph as pg
+
+from AnyQt.QtCore import Qt
+from AnyQt.QtGui import QColor, QPen
+from AnyQt.QtWidgets import QFormLayout, QLabel
+
+from orangewidget.report import bool_str
+
+from Orange.data import Table
+from Orange.widgets import gui
+from Orange.widgets.settings import Setting
+from Orange.widgets.utils.concurrent import ConcurrentWidgetMixin, TaskState
+from Orange.widgets.utils.owlearnerwidget import OWBaseLearner
+from Orange.widgets.utils.widgetpreview import WidgetPreview
+from Orange.widgets.widget import Msg
+
+from orangecontrib.deepimage.backbones import BACKBONES, get_backbone
+from orangecontrib.deepimage.classification import (
+    ImageClassifierLearner, ImageClassifierModel)
+from orangecontrib.deepimage.device import device_description
+from orangecontrib.deepimage.images import find_image_column
+from orangecontrib.deepimage.training import TrainingError, TrainingHooks
+from orangecontrib.deepimage.weights import WeightsUnavailable
+
+BACKBONE_KEYS = sorted(BACKBONES, key=lambda key: BACKBONES[key].order)
+
+#: Metrics drawn, as (history key, plot, legend label, dashed).
+CURVES = (("loss", "loss", "Training", False),
+          ("val_loss", "loss", "Validation", True),
+          ("accuracy", "accuracy", "Training", False),
+          ("val_accuracy", "accuracy", "Validation", True))
+
+
+class TrainingCancelled(Exception):
+    """The task was cancelled; its result is not wanted."""
+
+
+class StoppedBeforeTraining(Exception):
+    """Stop was pressed before the first training step: there is no model."""
+
+
+@dataclass
+class EpochMetrics:
+    """One epoch's metrics, sent from the worker as a partial result."""
+    epoch: int
+    metrics: Dict[str, float]
+
+
+def run_training(learner: ImageClassifierLearner, data: Table,
+                 state: TaskState, stop: Optional[threading.Event] = None
+                 ) -> ImageClassifierModel:
+    """Train `learner` on `data` (runs in a worker thread).
+
+    Each epoch's metrics are sent with ``state.set_partial_result`` as
+    :class:`EpochMetrics`. Setting `stop` ends training after the current
+    batch and returns the model with the best weights so far (or raises
+    :class:`StoppedBeforeTraining` when no training step ran yet);
+    ``state``'s interruption raises :class:`TrainingCancelled`.
+    """
+    stop = stop or threading.Event()
+    training = threading.Event()  # set once Keras runs training steps
+    status = [None]
+
+    def progress(fraction, message=None):
+        if state.is_interruption_requested():
+            raise TrainingCancelled()
+        if stop.is_set() and not training.is_set():
+            raise StoppedBeforeTraining()
+        if message and message != status[0]:
+            status[0] = message
+            state.set_status(message)
+        state.set_progress_value(100 * fraction)
+
+    def training_step(_fraction):
+        training.set()
+
+    def should_stop():
+        return stop.is_set() or state.is_interruption_requested()
+
+    def on_epoch_end(epoch, metrics):
+        training.set()
+        state.set_partial_result(EpochMetrics(epoch, dict(metrics)))
+
+    learner = copy.copy(learner)  # the learner on the output stays as it is
+    learner.hooks = TrainingHooks(training_step, should_stop, on_epoch_end)
+    state.set_status("Loading the network…")
+    model = learner(data, progress_callback=progress)
+    if state.is_interruption_requested():
+        raise TrainingCancelled()
+    return model
+
+
+class OWImageClassifier(OWBaseLearner, ConcurrentWidgetMixin):
+    name = "Image Classifier"
+    description = "Train a deep image classifier by transfer learning from " \
+                  "a pretrained network (on the GPU when there is one)."
+    icon = "icons/ImageClassifier.svg"
+    priority = 20
+    keywords = "image classifier, transfer learning, fine-tuning, deep " \
+               "learning, cnn, neural network"
+
+    LEARNER = ImageClassifierLearner
+
+    class Error(OWBaseLearner.Error):
+        no_image_column = Msg("The data has no image column (a text column "
+                              "marked as images, e.g. from Import Images).")
+        not_categorical = Msg("Image Classifier needs a categorical class; "
+                              "'{}' is numeric.")
+        single_class = Msg("All images are of a single class ('{}'); "
+                           "at least two classes are needed.")
+        training_failed = Msg("{}")
+
+    class Warning(OWBaseLearner.Warning):
+        notes = Msg("{}")
+
+    class Information(OWBaseLearner.Information):
+        stopped = Msg("Training was stopped after {} epoch(s); the model "
+                      "has the best weights found so far.")
+        stopped_before_training = Msg("Training was stopped before it "
+                                      "began; there is no model.")
+
+    settings_version = 1
+    backbone: str = Setting("squeezenet")
+    unfreeze: int = Setting(0)
+    hidden_units: int = Setting(128)
+    dropout: float = Setting(0.3)
+    batch_norm: bool = Setting(True)
+    augment: bool = Setting(False)
+    epochs: int = Setting(50)
+    batch_size: int = Setting(32)
+    learning_rate: float = Setting(0.001)
+    validation_percent: int = Setting(20)
+    early_stopping: bool = Setting(True)
+    class_weights: bool = Setting(False)
+    random_seed: int = Setting(0)
+
+    want_main_area = True
+    resizing_enabled = True
+
+    def __init__(self):
+        ConcurrentWidgetMixin.__init__(self)
+        self._stop_event = threading.Event()
+        self._epochs: List[int] = []
+        self._history: Dict[str, List[float]] = {}
+        if self.backbone not in BACKBONES:
+            self.backbone = "squeezenet"
+        OWBaseLearner.__init__(self)
+
+    # --- GUI ---------------------------------------------------------------
+
+    def add_main_layout(self):
+        # called from OWBaseLearner.__init__;
+        # pylint: disable=attribute-defined-outside-init
+        box = gui.vBox(self.controlArea, "Network")
+        self.backbone_combo = gui.comboBox(box, self, None)
+        for key in BACKBONE_KEYS:
+            backbone = BACKBONES[key]
+            self.backbone_combo.addItem(
+                f"{backbone.name} ({backbone.availability()})", key)
+            self.backbone_combo.setItemData(
+                self.backbone_combo.count() - 1, backbone.description,
+                Qt.ToolTipRole)
+        self.backbone_combo.setCurrentIndex(BACKBONE_KEYS.index(self.backbone))
+        self.backbone_combo.activated.connect(self._on_backbone_changed)
+
+        form = self._form(box)
+        self.unfreeze_spin = gui.spin(
+            None, self, "unfreeze", 0, 200, callback=self.settings_changed,
+            controlWidth=80, alignment=Qt.AlignRight,
+            tooltip="How many of the network's top layers learn too; 0 "
+                    "keeps the network as it is and trains only the new "
+                    "layers on top (feature extraction, fast).")
+        self.unfreeze_spin.setSpecialValueText("none")
+        form.addRow("Fine-tune top layers:", self.unfreeze_spin)
+
+        box = gui.vBox(self.controlArea, "New layers on top")
+        form = self._form(box)
+        spin = gui.spin(
+            None, self, "hidden_units", 0, 4096, step=16,
+            callback=self._on_hidden_units_changed, controlWidth=80,
+            alignment=Qt.AlignRight,
+            tooltip="Neurons in the hidden layer; 0 for none.")
+        spin.setSpecialValueText("none")
+        form.addRow("Hidden neurons:", spin)
+        form.addRow("Dropout:", gui.doubleSpin(
+            None, self, "dropout", 0, 0.9, step=0.05, decimals=2,
+            callback=self.settings_changed, controlWidth=80,
+            alignment=Qt.AlignRight,
+            tooltip="Share of neurons switched off at random while "
+                    "training, against overfitting."))
+        self.batch_norm_check = gui.checkBox(
+            None, self, "batch_norm", "Batch normalisation",
+            callback=self.settings_changed,
+            tooltip="Normalise the hidden layer's outputs.")
+        form.addRow(self.batch_norm_check)
+        self.batch_norm_check.setEnabled(bool(self.hidden_units))
+
+        box = gui.vBox(self.controlArea, "Training")
+        form = self._form(box)
+        form.addRow("Epochs:", gui.spin(
+            None, self, "epochs", 1, 1000, callback=self.settings_changed,
+            controlWidth=80, alignment=Qt.AlignRight,
+            tooltip="Passes over the training images."))
+        form.addRow("Batch size:", gui.spin(
+            None, self, "batch_size", 1, 1024, callback=self.settings_changed,
+            controlWidth=80, alignment=Qt.AlignRight,
+            tooltip="Images per training step; lower it if memory runs out."))
+        form.addRow("Learning rate:", gui.doubleSpin(
+            None, self, "learning_rate", 0.00001, 1.0, step=0.0005,
+            decimals=5, callback=self.settings_changed, controlWidth=80,
+            alignment=Qt.AlignRight,
+            tooltip="Step size of the optimiser (Adam); fine-tuned layers "
+                    "use a tenth of it."))
+        spin = gui.spin(
+            None, self, "validation_percent", 0, 50,
+            callback=self.settings_changed, controlWidth=80,
+            alignment=Qt.AlignRight,
+            tooltip="Share of images held out to pick the best epoch and "
+                    "to stop early; 0 uses the training loss.")
+        spin.setSuffix(" %")
+        form.addRow("Validation images:", spin)
+        form.addRow(gui.checkBox(
+            None, self, "augment", "Augment images (flips, rotation, zoom, "
+                                   "contrast)",
+            callback=self.settings_changed,
+            tooltip="Show the network altered copies of the images; "
+                    "slower, as images are read from disk every epoch."))
+        form.addRow(gui.checkBox(
+            None, self, "early_stopping",
+            "Stop early when validation stops improving",
+            callback=self.settings_changed,
+            tooltip="Stop after 5 epochs without improvement; the best "
+                    "epoch's weights are kept in any case."))
+        form.addRow(gui.checkBox(
+            None, self, "class_weights", "Balance rare classes",
+            callback=self.settings_changed,
+            tooltip="Weigh classes inversely to how often they occur "
+                    "(for imbalanced classes)."))
+        form.addRow("Random seed:", gui.spin(
+            None, self, "random_seed", 0, 2 ** 31 - 1,
+            callback=self.settings_changed, controlWidth=80,
+            alignment=Qt.AlignRight,
+            tooltip="The same seed gives the same split and model."))
+
+        box = gui.vBox(self.controlArea, "Device")
+        self.device_label = gui.widgetLabel(box, device_description())
+
+        self._setup_plots()
+
+    @staticmethod
+    def _form(box):
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        form.setLabelAlignment(Qt.AlignLeft)
+        box.layout().addLayout(form)
+        return form
+
+    def _setup_plots(self):
+        # pylint: disable=attribute-defined-outside-init
+        self.plots = {}
+        self.curves = {}
+        self.best_lines = {}
+        colours = {False: QColor("#1f77b4"), True: QColor("#ff7f0e")}
+        for name, label in (("loss", "Loss"), ("accuracy", "Accuracy")):
+            plot = pg.PlotWidget(background="w")
+            plot.setMinimumSize(320, 180)
+            plot.setLabel("left", label)
+            plot.setLabel("bottom", "Epoch")
+            plot.showGrid(x=True, y=True, alpha=0.2)
+            plot.setMouseEnabled(False, False)
+            plot.addLegend(offset=(-10, 10))
+            self.mainArea.layout().addWidget(plot)
+            self.plots[name] = plot
+            line = pg.InfiniteLine(angle=90, pen=pg.mkPen(
+                "#888888", style=Qt.DotLine))
+            line.hide()
+            plot.addItem(line)
+            self.best_lines[name] = line
+        for key, plot, legend, dashed in CURVES:
+            pen = QPen(colours[dashed], 2)
+            pen.setCosmetic(True)
+            if dashed:
+                pen.setStyle(Qt.DashLine)
+            self.curves[key] = self.plots[plot].plot(
+                [], [], pen=pen, name=legend, symbol="o", symbolSize=4,
+                symbolBrush=colours[dashed], symbolPen=None)
+        self.metrics_label = QLabel()
+        self.metrics_label.setWordWrap(True)
+        self.mainArea.layout().addWidget(self.metrics_label)
+
+    def add_bottom_buttons(self):
+        # pylint: disable=attribute-defined-outside-init
+        self.stop_button = gui.button(
+            self.buttonsArea, self, "Stop", callback=self.stop_training,
+            autoDefault=False,
+            tooltip="Stop training and keep the best model found so far.")
+        self.stop_button.setEnabled(False)
+        super().add_bottom_buttons()
+
+    # --- parameters --------------------------------------------------------
+
+    def _on_backbone_changed(self):
+        self.backbone = self.backbone_combo.currentData()
+        self.settings_changed()
+
+    def _on_hidden_units_changed(self):
+        self.batch_norm_check.setEnabled(bool(self.hidden_units))
+        self.settings_changed()
+
+    def settings_changed(self, *args, **kwargs):
+        # The learner goes out at once (Test & Score needs no training);
+        # training a model follows Apply / Apply Automatically. A running
+        # training is for the old parameters: its model is not wanted.
+        self.cancel()
+        self.update_learner()
+        self.model = None
+        self.Warning.outdated_learner(shown=not self.auto_apply)
+        self.apply_as(self._SOFT)
+
+    def create_learner(self):
+        return self.LEARNER(
+            backbone=self.backbone, unfreeze=self.unfreeze,
+            hidden_units=self.hidden_units, dropout=self.dropout,
+            batch_norm=self.batch_norm, augment=self.augment,
+            epochs=self.epochs, batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            validation=self.validation_percent / 100,
+            early_stopping=self.early_stopping,
+            class_weights=self.class_weights, random_state=self.random_seed,
+            preprocessors=self.preprocessors)
+
+    def get_learner_parameters(self):
+        backbone = get_backbone(self.backbone)
+        return (
+            ("Network", backbone.name),
+            ("Fine-tuned top layers",
+             self.unfreeze or "none (feature extraction)"),
+            ("Hidden neurons", self.hidden_units or "none"),
+            ("Dropout", f"{self.dropout:.2f}"),
+            ("Batch normalisation",
+             bool_str(self.batch_norm and bool(self.hidden_units))),
+            ("Augmentation", bool_str(self.augment)),
+            ("Epochs", self.epochs),
+            ("Batch size", self.batch_size),
+            ("Learning rate", f"{self.learning_rate:g}"),
+            ("Validation images", f"{self.validation_percent} %"),
+            ("Early stopping", bool_str(self.early_stopping)),
+            ("Balanced classes", bool_str(self.class_weights)),
+            ("Random seed", self.random_seed))
+
+    # --- data and training ---------------------------------------------------
+
+    def check_data(self):
+        self.valid_data = False
+        for msg in (self.Error.no_image_column, self.Error.not_categorical,
+                    self.Error.single_class, self.Error.sparse_not_supported):
+            msg.clear()
+        data = self.data
+        if data is None or self.learner is None:
+            return False
+        self.Error.data_error.clear()
+        class_var = data.domain.class_var
+        if class_var is not None and not class_var.is_discrete:
+            self.Error.not_categorical(class_var.name)
+        if find_image_column(data) is None:
+            self.Error.no_image_column()
+        if self.Error.not_categorical.is_shown() \
+                or self.Error.no_image_column.is_shown():
+            return False
+        if not len(data):
+            self.Error.data_error("Dataset is empty.")
+            return False
+        present = np.unique(data.Y[~np.isnan(data.Y)]).astype(int)
+        if len(present) < 2:
+            only = class_var.values[present[0]] if len(present) else "none"
+            self.Error.single_class(only)
+            return False
+        self.valid_data = True
+        return True
+
+    def update_model(self):
+        self.cancel()
+        self.show_fitting_failed(None)
+        self.Error.training_failed.clear()
+        self.Warning.notes.clear()
+        self.Information.stopped.clear()
+        self.Information.stopped_before_training.clear()
+        self.model = None
+        self._clear_curves()
+        self._send_model()
+        if self.check_data():
+            self._stop_event = threading.Event()
+            self.stop_button.setEnabled(True)
+            self.start(run_training, self.learner, self.data,
+                       stop=self._stop_event)
+
+    def stop_training(self):
+        """Stop training; the model with the best weights so far is sent."""
+        if self.task is not None:
+            self._stop_event.set()
+            self.stop_button.setEnabled(False)
+            self.setStatusMessage("Stopping…")
+
+    def cancel(self):
+        """Cancel training and discard its result."""
+        super().cancel()
+        self.stop_button.setEnabled(False)
+
+    def on_partial_result(self, result: EpochMetrics):
+        self._epochs.append(result.epoch + 1)
+        for key, value in result.metrics.items():
+            self._history.setdefault(key, []).append(value)
+        self._update_curves()
+
+    def on_done(self, result: ImageClassifierModel):
+        self.stop_button.setEnabled(False)
+        model = result
+        model.name = self.effective_learner_name()
+        model.instances = self.data
+        self.model = model
+        if model.history:
+            n = len(next(iter(model.history.values())))
+            self._epochs = list(range(1, n + 1))
+            self._history = {key: list(values)
+                             for key, values in model.history.items()}
+            self._update_curves(best=True)
+        if self._stop_event.is_set():
+            self.Information.stopped(len(self._epochs))
+        if model.notes:
+            self.Warning.notes("\n".join(model.notes))
+        self._send_model()
+
+    def on_exception(self, ex: Exception):
+        self.stop_button.setEnabled(False)
+        self.model = None
+        self._send_model()
+        if isinstance(ex, TrainingCancelled):
+            return
+        if isinstance(ex, StoppedBeforeTraining):
+            self.Information.stopped_before_training()
+        elif isinstance(ex, (TrainingError, ValueError, WeightsUnavailable,
+                             OSError)):
+            self.Error.training_failed(str(ex) or type(ex).__name__)
+        else:
+            self.show_fitting_failed(ex)
+
+    def onDeleteWidget(self):
+        self._stop_event.set()
+        self.shutdown()
+        super().onDeleteWidget()
+
+    # --- curves ----------------------------------------------------------
+
+    def _clear_curves(self):
+        self._epochs = []
+        self._history = {}
+        self._update_curves()
+
+    def _best_epoch(self) -> Optional[int]:
+        """The epoch whose weights the model keeps (1-based), if known."""
+        monitor = self._history.get("val_loss") or self._history.get("loss")
+        if not monitor or not np.isfinite(monitor).any():
+            return None
+        return int(np.nanargmin(np.asarray(monitor, float))) + 1
+
+    def _update_curves(self, best=False):
+        for key, *_ in CURVES:
+            values = self._history.get(key, [])
+            self.curves[key].setData(self._epochs[:len(values)], values)
+        best_epoch = self._best_epoch() if best else None
+        for line in self.best_lines.values():
+            line.setVisible(best_epoch is not None)
+            if best_epoch is not None:
+                line.setValue(best_epoch)
+        self.metrics_label.setText(self._metrics_text(best_epoch))
+
+    def _metrics_text(self, best_epoch: Optional[int] = None) -> str:
+        if not self._epochs:
+            return ""
+        index = len(self._epochs) - 1 if best_epoch is None \
+            else best_epoch - 1
+        parts = []
+        for prefix, name in (("", "training"), ("val_", "validation")):
+            loss = self._metric(prefix + "loss", index)
+            accuracy = self._metric(prefix + "accuracy", index)
+            if loss is not None:
+                text = f"{name} loss {loss:.3f}"
+                if accuracy is not None:
+                    text += f", accuracy {accuracy:.3f}"
+                parts.append(text)
+        which = f"Best epoch {best_epoch} of {len(self._epochs)}" \
+            if best_epoch is not None else f"Epoch {self._epochs[-1]}"
+        return f"{which}: {'; '.join(parts)}"
+
+    def _metric(self, key, index) -> Optional[float]:
+        values = self._history.get(key, [])
+        return values[index] if 0 <= index < len(values) else None
+
+    # --- report ------------------------------------------------------------
+
+    def send_report(self):
+        super().send_report()
+        self.report_items("Device", (("Device", device_description()),))
+        if self._epochs:
+            self.report_items("Training", (
+                ("Result", self.metrics_label.text()),))
+            self.report_plot("Loss", self.plots["loss"])
+            self.report_plot("Accuracy", self.plots["accuracy"])
+
+    @classmethod
+    def migrate_settings(cls, settings, version):
+        # Version 1 is the first; later versions migrate from here.
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from orangecontrib.imageanalytics.import_images import ImportImages
+    WidgetPreview(OWImageClassifier).run(
+        ImportImages()(os.path.expanduser("~/Pictures"))[0])

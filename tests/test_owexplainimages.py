@@ -1,0 +1,224 @@
+import os
+import tempfile
+import unittest
+from unittest import mock
+
+import numpy as np
+from PIL import Image
+
+from Orange.classification import LogisticRegressionLearner
+from Orange.data import ContinuousVariable, DiscreteVariable, Domain, Table
+from Orange.widgets.tests.base import WidgetTest
+
+from orangecontrib.deepimage.classification import ImageClassifierLearner
+from orangecontrib.deepimage.widgets.owexplainimages import (
+    OWExplainImages, default_output_folder)
+from orangecontrib.deepimage.widgets.owimageclassifier import (
+    OWImageClassifier)
+
+from imagedata import image_table, shapes_table
+
+TIMEOUT = 60000
+
+
+class TestOWExplainImages(WidgetTest):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tempdir = tempfile.TemporaryDirectory()
+        cls.env = mock.patch.dict(os.environ, {
+            "DEEPIMAGE_CACHE_DIR": os.path.join(cls.tempdir.name, "cache")})
+        cls.env.start()
+        cls.images = os.path.join(cls.tempdir.name, "images")
+        os.mkdir(cls.images)
+        cls.data = shapes_table(cls.images, per_class=8)
+        cls.model = ImageClassifierLearner(
+            epochs=3, learning_rate=0.01)(cls.data)
+        # Explaining is the slow part: eight images of the three classes.
+        cls.sample = cls.data[::3]
+        cls.model.name = "Image Classifier"
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.env.stop()
+        cls.tempdir.cleanup()
+        super().tearDownClass()
+
+    def setUp(self):
+        self.out_dir = tempfile.mkdtemp(dir=self.tempdir.name)
+        self.widget = self.create_widget(
+            OWExplainImages, stored_settings={"output_folder": self.out_dir})
+
+    def explain(self, data=None, model=None, widget=None):
+        widget = widget or self.widget
+        self.send_signals([(widget.Inputs.data,
+                            self.sample if data is None else data),
+                           (widget.Inputs.model, model or self.model)],
+                          widget=widget)
+        return self.get_output(widget.Outputs.data, widget=widget,
+                               wait=TIMEOUT)
+
+    def test_outputs_heatmap_files_and_classes(self):
+        output = self.explain()
+        self.assertEqual(len(output), len(self.sample))
+        gradcam = output.domain["Grad-CAM"]
+        self.assertTrue(gradcam.is_string)
+        self.assertEqual(gradcam.attributes["type"], "image")
+        self.assertEqual(gradcam.attributes["origin"], self.out_dir)
+        files = output.get_column(gradcam)
+        for name in files:
+            path = os.path.join(self.out_dir, name)
+            self.assertTrue(os.path.isfile(path), path)
+            with Image.open(path) as image:
+                self.assertEqual(image.format, "PNG")
+                self.assertEqual(image.size, (32, 32))
+        self.assertEqual(len(set(files)), len(files))
+        # The input images are untouched and nothing is written beside them.
+        self.assertEqual(len(os.listdir(self.images)), len(self.data))
+
+        explained = output.domain["Explained class"]
+        self.assertEqual(explained.values, self.model.class_names)
+        predicted = self.model(self.sample)
+        np.testing.assert_array_equal(output.get_column(explained), predicted)
+        np.testing.assert_array_equal(
+            output.get_column("Predicted class"), predicted)
+        probability = output.get_column("Probability")
+        self.assertTrue(((probability > 0) & (probability <= 1)).all())
+        # The input columns are all there, in the same rows.
+        np.testing.assert_array_equal(output.get_column("image"),
+                                      self.sample.get_column("image"))
+
+        self.assertEqual(self.widget.grid.count(), len(self.sample))
+        self.assertFalse(self.widget.Error.active)
+        self.assertFalse(self.widget.Warning.active)
+
+    def test_target_class_changes_explained_class(self):
+        self.explain()
+        combo = self.widget.target_combo
+        self.assertEqual(
+            [combo.itemText(i) for i in range(combo.count())],
+            ["predicted", "disc", "square", "stripes"])
+        self.widget.set_target_class("square")
+        output = self.get_output(self.widget.Outputs.data, wait=TIMEOUT)
+        explained = output.get_column("Explained class")
+        self.assertTrue((explained == 1).all())
+        # The probabilities are now those of "square".
+        probs = self.model(self.sample, self.model.Probs)[:, 1]
+        np.testing.assert_allclose(output.get_column("Probability"), probs,
+                                   atol=1e-4)
+        self.assertEqual(self.widget.target_class, "square")
+        self.assertIn("square", self.widget.grid.item(0).text())
+
+    def test_opacity_redraws_and_writes_new_files(self):
+        first = self.explain()
+        icon = self.widget.grid.item(0).icon().pixmap(32, 32).toImage()
+        self.widget.opacity = 100
+        self.widget._draw_grid()
+        self.assertNotEqual(
+            self.widget.grid.item(0).icon().pixmap(32, 32).toImage(), icon)
+        self.widget._on_opacity_set()
+        second = self.get_output(self.widget.Outputs.data, wait=TIMEOUT)
+        old, new = first.get_column("Grad-CAM"), second.get_column("Grad-CAM")
+        # Never overwritten: new names, and the old files are still there.
+        self.assertFalse(set(old) & set(new))
+        for name in list(old) + list(new):
+            self.assertTrue(os.path.isfile(os.path.join(self.out_dir, name)))
+
+    def test_wrong_model_type_and_no_model(self):
+        iris = Table("iris")
+        logistic = LogisticRegressionLearner()(iris)
+        self.send_signal(self.widget.Inputs.data, self.sample)
+        self.send_signal(self.widget.Inputs.model, logistic)
+        self.assertTrue(self.widget.Error.wrong_model.is_shown())
+        self.assertIsNone(self.get_output(self.widget.Outputs.data))
+
+        self.send_signal(self.widget.Inputs.model, None)
+        self.assertFalse(self.widget.Error.wrong_model.is_shown())
+        self.assertTrue(self.widget.Information.no_model.is_shown())
+        self.assertIsNone(self.get_output(self.widget.Outputs.data))
+        self.assertEqual(self.widget.target_combo.count(), 1)
+
+        self.send_signal(self.widget.Inputs.model, self.model)
+        self.assertFalse(self.widget.Information.no_model.is_shown())
+        self.assertIsNotNone(
+            self.get_output(self.widget.Outputs.data, wait=TIMEOUT))
+
+    def test_no_image_column(self):
+        data = Table.from_numpy(
+            Domain([ContinuousVariable("x")],
+                   DiscreteVariable("y", ("a", "b"))),
+            np.arange(4).reshape(4, 1), np.array([0, 1, 0, 1]))
+        self.send_signal(self.widget.Inputs.model, self.model)
+        self.send_signal(self.widget.Inputs.data, data)
+        self.assertTrue(self.widget.Error.no_image_column.is_shown())
+        self.assertIsNone(self.get_output(self.widget.Outputs.data))
+        self.send_signal(self.widget.Inputs.data, None)
+        self.assertFalse(self.widget.Error.no_image_column.is_shown())
+
+    def test_unreadable_images_are_counted(self):
+        with open(os.path.join(self.out_dir, "broken.png"), "w") as file:
+            file.write("not a picture")
+        folder = self.images
+        names = ["disc00.png", "../" + os.path.basename(self.out_dir)
+                 + "/broken.png", "missing.png", "square00.png"]
+        data = image_table(folder, names, [0, 0, 1, 1],
+                           self.data.domain.class_var.values, "shape")
+        output = self.explain(data)
+        self.assertTrue(self.widget.Warning.images_skipped.is_shown())
+        self.assertIn("2 image", str(self.widget.Warning.images_skipped))
+        files = output.get_column("Grad-CAM")
+        self.assertTrue(files[0] and files[3])
+        self.assertFalse(files[1] or files[2])
+        self.assertTrue(np.isnan(output.get_column("Probability")[[1, 2]])
+                        .all())
+        self.assertEqual(self.widget.grid.count(), 2)
+
+    def test_default_folder_is_in_the_cache(self):
+        widget = self.create_widget(OWExplainImages)
+        self.assertEqual(widget.output_folder, "")
+        output = self.explain(self.data[:3], widget=widget)
+        origin = output.domain["Grad-CAM"].attributes["origin"]
+        self.assertEqual(origin, default_output_folder())
+        self.assertTrue(origin.startswith(os.environ["DEEPIMAGE_CACHE_DIR"]))
+        self.assertNotEqual(os.path.dirname(origin), self.images)
+
+    def test_settings_round_trip(self):
+        self.explain()
+        self.widget.set_target_class("stripes")
+        self.widget.opacity = 80
+        self.wait_until_finished(timeout=TIMEOUT)
+        settings = self.widget.settingsHandler.pack_data(self.widget)
+        self.assertEqual(settings["target_class"], "stripes")
+        self.assertEqual(settings["__version__"], 1)
+        restored = self.create_widget(OWExplainImages,
+                                      stored_settings=settings)
+        self.assertEqual(restored.opacity, 80)
+        self.assertEqual(restored.output_folder, self.out_dir)
+        # The stored class waits for a model that has it.
+        self.assertEqual(restored.target_combo.currentData(), "")
+        output = self.explain(widget=restored)
+        self.assertEqual(restored.target_combo.currentText(), "stripes")
+        self.assertTrue((output.get_column("Explained class") == 2).all())
+
+    def test_report(self):
+        self.widget.send_report()
+        self.explain()
+        self.widget.report_html = ""
+        self.widget.send_report()
+        html = self.widget.report_html
+        self.assertEqual(html.count("data:image/png;base64,"), 6)
+        self.assertIn(self.out_dir, html)
+
+    def test_model_from_image_classifier_widget(self):
+        classifier = self.create_widget(
+            OWImageClassifier, stored_settings={"epochs": 2})
+        self.send_signal(classifier.Inputs.data, self.data, widget=classifier)
+        model = self.get_output(classifier.Outputs.model, widget=classifier,
+                                wait=TIMEOUT)
+        output = self.explain(model=model)
+        self.assertEqual(len(output), len(self.sample))
+        self.assertTrue(all(output.get_column("Grad-CAM")))
+
+
+if __name__ == "__main__":
+    unittest.main()
