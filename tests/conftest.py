@@ -1,0 +1,20 @@
+"""Test set-up: headless Qt, quiet TensorFlow, and private caches.
+
+No test may touch the user's embedding cache or Keras cache, or download
+anything: both caches point at a fresh temporary folder for the session.
+"""
+import os
+import shutil
+import tempfile
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_SESSION_DIR = tempfile.mkdtemp(prefix="deepimage-tests-")
+os.environ["DEEPIMAGE_CACHE_DIR"] = os.path.join(_SESSION_DIR, "cache")
+os.environ["KERAS_HOME"] = os.path.join(_SESSION_DIR, "keras")
+os.environ.pop("DEEPIMAGE_WEIGHTS_MIRROR", None)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
