@@ -1,4 +1,5 @@
 import os
+import shutil
 import tempfile
 import threading
 import unittest
@@ -176,6 +177,33 @@ class TestOWSegmentationData(WidgetTest):
     def choose_no_wait(self):
         self.widget.images_dir = self.images
         self.widget.set_masks_dir(self.masks)
+
+    def test_folders_are_found_beside_a_moved_workflow(self):
+        root = self.tempdir.name
+        widget = self.create_widget(OWSegmentationData,
+                                    env={"basedir": root})
+        widget.set_folders(self.images, self.masks)
+        self.wait_until_finished(widget)
+        settings = widget.settingsHandler.pack_data(widget)
+        self.assertEqual(settings["images_relative"], "images")
+        self.assertEqual(settings["masks_relative"], "masks")
+
+        # The workflow and its folders moved: the old absolute paths are gone.
+        with tempfile.TemporaryDirectory() as moved:
+            shutil.copytree(self.images, os.path.join(moved, "images"))
+            shutil.copytree(self.masks, os.path.join(moved, "masks"))
+            settings["images_dir"] = "/nonexistent/images"
+            settings["masks_dir"] = "/nonexistent/masks"
+            restored = self.create_widget(
+                OWSegmentationData, stored_settings=settings,
+                env={"basedir": moved})
+            restored.reload()
+            self.wait_until_finished(restored)
+            output = self.get_output(restored.Outputs.data, widget=restored)
+            self.assertFalse(restored.Error.folder_missing.is_shown())
+            self.assertEqual(len(output), 3)
+            origin = output.domain["image"].attributes["origin"]
+            self.assertTrue(origin.startswith(moved))
 
     def test_browse_uses_the_dialog(self):
         with mock.patch.object(owsegmentationdata.QFileDialog,

@@ -252,7 +252,7 @@ def run_workflow(path: str, timeout: float = 1800,
     if not os.path.isfile(path):
         raise WorkflowError(f"No such workflow: {path}")
     wanted = [parse_output_spec(spec) for spec in outputs]
-    app = _application()
+    app = _application()  # noqa: F841  (kept alive for the whole run)
     start = time.monotonic()
     # Relative paths in widgets' settings start from the workflow's folder.
     env = {"basedir": os.path.dirname(os.path.abspath(path))}
@@ -280,18 +280,19 @@ def run_workflow(path: str, timeout: float = 1800,
                                     f"workflow has {sorted(titles)}")
             _write_output(sent.get((title, output)), target)
     finally:
-        _close(scheme, app)
+        _close(scheme)
     return result
 
 
-def _close(scheme, app):
+def _close(scheme):
+    from AnyQt.QtCore import QCoreApplication
     for node in list(scheme.nodes):
         widget = scheme.widget_for_node(node)
         if widget is not None and hasattr(widget, "shutdown"):
             widget.shutdown()
     scheme.signal_manager.stop()
     scheme.clear()
-    app.sendPostedEvents(None, 0)
+    QCoreApplication.sendPostedEvents(None, 0)
 
 
 def format_result(result: WorkflowResult) -> str:

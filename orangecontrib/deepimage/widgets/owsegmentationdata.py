@@ -85,6 +85,10 @@ class OWSegmentationData(OWWidget, ConcurrentWidgetMixin):
     settings_version = 1
     images_dir: str = Setting("")
     masks_dir: str = Setting("")
+    # The same folders relative to the workflow's folder, so a workflow
+    # moved together with its data (e.g. a tutorial) still finds them.
+    images_relative: str = Setting("")
+    masks_relative: str = Setting("")
     recent_images: List[str] = Setting([])
     recent_masks: List[str] = Setting([])
     class_names: str = Setting("")
@@ -175,19 +179,50 @@ class OWSegmentationData(OWWidget, ConcurrentWidgetMixin):
         if folder:
             self.set_masks_dir(folder)
 
-    def set_images_dir(self, folder: str):
+    def set_images_dir(self, folder: str, reload: bool = True):
         """Use the images in `folder` and pair again."""
         self.images_dir = folder
+        self.images_relative = self._relative(folder)
         self.images_edit.setText(folder)
         self._remember(folder, self.recent_images, self.images_edit)
-        self.reload()
+        if reload:
+            self.reload()
 
-    def set_masks_dir(self, folder: str):
+    def set_masks_dir(self, folder: str, reload: bool = True):
         """Use the masks in `folder` and pair again."""
         self.masks_dir = folder
+        self.masks_relative = self._relative(folder)
         self.masks_edit.setText(folder)
         self._remember(folder, self.recent_masks, self.masks_edit)
-        self.reload()
+        if reload:
+            self.reload()
+
+    def set_folders(self, images_dir: str, masks_dir: str):
+        """Use both folders and pair once."""
+        self.set_images_dir(images_dir, reload=False)
+        self.set_masks_dir(masks_dir)
+
+    def _basedir(self) -> Optional[str]:
+        return self.workflowEnv().get("basedir") or None
+
+    def _relative(self, folder: str) -> str:
+        """`folder` relative to the workflow's folder, if it lies within."""
+        basedir = self._basedir()
+        if not folder or not basedir or not os.path.isabs(folder):
+            return ""
+        relative = os.path.relpath(folder, basedir)
+        return "" if relative.startswith("..") else relative
+
+    def _resolved(self, folder: str, relative: str) -> str:
+        """The folder as chosen, or found beside the moved workflow."""
+        basedir = self._basedir()
+        if folder and not os.path.isabs(folder) and basedir:
+            return os.path.join(basedir, folder)
+        if folder and not os.path.isdir(folder) and relative and basedir:
+            moved = os.path.join(basedir, relative)
+            if os.path.isdir(moved):
+                return moved
+        return folder
 
     @staticmethod
     def _remember(folder: str, recent: List[str], edit: QLineEdit):
@@ -235,15 +270,16 @@ class OWSegmentationData(OWWidget, ConcurrentWidgetMixin):
             self.Information.no_folder()
             self._send(None, "No data.")
             return
-        for title, folder in (("images", self.images_dir),
-                              ("masks", self.masks_dir)):
+        images_dir = self._resolved(self.images_dir, self.images_relative)
+        masks_dir = self._resolved(self.masks_dir, self.masks_relative)
+        for title, folder in (("images", images_dir), ("masks", masks_dir)):
             if not os.path.isdir(folder):
                 self.Error.folder_missing(title, folder)
                 self._send(None, "No data.")
                 return
         self.info_label.setText("Pairing…")
         kind = None if self.mask_kind == "auto" else self.mask_kind
-        self.start(run_pairing, self.images_dir, self.masks_dir,
+        self.start(run_pairing, images_dir, masks_dir,
                    self.class_names or None, kind)
 
     def _send(self, table: Optional[Table], info: str):
