@@ -18,12 +18,13 @@ import os
 import pickle
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["run_workflow", "WorkflowResult", "NodeReport", "parse_output_spec",
            "WorkflowError"]
 
-SEVERITIES = {1: "information", 2: "warning", 3: "error"}
+_APP = None
 
 
 class WorkflowError(Exception):
@@ -71,13 +72,16 @@ def _application():
                           "offscreen" if not os.environ.get("DISPLAY")
                           else os.environ.get("QT_QPA_PLATFORM", "xcb"))
     from AnyQt.QtWidgets import QApplication
-    app = QApplication.instance()
-    if app is None:
-        app = QApplication(["deepimage"])
-    return app
+    global _APP  # pylint: disable=global-statement
+    if QApplication.instance() is None:
+        # Kept in a global: a collected QApplication crashes Qt.
+        _APP = QApplication(["deepimage"])
+    return QApplication.instance()
 
 
+@lru_cache(maxsize=1)
 def _registry():
+    """All installed widgets (discovered once per process)."""
     from Orange.canvas.config import Config
     from orangecanvas.registry import WidgetRegistry
     config = Config()
@@ -252,7 +256,7 @@ def run_workflow(path: str, timeout: float = 1800,
     if not os.path.isfile(path):
         raise WorkflowError(f"No such workflow: {path}")
     wanted = [parse_output_spec(spec) for spec in outputs]
-    app = _application()  # noqa: F841  (kept alive for the whole run)
+    _application()
     start = time.monotonic()
     # Relative paths in widgets' settings start from the workflow's folder.
     env = {"basedir": os.path.dirname(os.path.abspath(path))}
