@@ -27,9 +27,9 @@ from Orange.data import (ContinuousVariable, DiscreteVariable, Domain,
 
 from orangecontrib.deepimage import images
 from orangecontrib.deepimage.images import (
-    ImageSkipped, decode_image, find_image_column, image_columns,
-    image_paths, iter_image_batches, load_image, read_image_bytes,
-    resolve_path)
+    ImageSkipped, decode_image, find_image_column, find_mask_column,
+    image_columns, image_paths, iter_image_batches, load_image,
+    mask_class_names, read_image_bytes, resolve_path)
 
 # Distinct solid colours (no two closer than ~40 in some channel).
 COLOURS = [
@@ -917,3 +917,32 @@ def test_embedder_by_column_name(embedder, tmp_path):
     embedded, skipped, n_skipped = embedder(table, col="file")
     assert len(embedded) == 1 and n_skipped == 1
     assert embedded.metas[0, 0] == "x" and skipped.metas[0, 0] == "y"
+
+
+def test_embedding_columns_record_the_model(tmp_path):
+    from orangecontrib.deepimage.clustering import recorded_model
+    from orangecontrib.deepimage.embedding import ImageEmbedder
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "red.png")
+    image = StringVariable("image")
+    image.attributes.update(type="image", origin=str(tmp_path))
+    table = Table.from_numpy(Domain([], metas=[image]), np.empty((1, 0)),
+                             metas=np.array([["red.png"]], dtype=object))
+    embedded, _, _ = ImageEmbedder("squeezenet", cache_dir=tmp_path)(table)
+    assert embedded.domain.attributes[0].attributes["deepimage-model"] == \
+        "squeezenet"
+    assert recorded_model(embedded) == "squeezenet"
+
+
+def test_mask_columns_are_not_image_columns():
+    image = StringVariable("image")
+    image.attributes.update(type="image", origin="/photos")
+    mask = StringVariable("mask")
+    mask.attributes.update(type="image", origin="/masks", mask="class",
+                           classes="background, crane")
+    table = Table.from_numpy(Domain([], metas=[mask, image]),
+                             np.empty((1, 0)),
+                             metas=np.array([["m.png", "p.jpg"]], dtype=object))
+    assert find_image_column(table) is image
+    assert find_mask_column(table) is mask
+    assert image_columns(table) == [image]
+    assert mask_class_names(mask) == ["background", "crane"]

@@ -290,7 +290,8 @@ class ImageEmbedder:
             raise ValueError("The data has no image column (a text meta "
                              "column marked as images).")
         result = self.embed_paths(image_paths(table, column), callback)
-        return embedding_tables(table, result, self.embedding_size)
+        return embedding_tables(table, result, self.embedding_size,
+                                self.model, self.weights)
 
 
 _shared_embedders: Dict[Tuple, ImageEmbedder] = {}
@@ -315,10 +316,15 @@ def shared_embedder(model: str = "squeezenet", weights: Optional[str] = None,
         return _shared_embedders[key]
 
 
-def embedding_tables(table: Table, result: EmbeddingResult, size: int):
+def embedding_tables(table: Table, result: EmbeddingResult, size: int,
+                     model: Optional[str] = None,
+                     weights: Optional[str] = None):
     """Split `table` into embedded rows (with the vectors) and skipped rows.
 
-    The input table is not changed; both outputs keep the rows' ids.
+    The input table is not changed; both outputs keep the rows' ids. Each
+    embedding column records the backbone (``attributes["deepimage-model"]``)
+    and any weights file other than ImageNet's (``"deepimage-weights"``), so
+    later widgets know whether the ImageNet head applies.
     """
     embedded_mask = np.array([v is not None for v in result.vectors],
                              dtype=bool)
@@ -328,6 +334,10 @@ def embedding_tables(table: Table, result: EmbeddingResult, size: int):
         features = [ContinuousVariable(name) for name in names]
         for var in features:
             var.attributes["hidden"] = True
+            if model is not None:
+                var.attributes["deepimage-model"] = model
+            if weights:
+                var.attributes["deepimage-weights"] = weights
         domain = Domain(table.domain.attributes + tuple(features),
                         table.domain.class_vars, table.domain.metas)
         embedded = table[embedded_mask].transform(domain)
