@@ -194,11 +194,14 @@ def _report_html(scheme, title: str, nodes: List[NodeReport]) -> str:
     sections = []
     for node, status in zip(scheme.nodes, nodes):
         widget = scheme.widget_for_node(node)
-        try:
-            widget.create_report_html()
-            body = widget.report_html
-        except Exception as error:  # pylint: disable=broad-except
-            body = f"<p>(no report: {html.escape(str(error))})</p>"
+        if not hasattr(widget, "send_report"):
+            body = ""  # e.g. Import Images has no report
+        else:
+            try:
+                widget.create_report_html()
+                body = widget.report_html
+            except Exception as error:  # pylint: disable=broad-except
+                body = f"<p>(no report: {html.escape(str(error))})</p>"
         notes = "".join(
             f'<p class="{kind}">{kind.capitalize()}: {html.escape(text)}</p>'
             for kind, texts in (("error", status.errors),
