@@ -337,7 +337,8 @@ def summarize_objects(masks: Sequence[np.ndarray],
                                  instance))
     domain = _summary_domain(class_names, StringVariable("image name"))
     return Table.from_numpy(
-        domain, np.array(rows, dtype=float).reshape(len(masks), -1),
+        domain, np.array(rows, dtype=float).reshape(
+            len(masks), len(domain.attributes)),
         metas=np.array(names, dtype=object)[:, None])
 
 
@@ -477,7 +478,8 @@ def measure_table(table: Table, image_column: Optional[str] = None,
         metas = np.array(row_names, dtype=object)[:, None]
     summary = Table.from_numpy(
         summary_domain, np.array(summary_rows, dtype=float).reshape(
-            len(masks), n_summary), metas=metas.reshape(len(masks), -1))
+            len(masks), n_summary),
+        metas=metas.reshape(len(masks), len(summary_domain.metas)))
     objects.name, summary.name = "objects", "object summary"
     return objects, summary
 

@@ -32,9 +32,9 @@ from orangecontrib.deepimage.device import (
 from orangecontrib.deepimage.training import (
     TrainingHooks, fit, network_from_bytes, network_to_bytes)
 
-__all__ = ["SegmentationLearner", "SegmentationModel", "build_unet",
-           "build_encoder_unet", "segmentation_loss", "predict_tiled",
-           "iou_and_dice", "ARCHITECTURES", "LOSSES"]
+__all__ = ["SegmentationLearner", "SegmentationModel", "EpochPreview",
+           "build_unet", "build_encoder_unet", "segmentation_loss",
+           "predict_tiled", "iou_and_dice", "ARCHITECTURES", "LOSSES"]
 
 ARCHITECTURES = ("unet", "resunet")
 LOSSES = ("crossentropy", "dice", "focal", "dice+crossentropy")
@@ -374,6 +374,39 @@ def tile_dataset(pairs: Sequence[Tuple[str, str]], kind: str, tile: int,
 
 # --- learner and model ------------------------------------------------------
 
+#: The epoch preview segments a centre crop of at most this many pixels a
+#: side (or two tiles, when they are larger).
+PREVIEW_SIDE = 256
+
+
+@dataclass
+class EpochPreview:
+    """One held-out image, segmented by the network as it is after an epoch.
+
+    See `preview` of :class:`SegmentationLearner`.
+
+    Attributes
+    ----------
+    name : str
+        The image's file name.
+    image : numpy.ndarray
+        ``(height, width, 3)`` uint8 pixels (a centre crop of the image).
+    truth : numpy.ndarray
+        ``(height, width)`` class indices of its mask (instance masks as
+        0 / 1).
+    labels : numpy.ndarray
+        ``(height, width)`` class indices predicted at the end of the epoch.
+    held_out : bool
+        True for a validation image, False for a training image (when no
+        image is held out).
+    """
+    name: str
+    image: np.ndarray
+    truth: np.ndarray
+    labels: np.ndarray
+    held_out: bool = True
+
+
 @dataclass
 class _Columns:
     image: object
@@ -430,6 +463,13 @@ class SegmentationLearner:
         Random tiles per image per epoch (default: enough to cover it).
     hooks : TrainingHooks, optional
         Runtime hooks for widgets (progress, stop, per-epoch metrics).
+    preview : bool
+        At the end of every epoch, segment one held-out image (the first
+        readable validation image, or training image when none is held
+        out; a centre crop of at most ``max(256, 2 * tile)`` pixels a side)
+        with the network as it is then, and pass it to
+        ``hooks.on_epoch_end`` as ``logs["preview"]``, an
+        :class:`EpochPreview`. The training history is not affected.
     """
     name = "segmentation"
 
@@ -443,7 +483,8 @@ class SegmentationLearner:
                  tiles_per_image: Optional[int] = None,
                  early_stopping: bool = True,
                  weights: Optional[str] = None, mirror: Optional[str] = None,
-                 hooks: Optional[TrainingHooks] = None):
+                 hooks: Optional[TrainingHooks] = None,
+                 preview: bool = False):
         if architecture not in ARCHITECTURES:
             raise ValueError(f"Unknown architecture. Received: architecture="
                              f"{architecture!r}; expected one of "
@@ -473,6 +514,7 @@ class SegmentationLearner:
         self.weights = weights
         self.mirror = mirror
         self.hooks = hooks
+        self.preview = preview
 
     def build_network(self, n_classes: int):
         """The untrained network and its tile size.
@@ -521,7 +563,11 @@ class SegmentationLearner:
             loss=segmentation_loss(self.loss, n_classes),
             metrics=[keras.metrics.MeanIoU(n_classes, sparse_y_pred=False,
                                            name="iou")])
-        hooks = self._hooks(progress_callback, counter)
+        preview = self._preview_function(
+            network, columns, tile, [pairs[i] for i in (val if len(val)
+                                                        else train)],
+            held_out=bool(len(val)))
+        hooks = self._hooks(progress_callback, counter, preview)
         history = fit(network, train_data, validation_data=val_data,
                       epochs=self.epochs, hooks=hooks,
                       early_stopping=self.early_stopping, patience=8)
@@ -551,12 +597,41 @@ class SegmentationLearner:
             n_val = 0
         return np.sort(order[n_val:]), np.sort(order[:n_val])
 
-    def _hooks(self, progress_callback, counter):
+    def _preview_function(self, network, columns, tile, pairs, held_out):
+        """Return a callable giving an :class:`EpochPreview` of the first
+        readable pair, or None (no `preview`, or no readable pair)."""
+        if not self.preview:
+            return None
+        for image_path, mask_path in pairs:
+            try:
+                image, truth = _read_pair(image_path, mask_path, columns.kind)
+            except (ImageSkipped, ValueError, OSError):
+                continue
+            side = max(PREVIEW_SIDE, 2 * tile)
+            top = max(0, (truth.shape[0] - side) // 2)
+            left = max(0, (truth.shape[1] - side) // 2)
+            image = np.ascontiguousarray(image[top:top + side,
+                                               left:left + side])
+            truth = truth[top:top + side, left:left + side]
+            if columns.kind == "instance":
+                truth = (truth > 0).astype(np.int32)
+            # Shares the network (and so its current weights) with training.
+            predictor = SegmentationModel(network, columns.classes, tile)
+            predictor.batch_size = 16
+            name = os.path.basename(image_path)
+            return lambda: EpochPreview(name, image, truth,
+                                        predictor.segment_array(image),
+                                        held_out)
+        return None
+
+    def _hooks(self, progress_callback, counter, preview=None):
         hooks = self.hooks or TrainingHooks()
 
         def on_epoch_end(epoch, logs):
             counter[0] = epoch + 1  # new random tiles for the next epoch
             if hooks.on_epoch_end is not None:
+                if preview is not None:
+                    logs = dict(logs, preview=preview())
                 hooks.on_epoch_end(epoch, logs)
 
         def progress(fraction):
@@ -701,8 +776,9 @@ class SegmentationModel:
         domain = Domain(table.domain.attributes, table.domain.class_vars,
                         table.domain.metas + (mask_var,))
         result = table.transform(domain)
-        with result.unlocked(result.metas):
-            result.metas[:, -1] = names
+        if len(result):  # (an empty table's metas cannot be unlocked)
+            with result.unlocked(result.metas):
+                result.metas[:, -1] = names
         return result
 
     def export(self, path: str, format: str = "keras") -> str:

@@ -16,14 +16,12 @@ import copy
 import os
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
-import pyqtgraph as pg
 
 from AnyQt.QtCore import Qt
-from AnyQt.QtGui import QColor, QPen
-from AnyQt.QtWidgets import QFormLayout, QLabel
+from AnyQt.QtWidgets import QFormLayout
 
 from orangewidget.report import bool_str
 
@@ -42,14 +40,13 @@ from orangecontrib.deepimage.device import device_description
 from orangecontrib.deepimage.images import find_image_column
 from orangecontrib.deepimage.training import TrainingError, TrainingHooks
 from orangecontrib.deepimage.weights import WeightsUnavailable
+from orangecontrib.deepimage.widgets.utils.trainingcurves import (
+    TrainingCurves)
 
 BACKBONE_KEYS = sorted(BACKBONES, key=lambda key: BACKBONES[key].order)
 
-#: Metrics drawn, as (history key, plot, legend label, dashed).
-CURVES = (("loss", "loss", "Training", False),
-          ("val_loss", "loss", "Validation", True),
-          ("accuracy", "accuracy", "Training", False),
-          ("val_accuracy", "accuracy", "Validation", True))
+#: Plots: history key (validation: "val_" + key), axis title, name in text.
+CURVES = (("loss", "Loss", "loss"), ("accuracy", "Accuracy", "accuracy"))
 
 
 class TrainingCancelled(Exception):
@@ -161,8 +158,6 @@ class OWImageClassifier(OWBaseLearner, ConcurrentWidgetMixin):
     def __init__(self):
         ConcurrentWidgetMixin.__init__(self)
         self._stop_event = threading.Event()
-        self._epochs: List[int] = []
-        self._history: Dict[str, List[float]] = {}
         if self.backbone not in BACKBONES:
             self.backbone = "squeezenet"
         OWBaseLearner.__init__(self)
@@ -278,36 +273,13 @@ class OWImageClassifier(OWBaseLearner, ConcurrentWidgetMixin):
 
     def _setup_plots(self):
         # pylint: disable=attribute-defined-outside-init
-        self.plots = {}
-        self.curves = {}
-        self.best_lines = {}
-        colours = {False: QColor("#1f77b4"), True: QColor("#ff7f0e")}
-        for name, label in (("loss", "Loss"), ("accuracy", "Accuracy")):
-            plot = pg.PlotWidget(background="w")
-            plot.setMinimumSize(320, 180)
-            plot.setLabel("left", label)
-            plot.setLabel("bottom", "Epoch")
-            plot.showGrid(x=True, y=True, alpha=0.2)
-            plot.setMouseEnabled(False, False)
-            plot.addLegend(offset=(-10, 10))
-            self.mainArea.layout().addWidget(plot)
-            self.plots[name] = plot
-            line = pg.InfiniteLine(angle=90, pen=pg.mkPen(
-                "#888888", style=Qt.DotLine))
-            line.hide()
-            plot.addItem(line)
-            self.best_lines[name] = line
-        for key, plot, legend, dashed in CURVES:
-            pen = QPen(colours[dashed], 2)
-            pen.setCosmetic(True)
-            if dashed:
-                pen.setStyle(Qt.DashLine)
-            self.curves[key] = self.plots[plot].plot(
-                [], [], pen=pen, name=legend, symbol="o", symbolSize=4,
-                symbolBrush=colours[dashed], symbolPen=None)
-        self.metrics_label = QLabel()
-        self.metrics_label.setWordWrap(True)
-        self.mainArea.layout().addWidget(self.metrics_label)
+        self.training_curves = TrainingCurves(CURVES)
+        self.mainArea.layout().addWidget(self.training_curves)
+        # Its plots, curves ("loss", "val_loss", ...) and text.
+        self.plots = self.training_curves.plots
+        self.curves = self.training_curves.curves
+        self.best_lines = self.training_curves.best_lines
+        self.metrics_label = self.training_curves.metrics_label
 
     def add_bottom_buttons(self):
         # pylint: disable=attribute-defined-outside-init
@@ -407,7 +379,7 @@ class OWImageClassifier(OWBaseLearner, ConcurrentWidgetMixin):
         self.Information.stopped.clear()
         self.Information.stopped_before_training.clear()
         self.model = None
-        self._clear_curves()
+        self.training_curves.clear()
         self._send_model()
         if self.check_data():
             self._stop_event = threading.Event()
@@ -428,10 +400,7 @@ class OWImageClassifier(OWBaseLearner, ConcurrentWidgetMixin):
         self.stop_button.setEnabled(False)
 
     def on_partial_result(self, result: EpochMetrics):
-        self._epochs.append(result.epoch + 1)
-        for key, value in result.metrics.items():
-            self._history.setdefault(key, []).append(value)
-        self._update_curves()
+        self.training_curves.add_epoch(result.epoch, result.metrics)
 
     def on_done(self, result: ImageClassifierModel):
         self.stop_button.setEnabled(False)
@@ -440,13 +409,9 @@ class OWImageClassifier(OWBaseLearner, ConcurrentWidgetMixin):
         model.instances = self.data
         self.model = model
         if model.history:
-            n = len(next(iter(model.history.values())))
-            self._epochs = list(range(1, n + 1))
-            self._history = {key: list(values)
-                             for key, values in model.history.items()}
-            self._update_curves(best=True)
+            self.training_curves.set_history(model.history, best=True)
         if self._stop_event.is_set():
-            self.Information.stopped(len(self._epochs))
+            self.Information.stopped(len(self.training_curves.epochs))
         if model.notes:
             self.Warning.notes("\n".join(model.notes))
         self._send_model()
@@ -470,63 +435,12 @@ class OWImageClassifier(OWBaseLearner, ConcurrentWidgetMixin):
         self.shutdown()
         super().onDeleteWidget()
 
-    # --- curves ----------------------------------------------------------
-
-    def _clear_curves(self):
-        self._epochs = []
-        self._history = {}
-        self._update_curves()
-
-    def _best_epoch(self) -> Optional[int]:
-        """The epoch whose weights the model keeps (1-based), if known."""
-        monitor = self._history.get("val_loss") or self._history.get("loss")
-        if not monitor or not np.isfinite(monitor).any():
-            return None
-        return int(np.nanargmin(np.asarray(monitor, float))) + 1
-
-    def _update_curves(self, best=False):
-        for key, *_ in CURVES:
-            values = self._history.get(key, [])
-            self.curves[key].setData(self._epochs[:len(values)], values)
-        best_epoch = self._best_epoch() if best else None
-        for line in self.best_lines.values():
-            line.setVisible(best_epoch is not None)
-            if best_epoch is not None:
-                line.setValue(best_epoch)
-        self.metrics_label.setText(self._metrics_text(best_epoch))
-
-    def _metrics_text(self, best_epoch: Optional[int] = None) -> str:
-        if not self._epochs:
-            return ""
-        index = len(self._epochs) - 1 if best_epoch is None \
-            else best_epoch - 1
-        parts = []
-        for prefix, name in (("", "training"), ("val_", "validation")):
-            loss = self._metric(prefix + "loss", index)
-            accuracy = self._metric(prefix + "accuracy", index)
-            if loss is not None:
-                text = f"{name} loss {loss:.3f}"
-                if accuracy is not None:
-                    text += f", accuracy {accuracy:.3f}"
-                parts.append(text)
-        which = f"Best epoch {best_epoch} of {len(self._epochs)}" \
-            if best_epoch is not None else f"Epoch {self._epochs[-1]}"
-        return f"{which}: {'; '.join(parts)}"
-
-    def _metric(self, key, index) -> Optional[float]:
-        values = self._history.get(key, [])
-        return values[index] if 0 <= index < len(values) else None
-
     # --- report ------------------------------------------------------------
 
     def send_report(self):
         super().send_report()
         self.report_items("Device", (("Device", device_description()),))
-        if self._epochs:
-            self.report_items("Training", (
-                ("Result", self.metrics_label.text()),))
-            self.report_plot("Loss", self.plots["loss"])
-            self.report_plot("Accuracy", self.plots["accuracy"])
+        self.training_curves.report(self)
 
     @classmethod
     def migrate_settings(cls, settings, version):

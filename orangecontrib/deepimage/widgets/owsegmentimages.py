@@ -1,0 +1,360 @@
+"""Segment Images: predict masks with a trained segmentation model.
+
+The model segments every image (tile by tile, any size) in a worker thread;
+each mask is written as a new PNG into the output folder (never over an
+existing file, never beside the images) and the images go out with a mask
+column pointing at them. The masks are then measured: the objects of each
+class (connected regions, or split where they touch) with their size,
+position, shape and brightness, and per image the count of objects and the
+area of each class.
+
+Changing "Split touching objects" only measures again: the masks are not
+predicted (nor written) anew.
+"""
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from AnyQt.QtCore import Qt
+from AnyQt.QtWidgets import QFileDialog, QGridLayout, QLabel
+
+from orangewidget.report import bool_str
+
+from Orange.data import Table
+from Orange.widgets import gui
+from Orange.widgets.settings import Setting
+from Orange.widgets.utils.concurrent import ConcurrentWidgetMixin, TaskState
+from Orange.widgets.utils.widgetpreview import WidgetPreview
+from Orange.widgets.widget import Input, Msg, Output, OWWidget
+
+from orangecontrib.deepimage.files import check_output_folder
+from orangecontrib.deepimage.images import find_image_column
+from orangecontrib.deepimage.measure import measure_table
+from orangecontrib.deepimage.segmentation import SegmentationModel
+# Registers the summaries of segmentation models on links.
+from orangecontrib.deepimage.widgets.utils import (  # noqa: F401
+    summaries)  # pylint: disable=unused-import
+
+#: Share of the progress bar for predicting; measuring takes the rest.
+PREDICT_SHARE = 0.9
+
+
+class SegmentationCancelled(Exception):
+    """The run was cancelled; its result is not wanted."""
+
+
+def default_output_folder() -> str:
+    """Masks go to a folder in Orange's data folder, not beside the
+    images."""
+    from Orange.misc.environ import data_dir
+    return os.path.join(data_dir(versioned=False), "deepimage",
+                        "predicted masks")
+
+
+@dataclass
+class SegmentResult:
+    """What a run gives: the outputs and what to tell the user."""
+    images: Table  # the input with the predicted mask column
+    mask_column: str
+    counts: Table
+    objects: Table
+    n_written: int
+    n_unreadable: int
+    folder: str
+
+
+def _progress(state: TaskState, start: float, end: float):
+    def progress(fraction):
+        if state.is_interruption_requested():
+            raise SegmentationCancelled()
+        state.set_progress_value(100 * (start + (end - start) * fraction))
+    return progress
+
+
+def run_measure(images: Table, mask_column: str, split_touching: bool,
+                state: TaskState, start: float = 0.0, folder: str = ""
+                ) -> SegmentResult:
+    """Measure the objects of predicted masks (runs in a worker thread)."""
+    state.set_status("Measuring objects…")
+    image_var = find_image_column(images)
+    objects, counts = measure_table(
+        images, image_column=image_var.name if image_var else None,
+        mask_column=mask_column, split_touching=split_touching,
+        callback=_progress(state, start, 1.0))
+    written = [value for value in images.get_column(mask_column) if value]
+    return SegmentResult(images, mask_column, counts, objects, len(written),
+                         len(images) - len(written), folder)
+
+
+def run_segmentation(model: SegmentationModel, data: Table, folder: str,
+                     split_touching: bool, state: TaskState
+                     ) -> SegmentResult:
+    """Predict, write and measure the masks of `data`'s images (runs in a
+    worker thread)."""
+    state.set_status("Segmenting images…")
+    images = model.predict_masks(data, folder,
+                                 callback=_progress(state, 0, PREDICT_SHARE))
+    if state.is_interruption_requested():
+        raise SegmentationCancelled()
+    mask_column = images.domain.metas[-1].name
+    return run_measure(images, mask_column, split_touching, state,
+                       PREDICT_SHARE, folder)
+
+
+class OWSegmentImages(OWWidget, ConcurrentWidgetMixin):
+    name = "Segment Images"
+    description = "Predict the masks of images with a segmentation model, " \
+                  "count the objects and measure them."
+    icon = "icons/SegmentImages.svg"
+    priority = 120
+    keywords = "segment images, predict masks, segmentation, count " \
+               "objects, measure objects, cells, nuclei"
+
+    class Inputs:
+        data = Input("Data", Table, default=True)
+        model = Input("Model", SegmentationModel)
+
+    class Outputs:
+        images = Output("Images with Masks", Table, default=True)
+        counts = Output("Counts", Table)
+        objects = Output("Objects", Table)
+
+    class Error(OWWidget.Error):
+        no_image_column = Msg("The data has no image column.")
+        folder_missing = Msg("{}")
+        folder_read_only = Msg("{}")
+        segmentation_failed = Msg("Segmentation failed: {}")
+
+    class Warning(OWWidget.Warning):
+        unreadable = Msg("{} image(s) could not be read and have no mask.")
+
+    class Information(OWWidget.Information):
+        no_model = Msg("Connect a segmentation model (from Segmentation "
+                       "Trainer or Load Model).")
+        written = Msg("{} mask(s) written to {}")
+
+    settings_version = 1
+    output_folder: str = Setting("")  # "" for default_output_folder()
+    split_touching: bool = Setting(False)
+    auto_apply: bool = Setting(True)
+
+    want_main_area = False
+    resizing_enabled = False
+
+    def __init__(self):
+        OWWidget.__init__(self)
+        ConcurrentWidgetMixin.__init__(self)
+        self.data: Optional[Table] = None
+        self.model: Optional[SegmentationModel] = None
+        self.result: Optional[SegmentResult] = None
+        self._data_changed = False
+
+        box = gui.vBox(self.controlArea, "Info")
+        self.info_label = gui.widgetLabel(box, "No data.")
+        self.info_label.setWordWrap(True)
+
+        box = gui.vBox(self.controlArea, "Objects")
+        gui.checkBox(
+            box, self, "split_touching", "Split touching objects",
+            callback=self._on_split_changed,
+            tooltip="Split objects of a class that touch, by a watershed of "
+                    "the distance to the background (e.g. touching "
+                    "nuclei); otherwise each connected region is an "
+                    "object.")
+
+        box = gui.vBox(self.controlArea, "Output folder")
+        grid = QGridLayout()
+        gui.widgetBox(box, orientation=grid)
+        self.folder_label = QLabel()
+        self.folder_label.setWordWrap(True)
+        self.folder_label.setMinimumWidth(260)
+        self.folder_label.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse)
+        grid.addWidget(self.folder_label, 0, 0, 1, 2)
+        grid.addWidget(gui.button(None, self, "Choose…",
+                                  callback=self.choose_output_folder,
+                                  autoDefault=False), 1, 0)
+        grid.addWidget(gui.button(None, self, "Default",
+                                  callback=self.reset_output_folder,
+                                  autoDefault=False), 1, 1)
+        self._update_folder_label()
+
+        self.cancel_button = gui.button(self.buttonsArea, self, "Cancel",
+                                        callback=self.cancel,
+                                        autoDefault=False)
+        self.cancel_button.setEnabled(False)
+        gui.auto_apply(self.buttonsArea, self, "auto_apply",
+                       commit=self.commit)
+        self.Information.no_model()
+
+    # --- output folder -------------------------------------------------------
+
+    def folder(self) -> str:
+        """Where the masks are written."""
+        return self.output_folder or default_output_folder()
+
+    def _update_folder_label(self):
+        self.folder_label.setText(self.folder())
+        self.folder_label.setToolTip(
+            "Masks are written here as new PNG files; nothing is ever "
+            "overwritten." + ("" if self.output_folder else
+                              " (default: a folder in Orange's data "
+                              "folder)"))
+
+    def choose_output_folder(self):
+        folder = QFileDialog.getExistingDirectory(
+            self, "Folder for predicted masks", self.folder())
+        if folder:
+            self.set_output_folder(folder)
+
+    def set_output_folder(self, folder: str):
+        """Write masks to `folder` ("" for the default one)."""
+        self.output_folder = folder
+        self._update_folder_label()
+        self.result = None  # the masks are to be written there
+        self.commit.deferred()
+
+    def reset_output_folder(self):
+        self.set_output_folder("")
+
+    # --- inputs --------------------------------------------------------------
+
+    @Inputs.data
+    def set_data(self, data: Optional[Table]):
+        self.data = data
+
+    @Inputs.model
+    def set_model(self, model: Optional[SegmentationModel]):
+        self.model = model
+
+    def handleNewSignals(self):
+        self.cancel()
+        self.result = None
+        self.Error.no_image_column.clear()
+        self.Information.no_model(shown=self.model is None)
+        if self.data is not None and find_image_column(self.data) is None:
+            self.Error.no_image_column()
+        self._update_info()
+        self.commit.now()
+
+    def _update_info(self):
+        if self.data is None:
+            text = "No data."
+        else:
+            text = f"{len(self.data)} image(s)"
+            if self.model is not None:
+                classes = ", ".join(self.model.class_names[1:])
+                text += f"; the model finds: {classes}."
+            else:
+                text += "; no model."
+        self.info_label.setText(text)
+
+    def _on_split_changed(self):
+        self.commit.deferred()
+
+    # --- work ----------------------------------------------------------------
+
+    @gui.deferred
+    def commit(self):
+        self.cancel()
+        self.Error.folder_missing.clear()
+        self.Error.folder_read_only.clear()
+        self.Error.segmentation_failed.clear()
+        self.Warning.unreadable.clear()
+        self.Information.written.clear()
+        if self.data is None or self.model is None \
+                or self.Error.no_image_column.is_shown():
+            self._send(None)
+            return
+        if self.result is not None:
+            # Same images, model and folder: measure the masks again.
+            self.cancel_button.setEnabled(True)
+            self.start(run_measure, self.result.images,
+                       self.result.mask_column, self.split_touching,
+                       folder=self.result.folder)
+            return
+        folder = self.folder()
+        try:
+            if not self.output_folder:
+                os.makedirs(folder, exist_ok=True)
+            check_output_folder(folder)
+        except OSError as error:
+            self._show_folder_error(error)
+            self._send(None)
+            return
+        self.cancel_button.setEnabled(True)
+        self.start(run_segmentation, self.model, self.data, folder,
+                   self.split_touching)
+
+    def _show_folder_error(self, error: OSError):
+        if isinstance(error, PermissionError):
+            self.Error.folder_read_only(str(error))
+        else:
+            self.Error.folder_missing(str(error))
+
+    def on_done(self, result: SegmentResult):
+        self.cancel_button.setEnabled(False)
+        self.result = result
+        if result.n_unreadable:
+            self.Warning.unreadable(result.n_unreadable)
+        if result.n_written:
+            self.Information.written(result.n_written, result.folder)
+        self._send(result)
+
+    def on_exception(self, ex: Exception):
+        self.cancel_button.setEnabled(False)
+        self._send(None)
+        if isinstance(ex, SegmentationCancelled):
+            return
+        if isinstance(ex, OSError):
+            self._show_folder_error(ex)
+        else:
+            self.Error.segmentation_failed(str(ex) or type(ex).__name__)
+
+    def on_partial_result(self, result):
+        pass
+
+    def _send(self, result: Optional[SegmentResult]):
+        self.Outputs.images.send(result.images if result else None)
+        self.Outputs.counts.send(result.counts if result else None)
+        self.Outputs.objects.send(result.objects if result else None)
+
+    def cancel(self):
+        super().cancel()
+        self.cancel_button.setEnabled(False)
+
+    def onDeleteWidget(self):
+        self.shutdown()
+        super().onDeleteWidget()
+
+    def send_report(self):
+        items = []
+        if self.model is not None:
+            items.append(("Model", f"{self.model.backbone}, classes "
+                                   f"{', '.join(self.model.class_names)}"))
+        items += [("Split touching objects", bool_str(self.split_touching)),
+                  ("Output folder", self.folder())]
+        self.report_items("Settings", items)
+        if self.data is not None:
+            self.report_data("Images", self.data)
+        if self.result is not None:
+            self.report_items("Result", (
+                ("Masks written", self.result.n_written),
+                ("Objects", len(self.result.objects))))
+
+    @classmethod
+    def migrate_settings(cls, settings, version):
+        # Version 1 is the first; later versions migrate from here.
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from orangecontrib.deepimage.segdata import pair_folders
+    from orangecontrib.deepimage.segmentation import SegmentationLearner
+    TUTORIAL = os.path.join(os.path.dirname(__file__), "..", "tutorials",
+                            "nuclei")
+    pairs = pair_folders(os.path.join(TUTORIAL, "images"),
+                         os.path.join(TUTORIAL, "masks"))[0]
+    WidgetPreview(OWSegmentImages).run(
+        set_data=pairs,
+        set_model=SegmentationLearner(depth=2, epochs=5, tile_size=64)(pairs))
