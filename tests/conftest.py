@@ -1,7 +1,9 @@
-"""Test set-up: headless Qt, quiet TensorFlow, and private caches.
+"""Test set-up: headless Qt, quiet TensorFlow, and private folders.
 
-No test may touch the user's embedding cache or Keras cache, or download
-anything: both caches point at a fresh temporary folder for the session.
+No test may touch the user's embedding cache, Keras cache or Orange's data
+and cache folders (where widgets write edited images, masks and heatmaps by
+default), or download anything: all of them point at a fresh temporary
+folder for the session.
 """
 import os
 import shutil
@@ -13,6 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _SESSION_DIR = tempfile.mkdtemp(prefix="deepimage-tests-")
 os.environ["DEEPIMAGE_CACHE_DIR"] = os.path.join(_SESSION_DIR, "cache")
 os.environ["KERAS_HOME"] = os.path.join(_SESSION_DIR, "keras")
+os.environ["XDG_DATA_HOME"] = os.path.join(_SESSION_DIR, "data")
+os.environ["XDG_CACHE_HOME"] = os.path.join(_SESSION_DIR, "cache-home")
 os.environ.pop("DEEPIMAGE_WEIGHTS_MIRROR", None)
 
 

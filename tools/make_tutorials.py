@@ -112,6 +112,11 @@ def edit():
         setup=_edit_settings)
 
 
+def _nuclei_settings(widgets):
+    _seg_folders("nuclei/images", "nuclei/masks")(widgets)
+    widgets["Segment Images"].split_touching = True  # nuclei touch
+
+
 def segmentation():
     return Tutorial(
         "segment-nuclei", "Segment and count cell nuclei",
@@ -137,7 +142,7 @@ def segmentation():
              "Data"),
             ("Segment Images", "Counts", "Counts", "Data"),
         ],
-        setup=_seg_folders("nuclei/images", "nuclei/masks"))
+        setup=_nuclei_settings)
 
 
 def photos():
