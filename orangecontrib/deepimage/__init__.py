@@ -2,7 +2,9 @@
 
 Scripting entry points::
 
-    from orangecontrib.deepimage import ImageEmbedder, ImageClassifierLearner
+    from orangecontrib.deepimage import (
+        ImageEmbedder, ImageClassifierLearner, SegmentationLearner,
+        cluster_embeddings, grad_cam, measure_objects, edit_images)
 
 Names are imported on first use, so that importing the package (as Orange's
 canvas does at start-up) does not load TensorFlow.
@@ -15,6 +17,15 @@ _EXPORTS = {
     "ImageClassifierModel": "orangecontrib.deepimage.classification",
     "SegmentationLearner": "orangecontrib.deepimage.segmentation",
     "SegmentationModel": "orangecontrib.deepimage.segmentation",
+    "cluster_embeddings": "orangecontrib.deepimage.clustering",
+    "cluster_table": "orangecontrib.deepimage.clustering",
+    "near_duplicates": "orangecontrib.deepimage.clustering",
+    "name_clusters": "orangecontrib.deepimage.clustering",
+    "grad_cam": "orangecontrib.deepimage.explain",
+    "measure_objects": "orangecontrib.deepimage.measure",
+    "pair_folders": "orangecontrib.deepimage.segdata",
+    "edit_images": "orangecontrib.deepimage.edit",
+    "run_workflow": "orangecontrib.deepimage.workflow",
     "BACKBONES": "orangecontrib.deepimage.backbones",
     "get_backbone": "orangecontrib.deepimage.backbones",
 }
