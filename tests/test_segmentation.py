@@ -188,3 +188,26 @@ def test_learner_messages(cells):
     images_only = cells.transform(Domain([], metas=cells.domain.metas[:1]))
     with pytest.raises(ValueError, match="mask column"):
         SegmentationLearner()(images_only)
+
+
+def test_export_takes_raw_pixels_and_matches(tmp_path, cells, cell_model):
+    import keras
+    import tensorflow as tf
+    from orangecontrib.deepimage.export import load_export_metadata
+    folder = cells.domain["image"].attributes["origin"]
+    tile = np.asarray(Image.open(os.path.join(folder, "cell01.png"))
+                      .convert("RGB"), np.float32)[None, :32, :32]
+    expected = cell_model.network(tile, training=False).numpy()
+
+    path = cell_model.export(str(tmp_path / "cells"), "keras")
+    loaded = keras.saving.load_model(path, compile=False)
+    np.testing.assert_allclose(loaded(tile).numpy(), expected, atol=1e-4)
+    metadata = load_export_metadata(path, "keras")
+    assert metadata["class_names"] == ["background", "cell"]
+    assert "per-pixel" in metadata["output"]
+
+    saved = cell_model.export(str(tmp_path / "cells_saved"), "savedmodel")
+    serve = tf.saved_model.load(saved).signatures["serving_default"]
+    np.testing.assert_allclose(
+        serve(pixels=tf.constant(tile))["probabilities"].numpy(), expected,
+        atol=1e-4)
