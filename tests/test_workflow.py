@@ -56,7 +56,8 @@ def test_runs_a_workflow_writes_report_and_output(tmp_path, registry):
     assert "0 with errors" in format_result(result)
 
 
-def test_a_failing_widget_is_named_with_its_error(tmp_path, registry):
+def test_a_failing_widget_is_named_with_its_error(tmp_path, registry,
+                                                   capsys):
     # Deep Embedding on data without images shows an error.
     path = str(tmp_path / "no-images.ows")
     save_workflow(path, registry, {"File": FILE, "Embed": EMBEDDING},
@@ -65,6 +66,11 @@ def test_a_failing_widget_is_named_with_its_error(tmp_path, registry):
     assert [node.title for node in result.failed] == ["Embed"]
     assert "image column" in result.failed[0].errors[0]
     assert "error    Embed (Deep Embedding)" in format_result(result)
+
+    from orangecontrib.deepimage.__main__ import main
+    assert main(["run", path]) == 1
+    assert "image column" in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "missing.ows")]) == 2
 
 
 def test_missing_widget_or_file_is_an_error(tmp_path, registry):
