@@ -10,7 +10,7 @@ from Orange.data import Table
 from Orange.widgets import gui
 from Orange.widgets.settings import (
     ContextSetting, DomainContextHandler, Setting)
-from Orange.widgets.utils.concurrent import ConcurrentWidgetMixin, TaskState
+from Orange.widgets.utils.concurrent import TaskState
 from Orange.widgets.utils.itemmodels import VariableListModel
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
@@ -21,6 +21,7 @@ from orangecontrib.deepimage.embedding import (
     EmbeddingCancelled, shared_embedder)
 from orangecontrib.deepimage.images import image_columns
 from orangecontrib.deepimage.weights import WeightsUnavailable
+from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
 
 MODEL_KEYS = sorted(BACKBONES, key=lambda key: BACKBONES[key].order)
 
@@ -64,7 +65,7 @@ def run_embedding(data: Table, column_name: str, model: str,
                            n_skipped=n_skipped)
 
 
-class OWDeepEmbedding(OWWidget, ConcurrentWidgetMixin):
+class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
     name = "Deep Embedding"
     description = "Embed images with a pretrained deep network, locally " \
                   "(on the GPU when there is one)."
@@ -106,7 +107,7 @@ class OWDeepEmbedding(OWWidget, ConcurrentWidgetMixin):
 
     def __init__(self):
         OWWidget.__init__(self)
-        ConcurrentWidgetMixin.__init__(self)
+        TaskButtonsMixin.__init__(self)
         self.data: Optional[Table] = None
         if self.model not in BACKBONES:
             self.model = "squeezenet"
@@ -151,9 +152,7 @@ class OWDeepEmbedding(OWWidget, ConcurrentWidgetMixin):
         box = gui.vBox(self.controlArea, "Device")
         self.device_label = gui.widgetLabel(box, device_description())
 
-        self.cancel_button = gui.button(self.buttonsArea, self, "Cancel",
-                                        callback=self.cancel)
-        self.cancel_button.setEnabled(False)
+        self.add_cancel_button(self.buttonsArea)
         gui.auto_apply(self.buttonsArea, self, "auto_commit")
 
     # --- model choice ----------------------------------------------------
@@ -262,7 +261,6 @@ class OWDeepEmbedding(OWWidget, ConcurrentWidgetMixin):
         if self.data is None or self.image_column is None:
             self._send(None, None)
             return
-        self.cancel_button.setEnabled(True)
         self.start(run_embedding, self.data, self.image_column.name,
                    self.model, self.weights_file or None, self.layer,
                    self.mirror or None)
@@ -272,7 +270,6 @@ class OWDeepEmbedding(OWWidget, ConcurrentWidgetMixin):
         self.Outputs.skipped_images.send(skipped)
 
     def on_done(self, result: SimpleNamespace):
-        self.cancel_button.setEnabled(False)
         if result.n_skipped:
             self.Warning.images_skipped(result.n_skipped)
         if result.embeddings is None:
@@ -280,7 +277,6 @@ class OWDeepEmbedding(OWWidget, ConcurrentWidgetMixin):
         self._send(result.embeddings, result.skipped)
 
     def on_exception(self, ex: Exception):
-        self.cancel_button.setEnabled(False)
         self._send(None, None)
         if isinstance(ex, EmbeddingCancelled):
             return
@@ -291,10 +287,6 @@ class OWDeepEmbedding(OWWidget, ConcurrentWidgetMixin):
 
     def on_partial_result(self, result):
         pass
-
-    def cancel(self):
-        super().cancel()
-        self.cancel_button.setEnabled(False)
 
     def onDeleteWidget(self):
         self.shutdown()

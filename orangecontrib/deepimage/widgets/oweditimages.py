@@ -10,15 +10,14 @@ from AnyQt.QtCore import QPointF, QRectF, QSize, Qt, QTimer
 from AnyQt.QtGui import (
     QBrush, QColor, QIcon, QImage, QPainter, QPen, QPixmap)
 from AnyQt.QtWidgets import (
-    QAbstractItemView, QColorDialog, QFileDialog, QGridLayout, QLineEdit,
-    QListWidget, QListWidgetItem, QSizePolicy, QSlider, QWidget)
+    QAbstractItemView, QColorDialog, QListWidget, QListWidgetItem,
+    QSizePolicy, QSlider, QWidget)
 from PIL import Image
 
 from Orange.data import Table
 from Orange.widgets import gui
 from Orange.widgets.settings import Setting
-from Orange.widgets.utils.concurrent import (
-    ConcurrentWidgetMixin, FutureWatcher, TaskState)
+from Orange.widgets.utils.concurrent import FutureWatcher, TaskState
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
@@ -30,6 +29,9 @@ from orangecontrib.deepimage.files import check_output_folder
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, find_mask_column, image_paths,
     mask_class_names)
+from orangecontrib.deepimage.widgets.utils.outputfolder import (
+    OutputFolderMixin)
+from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
 
 OPERATION_KEYS = list(OPERATIONS)
 METHOD_KEYS = list(METHODS)
@@ -168,7 +170,7 @@ class BeforeAfterView(QWidget):
             self._move_split(event)
 
 
-class OWEditImages(OWWidget, ConcurrentWidgetMixin):
+class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
     name = "Edit Images"
     description = "Remove, blur, pixelate, fill or cut out objects by " \
                   "their masks; the edited images are written as new files."
@@ -214,7 +216,7 @@ class OWEditImages(OWWidget, ConcurrentWidgetMixin):
 
     def __init__(self):
         OWWidget.__init__(self)
-        ConcurrentWidgetMixin.__init__(self)
+        TaskButtonsMixin.__init__(self)
         self.data: Optional[Table] = None
         self.paths: List[Optional[str]] = []
         self.mask_paths: List[Optional[str]] = []
@@ -288,23 +290,15 @@ class OWEditImages(OWWidget, ConcurrentWidgetMixin):
         self._show_parameters()
 
         box = gui.vBox(self.controlArea, "Output folder")
-        grid = QGridLayout()
-        gui.widgetBox(box, orientation=grid)
-        self.folder_edit = QLineEdit(self.output_folder)
-        self.folder_edit.setPlaceholderText(default_output_folder())
-        self.folder_edit.setToolTip(
-            "Edited images are written here as new files; nothing is ever "
-            "overwritten. Empty: a folder in Orange's data folder.")
-        self.folder_edit.editingFinished.connect(self._on_folder_edited)
-        grid.addWidget(self.folder_edit, 0, 0)
-        grid.addWidget(gui.button(None, self, "Choose…",
-                                  callback=self.choose_output_folder,
-                                  autoDefault=False), 0, 1)
+        self.add_output_folder_row(
+            box, dialog_title="Folder for the edited images",
+            tooltip="Edited images are written here as new files; nothing "
+                    "is ever overwritten. Empty: a folder in Orange's data "
+                    "folder.",
+            editable=True)
         self.controlArea.layout().addStretch(1)
 
-        self.cancel_button = gui.button(self.buttonsArea, self, "Cancel",
-                                        callback=self.cancel)
-        self.cancel_button.setEnabled(False)
+        self.add_cancel_button(self.buttonsArea)
         gui.auto_commit(self.buttonsArea, self, "auto_commit",
                         "Write Images", checkbox_label="Write automatically")
 
@@ -406,22 +400,10 @@ class OWEditImages(OWWidget, ConcurrentWidgetMixin):
     def _folder_argument(self) -> Optional[str]:
         return self.output_folder or None
 
-    def _on_folder_edited(self):
-        folder = self.folder_edit.text().strip()
-        if folder != self.output_folder:
-            self.set_output_folder(folder)
+    def default_folder(self) -> str:
+        return default_output_folder()
 
-    def choose_output_folder(self):
-        folder = QFileDialog.getExistingDirectory(
-            self, "Folder for the edited images",
-            self.output_folder or os.path.expanduser("~"))
-        if folder:
-            self.set_output_folder(folder)
-
-    def set_output_folder(self, folder: str):
-        """Write the edited images to `folder` ("" for the default one)."""
-        self.output_folder = folder
-        self.folder_edit.setText(folder)
+    def output_folder_changed(self):
         self._check_folder()
         self.commit.deferred()
 
@@ -559,14 +541,12 @@ class OWEditImages(OWWidget, ConcurrentWidgetMixin):
                 or self.Warning.no_classes.is_shown():
             self.Outputs.edited_images.send(None)
             return
-        self.cancel_button.setEnabled(True)
         self.start(run_edit, self.data, self.operation,
                    self._classes_argument(), self.dilate,
                    self._folder_argument(), self.method,
                    float(self.blur_radius), self.pixel_size, self.fill_colour)
 
     def on_done(self, result: EditResult):
-        self.cancel_button.setEnabled(False)
         if result.skipped:
             reasons = "; ".join(f"row {row + 1}: {reason}"
                                 for row, reason in result.skipped[:3])
@@ -577,7 +557,6 @@ class OWEditImages(OWWidget, ConcurrentWidgetMixin):
         self.Outputs.edited_images.send(result.table)
 
     def on_exception(self, ex: Exception):
-        self.cancel_button.setEnabled(False)
         self.Outputs.edited_images.send(None)
         if isinstance(ex, EditCancelled):
             return
@@ -590,10 +569,6 @@ class OWEditImages(OWWidget, ConcurrentWidgetMixin):
 
     def on_partial_result(self, result):
         pass
-
-    def cancel(self):
-        super().cancel()
-        self.cancel_button.setEnabled(False)
 
     def onDeleteWidget(self):
         self.shutdown()
@@ -616,8 +591,7 @@ class OWEditImages(OWWidget, ConcurrentWidgetMixin):
             items.append(("Pixel size", f"{self.pixel_size} px"))
         if "colour" in parameters:
             items.append(("Colour", self.fill_colour))
-        items.append(("Output folder",
-                      self.output_folder or default_output_folder()))
+        items.append(("Output folder", self.folder()))
         self.report_items("Settings", items)
         if self.data is not None:
             self.report_data("Images", self.data)

@@ -18,8 +18,7 @@ from PIL import Image
 
 from AnyQt.QtCore import QSize, Qt
 from AnyQt.QtGui import QIcon, QImage, QPixmap
-from AnyQt.QtWidgets import (
-    QFileDialog, QGridLayout, QLabel, QListView, QListWidget, QListWidgetItem)
+from AnyQt.QtWidgets import QListView, QListWidget, QListWidgetItem
 
 from Orange.base import Model
 from Orange.data import (
@@ -27,7 +26,7 @@ from Orange.data import (
 from Orange.data.util import get_unique_names
 from Orange.widgets import gui
 from Orange.widgets.settings import Setting
-from Orange.widgets.utils.concurrent import ConcurrentWidgetMixin, TaskState
+from Orange.widgets.utils.concurrent import TaskState
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
@@ -38,6 +37,9 @@ from orangecontrib.deepimage.explain import (
 from orangecontrib.deepimage.files import check_output_folder
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_paths, load_image)
+from orangecontrib.deepimage.widgets.utils.outputfolder import (
+    OutputFolderMixin)
+from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
 
 #: Size of the images in the grid (pixels, the longer side).
 THUMBNAIL_SIZE = 128
@@ -157,7 +159,7 @@ def _to_qimage(image: Image.Image) -> QImage:
                   QImage.Format_RGB888).copy()
 
 
-class OWExplainImages(OWWidget, ConcurrentWidgetMixin):
+class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
     name = "Explain Images"
     description = "Show where an image classifier looked (Grad-CAM " \
                   "heatmaps over the images)."
@@ -200,7 +202,7 @@ class OWExplainImages(OWWidget, ConcurrentWidgetMixin):
 
     def __init__(self):
         OWWidget.__init__(self)
-        ConcurrentWidgetMixin.__init__(self)
+        TaskButtonsMixin.__init__(self)
         self.data: Optional[Table] = None
         self.model: Optional[ImageClassifierModel] = None
         self.paths: List[Optional[str]] = []
@@ -220,24 +222,14 @@ class OWExplainImages(OWWidget, ConcurrentWidgetMixin):
             callback=self._draw_grid, callback_finished=self._on_opacity_set)
 
         box = gui.vBox(self.controlArea, "Heatmap files")
-        grid = QGridLayout()
-        gui.widgetBox(box, orientation=grid)
-        self.folder_label = QLabel()
-        self.folder_label.setWordWrap(True)
-        self.folder_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        grid.addWidget(self.folder_label, 0, 0, 1, 2)
-        grid.addWidget(gui.button(None, self, "Choose…",
-                                  callback=self.choose_output_folder,
-                                  autoDefault=False), 1, 0)
-        grid.addWidget(gui.button(None, self, "Default",
-                                  callback=self.reset_output_folder,
-                                  autoDefault=False), 1, 1)
-        self._update_folder_label()
+        self.add_output_folder_row(
+            box, dialog_title="Folder for heatmap images",
+            tooltip="Overlays are written here; existing files are never "
+                    "overwritten.",
+            default_tooltip=" (default: Orange's cache folder)")
         self.controlArea.layout().addStretch(1)
 
-        self.cancel_button = gui.button(self.buttonsArea, self, "Cancel",
-                                        callback=self.cancel)
-        self.cancel_button.setEnabled(False)
+        self.add_cancel_button(self.buttonsArea)
         gui.auto_send(self.buttonsArea, self, "auto_commit")
 
         self.grid = QListWidget(
@@ -317,31 +309,13 @@ class OWExplainImages(OWWidget, ConcurrentWidgetMixin):
         if self.result is not None:
             self.commit.deferred()
 
-    def _folder(self) -> str:
-        return self.output_folder or default_output_folder()
+    def default_folder(self) -> str:
+        return default_output_folder()
 
-    def _update_folder_label(self):
-        self.folder_label.setText(self._folder())
-        self.folder_label.setToolTip(
-            "Overlays are written here; existing files are never "
-            "overwritten." + ("" if self.output_folder else
-                              " (default: Orange's cache folder)"))
-
-    def choose_output_folder(self):
-        folder = QFileDialog.getExistingDirectory(
-            self, "Folder for heatmap images", self._folder())
-        if folder:
-            self.set_output_folder(folder)
-
-    def set_output_folder(self, folder: str):
-        """Write heatmap files to `folder` ("" for the default one)."""
-        self.output_folder = folder
-        self._update_folder_label()
+    def output_folder_changed(self):
+        # The heatmaps are kept; only the files are written again.
         if self.result is not None:
             self.commit.deferred()
-
-    def reset_output_folder(self):
-        self.set_output_folder("")
 
     # --- work --------------------------------------------------------------
 
@@ -356,16 +330,14 @@ class OWExplainImages(OWWidget, ConcurrentWidgetMixin):
             self._draw_grid()
             self.Outputs.data.send(None)
             return
-        self.cancel_button.setEnabled(True)
         self.start(run_explanation, self.model, self.paths,
-                   self.target_class or None, self._folder(),
+                   self.target_class or None, self.folder(),
                    self.opacity / 100, previous=self.result)
 
     def on_partial_result(self, result):
         pass
 
     def on_done(self, result: ExplainResult):
-        self.cancel_button.setEnabled(False)
         self.result = result
         n_skipped = len(result.explanation.skipped)
         if n_skipped:
@@ -374,7 +346,6 @@ class OWExplainImages(OWWidget, ConcurrentWidgetMixin):
         self.Outputs.data.send(self._output_table(result))
 
     def on_exception(self, ex: Exception):
-        self.cancel_button.setEnabled(False)
         self.Outputs.data.send(None)
         if isinstance(ex, ExplanationCancelled):
             return
@@ -384,10 +355,6 @@ class OWExplainImages(OWWidget, ConcurrentWidgetMixin):
             self.Error.cannot_write(str(ex))
         else:
             self.Error.explanation_failed(str(ex) or type(ex).__name__)
-
-    def cancel(self):
-        super().cancel()
-        self.cancel_button.setEnabled(False)
 
     def onDeleteWidget(self):
         self.shutdown()
@@ -480,7 +447,7 @@ class OWExplainImages(OWWidget, ConcurrentWidgetMixin):
         items = [("Model", getattr(self.model, "name", None) or "none"),
                  ("Explained class", self.target_class or "predicted"),
                  ("Opacity", f"{self.opacity} %"),
-                 ("Heatmap files", self._folder())]
+                 ("Heatmap files", self.folder())]
         self.report_items(items)
         if self.result is None:
             return

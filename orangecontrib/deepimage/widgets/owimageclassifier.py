@@ -6,17 +6,12 @@ once (for Test & Score) and, given data, trains a model off the GUI thread
 (for Predictions, Confusion Matrix, Save Model, Explain Images) while live
 loss and accuracy curves are drawn.
 
-"Stop" ends training early and keeps the best model found so far: it sets an
-event that the training hooks read, so Keras stops after the current batch,
-restores the best epoch's weights and the task finishes normally. The
-mixin's real cancel (which discards the result) is used only when new data or
-parameters make the running training pointless.
+"Stop" ends training early and keeps the best model found so far (see
+:mod:`.utils.training`, shared with Segmentation Trainer).
 """
-import copy
 import os
 import threading
-from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -28,7 +23,7 @@ from orangewidget.report import bool_str
 from Orange.data import Table
 from Orange.widgets import gui
 from Orange.widgets.settings import Setting
-from Orange.widgets.utils.concurrent import ConcurrentWidgetMixin, TaskState
+from Orange.widgets.utils.concurrent import TaskState
 from Orange.widgets.utils.owlearnerwidget import OWBaseLearner
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Msg
@@ -38,8 +33,13 @@ from orangecontrib.deepimage.classification import (
     ImageClassifierLearner, ImageClassifierModel)
 from orangecontrib.deepimage.device import device_description
 from orangecontrib.deepimage.images import find_image_column
-from orangecontrib.deepimage.training import TrainingError, TrainingHooks
-from orangecontrib.deepimage.weights import WeightsUnavailable
+from orangecontrib.deepimage.training import TrainingHooks
+from orangecontrib.deepimage.widgets.utils.training import (
+    EpochMetrics, StoppableTrainingMixin, StoppedBeforeTraining,
+    TrainingRun)
+# Re-exported: a runner standing in for run_training raises it.
+from orangecontrib.deepimage.widgets.utils.training import (  # noqa: F401
+    TrainingCancelled)  # pylint: disable=unused-import
 from orangecontrib.deepimage.widgets.utils.trainingcurves import (
     TrainingCurves)
 
@@ -47,21 +47,6 @@ BACKBONE_KEYS = sorted(BACKBONES, key=lambda key: BACKBONES[key].order)
 
 #: Plots: history key (validation: "val_" + key), axis title, name in text.
 CURVES = (("loss", "Loss", "loss"), ("accuracy", "Accuracy", "accuracy"))
-
-
-class TrainingCancelled(Exception):
-    """The task was cancelled; its result is not wanted."""
-
-
-class StoppedBeforeTraining(Exception):
-    """Stop was pressed before the first training step: there is no model."""
-
-
-@dataclass
-class EpochMetrics:
-    """One epoch's metrics, sent from the worker as a partial result."""
-    epoch: int
-    metrics: Dict[str, float]
 
 
 def run_training(learner: ImageClassifierLearner, data: Table,
@@ -72,17 +57,17 @@ def run_training(learner: ImageClassifierLearner, data: Table,
     Each epoch's metrics are sent with ``state.set_partial_result`` as
     :class:`EpochMetrics`. Setting `stop` ends training after the current
     batch and returns the model with the best weights so far (or raises
-    :class:`StoppedBeforeTraining` when no training step ran yet);
+    :class:`StoppedBeforeTraining` at once when no training step ran yet:
+    loading the network and embedding the images are abandoned);
     ``state``'s interruption raises :class:`TrainingCancelled`.
     """
-    stop = stop or threading.Event()
+    run = TrainingRun(state, stop)
     training = threading.Event()  # set once Keras runs training steps
     status = [None]
 
     def progress(fraction, message=None):
-        if state.is_interruption_requested():
-            raise TrainingCancelled()
-        if stop.is_set() and not training.is_set():
+        run.check_cancelled()
+        if run.stop.is_set() and not training.is_set():
             raise StoppedBeforeTraining()
         if message and message != status[0]:
             status[0] = message
@@ -92,23 +77,16 @@ def run_training(learner: ImageClassifierLearner, data: Table,
     def training_step(_fraction):
         training.set()
 
-    def should_stop():
-        return stop.is_set() or state.is_interruption_requested()
-
     def on_epoch_end(epoch, metrics):
         training.set()
         state.set_partial_result(EpochMetrics(epoch, dict(metrics)))
 
-    learner = copy.copy(learner)  # the learner on the output stays as it is
-    learner.hooks = TrainingHooks(training_step, should_stop, on_epoch_end)
-    state.set_status("Loading the network…")
-    model = learner(data, progress_callback=progress)
-    if state.is_interruption_requested():
-        raise TrainingCancelled()
-    return model
+    hooks = TrainingHooks(training_step, run.should_stop, on_epoch_end)
+    return run.train(learner, data, hooks, "Loading the network…",
+                     progress_callback=progress)
 
 
-class OWImageClassifier(OWBaseLearner, ConcurrentWidgetMixin):
+class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
     name = "Image Classifier"
     description = "Train a deep image classifier by transfer learning from " \
                   "a pretrained network (on the GPU when there is one)."
@@ -156,8 +134,7 @@ class OWImageClassifier(OWBaseLearner, ConcurrentWidgetMixin):
     resizing_enabled = True
 
     def __init__(self):
-        ConcurrentWidgetMixin.__init__(self)
-        self._stop_event = threading.Event()
+        StoppableTrainingMixin.__init__(self)
         if self.backbone not in BACKBONES:
             self.backbone = "squeezenet"
         OWBaseLearner.__init__(self)
@@ -282,12 +259,7 @@ class OWImageClassifier(OWBaseLearner, ConcurrentWidgetMixin):
         self.metrics_label = self.training_curves.metrics_label
 
     def add_bottom_buttons(self):
-        # pylint: disable=attribute-defined-outside-init
-        self.stop_button = gui.button(
-            self.buttonsArea, self, "Stop", callback=self.stop_training,
-            autoDefault=False,
-            tooltip="Stop training and keep the best model found so far.")
-        self.stop_button.setEnabled(False)
+        self.add_stop_button(self.buttonsArea)
         super().add_bottom_buttons()
 
     # --- parameters --------------------------------------------------------
@@ -374,64 +346,36 @@ class OWImageClassifier(OWBaseLearner, ConcurrentWidgetMixin):
     def update_model(self):
         self.cancel()
         self.show_fitting_failed(None)
-        self.Error.training_failed.clear()
+        self.clear_training_messages()
         self.Warning.notes.clear()
-        self.Information.stopped.clear()
-        self.Information.stopped_before_training.clear()
         self.model = None
         self.training_curves.clear()
         self._send_model()
         if self.check_data():
-            self._stop_event = threading.Event()
-            self.stop_button.setEnabled(True)
-            self.start(run_training, self.learner, self.data,
-                       stop=self._stop_event)
-
-    def stop_training(self):
-        """Stop training; the model with the best weights so far is sent."""
-        if self.task is not None:
-            self._stop_event.set()
-            self.stop_button.setEnabled(False)
-            self.setStatusMessage("Stopping…")
-
-    def cancel(self):
-        """Cancel training and discard its result."""
-        super().cancel()
-        self.stop_button.setEnabled(False)
+            self.start_training(run_training, self.learner, self.data)
 
     def on_partial_result(self, result: EpochMetrics):
         self.training_curves.add_epoch(result.epoch, result.metrics)
 
     def on_done(self, result: ImageClassifierModel):
-        self.stop_button.setEnabled(False)
         model = result
         model.name = self.effective_learner_name()
         model.instances = self.data
         self.model = model
         if model.history:
             self.training_curves.set_history(model.history, best=True)
-        if self._stop_event.is_set():
-            self.Information.stopped(len(self.training_curves.epochs))
+        self.show_if_stopped(len(self.training_curves.epochs))
         if model.notes:
             self.Warning.notes("\n".join(model.notes))
         self._send_model()
 
     def on_exception(self, ex: Exception):
-        self.stop_button.setEnabled(False)
         self.model = None
         self._send_model()
-        if isinstance(ex, TrainingCancelled):
-            return
-        if isinstance(ex, StoppedBeforeTraining):
-            self.Information.stopped_before_training()
-        elif isinstance(ex, (TrainingError, ValueError, WeightsUnavailable,
-                             OSError)):
-            self.Error.training_failed(str(ex) or type(ex).__name__)
-        else:
+        if not self.show_training_exception(ex):
             self.show_fitting_failed(ex)
 
     def onDeleteWidget(self):
-        self._stop_event.set()
         self.shutdown()
         super().onDeleteWidget()
 

@@ -9,16 +9,12 @@ GUI thread. Each epoch the worker sends the metrics for the live curves and
 a preview: a held-out image segmented by the network as it is at the end of
 that epoch, drawn over the image next to its ground truth.
 
-"Stop" ends training early and keeps the best model: it sets an event that
-the training hooks read, so Keras stops after the current batch, restores
-the best epoch's weights and the task finishes normally. The mixin's real
-cancel (which discards the result) is used only when new data or parameters
-make the running training pointless.
+"Stop" ends training early and keeps the best model (see
+:mod:`.utils.training`, shared with Image Classifier).
 """
-import copy
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -30,7 +26,7 @@ from orangewidget.report import bool_str
 from Orange.data import Table
 from Orange.widgets import gui
 from Orange.widgets.settings import Setting
-from Orange.widgets.utils.concurrent import ConcurrentWidgetMixin, TaskState
+from Orange.widgets.utils.concurrent import TaskState
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
@@ -41,14 +37,19 @@ from orangecontrib.deepimage.images import (
 from orangecontrib.deepimage.segmentation import (
     ENCODER_SKIPS, EpochPreview, SegmentationLearner, SegmentationModel,
     iou_and_dice)
-from orangecontrib.deepimage.training import TrainingError, TrainingHooks
-from orangecontrib.deepimage.weights import WeightsUnavailable
+from orangecontrib.deepimage.training import TrainingHooks
 # Registers the summaries of learners and models on links.
 from orangecontrib.deepimage.widgets.utils import (  # noqa: F401
     summaries)  # pylint: disable=unused-import
 from orangecontrib.deepimage.widgets.utils.masks import (
     MaskView, class_colours, legend_html, overlay_mask, report_image_html,
     shrink, to_qimage)
+from orangecontrib.deepimage.widgets.utils.training import (
+    EpochMetrics, StoppableTrainingMixin, StoppedBeforeTraining,
+    TrainingRun)
+# Re-exported: a runner standing in for run_training raises it.
+from orangecontrib.deepimage.widgets.utils.training import (  # noqa: F401
+    TrainingCancelled)  # pylint: disable=unused-import
 from orangecontrib.deepimage.widgets.utils.trainingcurves import (
     TrainingCurves)
 
@@ -76,14 +77,6 @@ CURVES = (("loss", "Loss", "loss"), ("iou", "Mean IoU", "mean IoU"))
 PREVIEW_SIDE = 384
 
 
-class TrainingCancelled(Exception):
-    """The task was cancelled; its result is not wanted."""
-
-
-class StoppedBeforeTraining(Exception):
-    """Stop was pressed before an epoch ended: there is no model."""
-
-
 @dataclass
 class PreviewPicture:
     """A held-out image with its predicted and true masks drawn over it."""
@@ -95,10 +88,8 @@ class PreviewPicture:
 
 
 @dataclass
-class EpochResult:
+class EpochResult(EpochMetrics):
     """One epoch's metrics and preview, sent as a partial result."""
-    epoch: int
-    metrics: Dict[str, float]
     preview: Optional[PreviewPicture] = None
 
 
@@ -134,23 +125,19 @@ def run_training(learner: SegmentationLearner, data: Table,
                  ) -> SegmentationModel:
     """Train `learner` on `data` (runs in a worker thread).
 
-    After each epoch an :class:`EpochResult` goes out with
+    After each epoch an :class:`EpochResult` with a preview goes out with
     ``state.set_partial_result``. Setting `stop` ends training after the
     current batch and returns the model with the best weights so far (or
     raises :class:`StoppedBeforeTraining` when no epoch ended);
     ``state``'s interruption raises :class:`TrainingCancelled`.
     """
-    stop = stop or threading.Event()
+    run = TrainingRun(state, stop)
     n_classes = len(class_names(data))
     epochs_done = [0]
 
     def progress(fraction):
-        if state.is_interruption_requested():
-            raise TrainingCancelled()
+        run.check_cancelled()
         state.set_progress_value(100 * fraction)
-
-    def should_stop():
-        return stop.is_set() or state.is_interruption_requested()
 
     def on_epoch_end(epoch, logs):
         epochs_done[0] += 1
@@ -161,21 +148,17 @@ def run_training(learner: SegmentationLearner, data: Table,
         state.set_partial_result(EpochResult(epoch, metrics, picture))
         state.set_status(f"Training: epoch {epoch + 1} of {learner.epochs}")
 
-    if stop.is_set():
+    if run.stop.is_set():
         raise StoppedBeforeTraining()
-    learner = copy.copy(learner)  # the learner on the output stays as it is
-    learner.hooks = TrainingHooks(progress, should_stop, on_epoch_end)
-    learner.preview = True
-    state.set_status("Preparing the network…")
-    model = learner(data)
-    if state.is_interruption_requested():
-        raise TrainingCancelled()
-    if stop.is_set() and not epochs_done[0]:
+    hooks = TrainingHooks(progress, run.should_stop, on_epoch_end)
+    model = run.train(learner, data, hooks, "Preparing the network…",
+                      preview=True)
+    if run.stop.is_set() and not epochs_done[0]:
         raise StoppedBeforeTraining()
     return model
 
 
-class OWSegmentationTrainer(OWWidget, ConcurrentWidgetMixin):
+class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
     name = "Segmentation Trainer"
     description = "Train a U-Net that segments images pixel by pixel, " \
                   "from images paired with masks (on the GPU when there " \
@@ -233,13 +216,12 @@ class OWSegmentationTrainer(OWWidget, ConcurrentWidgetMixin):
 
     def __init__(self):
         OWWidget.__init__(self)
-        ConcurrentWidgetMixin.__init__(self)
+        StoppableTrainingMixin.__init__(self)
         self.data: Optional[Table] = None
         self.learner: Optional[SegmentationLearner] = None
         self.model: Optional[SegmentationModel] = None
         self.preview: Optional[PreviewPicture] = None
         self.preview_epoch = 0
-        self._stop_event = threading.Event()
         self._class_names: List[str] = []
         if self.architecture not in [key for key, _ in ARCHITECTURES]:
             self.architecture = "unet"
@@ -360,11 +342,7 @@ class OWSegmentationTrainer(OWWidget, ConcurrentWidgetMixin):
         self._fit_combos()
 
         self.controlArea.layout().addStretch(1)
-        self.stop_button = gui.button(
-            self.buttonsArea, self, "Stop", callback=self.stop_training,
-            autoDefault=False,
-            tooltip="Stop training and keep the best model found so far.")
-        self.stop_button.setEnabled(False)
+        self.add_stop_button(self.buttonsArea)
         self.apply_button = gui.auto_apply(self.buttonsArea, self,
                                            "auto_apply", commit=self.commit)
 
@@ -523,33 +501,16 @@ class OWSegmentationTrainer(OWWidget, ConcurrentWidgetMixin):
     def commit(self):
         """Train a model on the data (in the background)."""
         self.cancel()
-        self.Error.training_failed.clear()
+        self.clear_training_messages()
         self.Error.unexpected_error.clear()
         self.Warning.outdated.clear()
-        self.Information.stopped.clear()
-        self.Information.stopped_before_training.clear()
         self._set_model(None)
         self.curves.clear()
         self._clear_preview()
         self.scores_label.setText("")
         if self.learner is None or not self._data_ok():
             return
-        self._stop_event = threading.Event()
-        self.stop_button.setEnabled(True)
-        self.start(run_training, self.learner, self.data,
-                   stop=self._stop_event)
-
-    def stop_training(self):
-        """Stop training; the model with the best weights so far is sent."""
-        if self.task is not None:
-            self._stop_event.set()
-            self.stop_button.setEnabled(False)
-            self.setStatusMessage("Stopping…")
-
-    def cancel(self):
-        """Cancel training and discard its result."""
-        super().cancel()
-        self.stop_button.setEnabled(False)
+        self.start_training(run_training, self.learner, self.data)
 
     def on_partial_result(self, result: EpochResult):
         self.curves.add_epoch(result.epoch, result.metrics)
@@ -559,27 +520,15 @@ class OWSegmentationTrainer(OWWidget, ConcurrentWidgetMixin):
             self._show_preview()
 
     def on_done(self, result: SegmentationModel):
-        self.stop_button.setEnabled(False)
-        self.setStatusMessage("")
         if result.history:
             self.curves.set_history(result.history, best=True)
-        if self._stop_event.is_set():
-            self.Information.stopped(len(self.curves.epochs))
+        self.show_if_stopped(len(self.curves.epochs))
         self.scores_label.setText(self._scores_html(result))
         self._set_model(result)
 
     def on_exception(self, ex: Exception):
-        self.stop_button.setEnabled(False)
-        self.setStatusMessage("")
         self._set_model(None)
-        if isinstance(ex, TrainingCancelled):
-            return
-        if isinstance(ex, StoppedBeforeTraining):
-            self.Information.stopped_before_training()
-        elif isinstance(ex, (TrainingError, ValueError, WeightsUnavailable,
-                             OSError)):
-            self.Error.training_failed(str(ex) or type(ex).__name__)
-        else:
+        if not self.show_training_exception(ex):
             self.Error.unexpected_error(f"{type(ex).__name__}: {ex}")
 
     def _set_model(self, model: Optional[SegmentationModel]):
@@ -587,7 +536,6 @@ class OWSegmentationTrainer(OWWidget, ConcurrentWidgetMixin):
         self.Outputs.model.send(model)
 
     def onDeleteWidget(self):
-        self._stop_event.set()
         self.shutdown()
         super().onDeleteWidget()
 

@@ -15,15 +15,12 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from AnyQt.QtCore import Qt
-from AnyQt.QtWidgets import QFileDialog, QGridLayout, QLabel
-
 from orangewidget.report import bool_str
 
 from Orange.data import Table
 from Orange.widgets import gui
 from Orange.widgets.settings import Setting
-from Orange.widgets.utils.concurrent import ConcurrentWidgetMixin, TaskState
+from Orange.widgets.utils.concurrent import TaskState
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
@@ -34,6 +31,9 @@ from orangecontrib.deepimage.segmentation import SegmentationModel
 # Registers the summaries of segmentation models on links.
 from orangecontrib.deepimage.widgets.utils import (  # noqa: F401
     summaries)  # pylint: disable=unused-import
+from orangecontrib.deepimage.widgets.utils.outputfolder import (
+    OutputFolderMixin)
+from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
 
 #: Share of the progress bar for predicting; measuring takes the rest.
 PREDICT_SHARE = 0.9
@@ -101,7 +101,7 @@ def run_segmentation(model: SegmentationModel, data: Table, folder: str,
                        PREDICT_SHARE, folder)
 
 
-class OWSegmentImages(OWWidget, ConcurrentWidgetMixin):
+class OWSegmentImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
     name = "Segment Images"
     description = "Predict the masks of images with a segmentation model, " \
                   "count the objects and measure them."
@@ -143,7 +143,7 @@ class OWSegmentImages(OWWidget, ConcurrentWidgetMixin):
 
     def __init__(self):
         OWWidget.__init__(self)
-        ConcurrentWidgetMixin.__init__(self)
+        TaskButtonsMixin.__init__(self)
         self.data: Optional[Table] = None
         self.model: Optional[SegmentationModel] = None
         self.result: Optional[SegmentResult] = None
@@ -163,59 +163,26 @@ class OWSegmentImages(OWWidget, ConcurrentWidgetMixin):
                     "object.")
 
         box = gui.vBox(self.controlArea, "Output folder")
-        grid = QGridLayout()
-        gui.widgetBox(box, orientation=grid)
-        self.folder_label = QLabel()
-        self.folder_label.setWordWrap(True)
+        self.add_output_folder_row(
+            box, dialog_title="Folder for predicted masks",
+            tooltip="Masks are written here as new PNG files; nothing is "
+                    "ever overwritten.",
+            default_tooltip=" (default: a folder in Orange's data folder)")
         self.folder_label.setMinimumWidth(260)
-        self.folder_label.setTextInteractionFlags(
-            Qt.TextInteractionFlag.TextSelectableByMouse)
-        grid.addWidget(self.folder_label, 0, 0, 1, 2)
-        grid.addWidget(gui.button(None, self, "Choose…",
-                                  callback=self.choose_output_folder,
-                                  autoDefault=False), 1, 0)
-        grid.addWidget(gui.button(None, self, "Default",
-                                  callback=self.reset_output_folder,
-                                  autoDefault=False), 1, 1)
-        self._update_folder_label()
 
-        self.cancel_button = gui.button(self.buttonsArea, self, "Cancel",
-                                        callback=self.cancel,
-                                        autoDefault=False)
-        self.cancel_button.setEnabled(False)
+        self.add_cancel_button(self.buttonsArea)
         gui.auto_apply(self.buttonsArea, self, "auto_apply",
                        commit=self.commit)
         self.Information.no_model()
 
     # --- output folder -------------------------------------------------------
 
-    def folder(self) -> str:
-        """Where the masks are written."""
-        return self.output_folder or default_output_folder()
+    def default_folder(self) -> str:
+        return default_output_folder()
 
-    def _update_folder_label(self):
-        self.folder_label.setText(self.folder())
-        self.folder_label.setToolTip(
-            "Masks are written here as new PNG files; nothing is ever "
-            "overwritten." + ("" if self.output_folder else
-                              " (default: a folder in Orange's data "
-                              "folder)"))
-
-    def choose_output_folder(self):
-        folder = QFileDialog.getExistingDirectory(
-            self, "Folder for predicted masks", self.folder())
-        if folder:
-            self.set_output_folder(folder)
-
-    def set_output_folder(self, folder: str):
-        """Write masks to `folder` ("" for the default one)."""
-        self.output_folder = folder
-        self._update_folder_label()
+    def output_folder_changed(self):
         self.result = None  # the masks are to be written there
         self.commit.deferred()
-
-    def reset_output_folder(self):
-        self.set_output_folder("")
 
     # --- inputs --------------------------------------------------------------
 
@@ -268,7 +235,6 @@ class OWSegmentImages(OWWidget, ConcurrentWidgetMixin):
             return
         if self.result is not None:
             # Same images, model and folder: measure the masks again.
-            self.cancel_button.setEnabled(True)
             self.start(run_measure, self.result.images,
                        self.result.mask_column, self.split_touching,
                        folder=self.result.folder)
@@ -282,7 +248,6 @@ class OWSegmentImages(OWWidget, ConcurrentWidgetMixin):
             self._show_folder_error(error)
             self._send(None)
             return
-        self.cancel_button.setEnabled(True)
         self.start(run_segmentation, self.model, self.data, folder,
                    self.split_touching)
 
@@ -293,7 +258,6 @@ class OWSegmentImages(OWWidget, ConcurrentWidgetMixin):
             self.Error.folder_missing(str(error))
 
     def on_done(self, result: SegmentResult):
-        self.cancel_button.setEnabled(False)
         self.result = result
         if result.n_unreadable:
             self.Warning.unreadable(result.n_unreadable)
@@ -302,7 +266,6 @@ class OWSegmentImages(OWWidget, ConcurrentWidgetMixin):
         self._send(result)
 
     def on_exception(self, ex: Exception):
-        self.cancel_button.setEnabled(False)
         self._send(None)
         if isinstance(ex, SegmentationCancelled):
             return
@@ -318,10 +281,6 @@ class OWSegmentImages(OWWidget, ConcurrentWidgetMixin):
         self.Outputs.images.send(result.images if result else None)
         self.Outputs.counts.send(result.counts if result else None)
         self.Outputs.objects.send(result.objects if result else None)
-
-    def cancel(self):
-        super().cancel()
-        self.cancel_button.setEnabled(False)
 
     def onDeleteWidget(self):
         self.shutdown()
