@@ -11,6 +11,9 @@ import tempfile
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Report tests start QtWebEngine; its Chromium ends the whole process when
+# it runs as root (as in CI containers) with its sandbox on.
+os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
 
 _SESSION_DIR = tempfile.mkdtemp(prefix="deepimage-tests-")
 os.environ["DEEPIMAGE_CACHE_DIR"] = os.path.join(_SESSION_DIR, "cache")

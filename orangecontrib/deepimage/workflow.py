@@ -71,6 +71,10 @@ def _application():
     os.environ.setdefault("QT_QPA_PLATFORM",
                           "offscreen" if not os.environ.get("DISPLAY")
                           else os.environ.get("QT_QPA_PLATFORM", "xcb"))
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        # QtWebEngine's Chromium (Orange's report view) exits the process
+        # when started as root with its sandbox, e.g. in a container.
+        os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
     from AnyQt.QtWidgets import QApplication
     global _APP  # pylint: disable=global-statement
     if QApplication.instance() is None:
