@@ -32,7 +32,7 @@ from orangecontrib.deepimage.images import (
     ImageSkipped, decode_image, find_image_column, image_paths,
     iter_image_batches, read_image_bytes)
 from orangecontrib.deepimage.training import (
-    TrainingHooks, fit, network_from_bytes, network_to_bytes)
+    NetworkModelMixin, TrainingHooks, fit)
 
 __all__ = ["ImageClassifierLearner", "ImageClassifierModel"]
 
@@ -469,7 +469,7 @@ def image_dataset(paths: Sequence[str], y: np.ndarray, input_size, batch_size,
     return data.with_options(options)
 
 
-class ImageClassifierModel(Model):
+class ImageClassifierModel(NetworkModelMixin, Model):
     """A trained image classifier; see :class:`ImageClassifierLearner`.
 
     Attributes
@@ -550,7 +550,7 @@ class ImageClassifierModel(Model):
                                            self.batch_size):
             skipped.update(batch.skipped)
             if len(batch.indices):
-                probs[batch.indices] = self._predict(batch.pixels)
+                probs[batch.indices] = self.predict_network(batch.pixels)
             done += len(batch.indices) + len(batch.skipped)
             if callback is not None:
                 callback(done / max(1, len(paths)))
@@ -579,39 +579,8 @@ class ImageClassifierModel(Model):
                 dtype=np.float64)
         return probs
 
-    def _predict(self, pixels: np.ndarray) -> np.ndarray:
-        if self._predict_fn is None:
-            import tensorflow as tf
-            network = self.network
-
-            @tf.function(reduce_retracing=True)
-            def predict(batch):
-                return tf.cast(network(tf.cast(batch, tf.float32),
-                                       training=False), tf.float32)
-            self._predict_fn = predict
-        return self._predict_fn(pixels).numpy().astype(np.float64)
-
-    def export(self, path: str, format: str = "keras") -> str:
-        """Write the network for use outside Orange.
-
-        See :func:`orangecontrib.deepimage.export.export_model`.
-        """
-        from orangecontrib.deepimage.export import export_model
-        return export_model(self, path, format)
-
     export_output_description = \
         "class probabilities, in the order of class_names"
-
-    def __getstate__(self):
-        state = super().__getstate__().copy()
-        state["_predict_fn"] = None
-        state["network"] = network_to_bytes(self.network)
-        return state
-
-    def __setstate__(self, state):
-        state = dict(state)
-        state["network"] = network_from_bytes(state["network"])
-        self.__dict__.update(state)
 
     def __repr__(self):
         return (f"ImageClassifierModel(backbone={self.backbone!r}, "

@@ -30,7 +30,7 @@ from orangecontrib.deepimage.images import (
 from orangecontrib.deepimage.device import (
     dtype_policy, preferred_dtype_policy)
 from orangecontrib.deepimage.training import (
-    TrainingHooks, fit, network_from_bytes, network_to_bytes)
+    NetworkModelMixin, TrainingHooks, fit)
 
 __all__ = ["SegmentationLearner", "SegmentationModel", "EpochPreview",
            "build_unet", "build_encoder_unet", "segmentation_loss",
@@ -642,7 +642,7 @@ class SegmentationLearner:
         return TrainingHooks(progress, hooks.should_stop, on_epoch_end)
 
 
-class SegmentationModel:
+class SegmentationModel(NetworkModelMixin):
     """A trained segmentation network; see :class:`SegmentationLearner`.
 
     Attributes
@@ -682,20 +682,9 @@ class SegmentationModel:
     def input_size(self):
         return (self.tile_size, self.tile_size)
 
-    def _predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        if self._predict_fn is None:
-            import tensorflow as tf
-            network = self.network
-
-            @tf.function(reduce_retracing=True)
-            def predict(pixels):
-                return tf.cast(network(pixels, training=False), tf.float32)
-            self._predict_fn = predict
-        return self._predict_fn(batch).numpy()
-
     def segment_array(self, image: np.ndarray) -> np.ndarray:
         """Label image of one RGB array (any size), by overlapping tiles."""
-        return predict_tiled(self._predict_batch, image, self.tile_size,
+        return predict_tiled(self.predict_network, image, self.tile_size,
                              self.overlap, len(self.class_names),
                              self.batch_size)
 
@@ -780,23 +769,6 @@ class SegmentationModel:
             with result.unlocked(result.metas):
                 result.metas[:, -1] = names
         return result
-
-    def export(self, path: str, format: str = "keras") -> str:
-        """Write the network (one tile in, probabilities out); see
-        :func:`orangecontrib.deepimage.export.export_model`."""
-        from orangecontrib.deepimage.export import export_model
-        return export_model(self, path, format)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_predict_fn"] = None
-        state["network"] = network_to_bytes(self.network)
-        return state
-
-    def __setstate__(self, state):
-        state = dict(state)
-        state["network"] = network_from_bytes(state["network"])
-        self.__dict__.update(state)
 
     def __repr__(self):
         return (f"SegmentationModel({self.backbone!r}, "

@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = ["ProgressReporter", "KeepBestWeights", "StopOnNaN",
            "TrainingError", "fit", "TrainingHooks", "network_to_bytes",
-           "network_from_bytes"]
+           "network_from_bytes", "NetworkModelMixin"]
 
 
 class TrainingError(RuntimeError):
@@ -231,3 +231,47 @@ def network_from_bytes(data: bytes):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return keras.saving.load_model(path, compile=False)
+
+
+class NetworkModelMixin:
+    """What trained models share: their Keras `network` pickles as bytes,
+    exports, and predicts through one traced function.
+
+    The class using it sets ``self.network`` and ``self._predict_fn = None``
+    and provides what :func:`orangecontrib.deepimage.export.export_model`
+    reads (``input_size``, ``class_names``, ``backbone``,
+    ``export_output_description``).
+    """
+
+    def predict_network(self, pixels: np.ndarray) -> np.ndarray:
+        """Run the network on a batch of RGB pixels (0–255); float32 out."""
+        if getattr(self, "_predict_fn", None) is None:
+            import tensorflow as tf
+            network = self.network
+
+            @tf.function(reduce_retracing=True)
+            def predict(batch):
+                return tf.cast(network(tf.cast(batch, tf.float32),
+                                       training=False), tf.float32)
+            self._predict_fn = predict
+        return self._predict_fn(pixels).numpy()
+
+    def export(self, path: str, format: str = "keras") -> str:
+        """Write the network for use outside Orange.
+
+        See :func:`orangecontrib.deepimage.export.export_model`.
+        """
+        from orangecontrib.deepimage.export import export_model
+        return export_model(self, path, format)
+
+    def __getstate__(self):
+        parent = getattr(super(), "__getstate__", None)
+        state = dict((parent() if parent else None) or self.__dict__)
+        state["_predict_fn"] = None
+        state["network"] = network_to_bytes(self.network)
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        state["network"] = network_from_bytes(state["network"])
+        self.__dict__.update(state)
