@@ -54,3 +54,11 @@ def test_dtype_policy_restores_previous_policy():
         with device.dtype_policy("mixed_bfloat16"):
             raise KeyError("fails inside")
     assert keras.config.dtype_policy().name == before
+
+
+def test_distribution_strategy_is_the_default_without_two_gpus():
+    import tensorflow as tf
+    from orangecontrib.deepimage.device import distribution_strategy
+    strategy = distribution_strategy()
+    assert strategy is tf.distribute.get_strategy()
+    assert strategy.num_replicas_in_sync == 1

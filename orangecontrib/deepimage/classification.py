@@ -27,6 +27,7 @@ from Orange.data.filter import HasClass
 from Orange.util import dummy_callback
 
 from orangecontrib.deepimage.backbones import get_backbone
+from orangecontrib.deepimage.device import distribution_strategy
 from orangecontrib.deepimage.embedding import shared_embedder
 from orangecontrib.deepimage.images import (
     ImageSkipped, decode_image, find_image_column, image_paths,
@@ -180,12 +181,14 @@ class ImageClassifierLearner(Learner):
 
         train, val = self._split(y)
         hooks = self._hooks_with_progress(progress)
-        head = build_head(features.shape[1], len(class_var.values),
-                          self.hidden_units, self.batch_norm, self.dropout,
-                          self.random_state)
-        head.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                     loss="sparse_categorical_crossentropy",
-                     metrics=["accuracy"])
+        strategy = distribution_strategy()
+        with strategy.scope():
+            head = build_head(features.shape[1], len(class_var.values),
+                              self.hidden_units, self.batch_norm,
+                              self.dropout, self.random_state)
+            head.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                         loss="sparse_categorical_crossentropy",
+                         metrics=["accuracy"])
         fine_tune = self.unfreeze > 0
         head_end = 1.0 if not (fine_tune or self.augment) else 0.75
         history = {}
@@ -198,9 +201,12 @@ class ImageClassifierLearner(Learner):
                 class_weight=self._class_weight(y[train], class_var),
                 hooks=hooks, early_stopping=self.early_stopping,
                 start=_EMBEDDING_SHARE, end=head_end)
-        network, trunk = assemble_network(
-            backbone, embedder.backbone_network, head,
-            copy_trunk=fine_tune)
+        # Training through the backbone needs its own copy of it, made in
+        # the strategy's scope (the embedder's network is shared).
+        with strategy.scope():
+            network, trunk = assemble_network(
+                backbone, embedder.backbone_network, head,
+                copy_trunk=fine_tune or self.augment)
         if self.augment or fine_tune:
             history = self._train_streaming(
                 network, trunk, backbone, kept_paths, y, train, val,
@@ -265,8 +271,10 @@ class ImageClassifierLearner(Learner):
                          class_var, hooks, history, start):
         """Train the head on augmented images, then the unfrozen layers."""
         import keras
-        training_network = with_augmentation(network, self.random_state) \
-            if self.augment else network
+        strategy = distribution_strategy()
+        with strategy.scope():
+            training_network = with_augmentation(
+                network, self.random_state) if self.augment else network
         make = lambda idx, shuffle: image_dataset(  # noqa: E731
             [paths[i] for i in idx], y[idx], backbone.input_size,
             self.batch_size, shuffle, self.random_state)
@@ -282,9 +290,11 @@ class ImageClassifierLearner(Learner):
         offset = len(next(iter(history.values()), []))
         for i, (phase, learning_rate) in enumerate(phases):
             set_trainable(trunk, self.unfreeze if phase == "unfrozen" else 0)
-            training_network.compile(
-                optimizer=keras.optimizers.Adam(learning_rate),
-                loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            with strategy.scope():
+                training_network.compile(
+                    optimizer=keras.optimizers.Adam(learning_rate),
+                    loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"])
             phase_history = fit(
                 training_network, train_data, validation_data=val_data,
                 epochs=self.epochs, class_weight=class_weight, hooks=hooks,

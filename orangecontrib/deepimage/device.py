@@ -1,16 +1,18 @@
 """Which device TensorFlow computes on, and mixed precision on GPUs.
 
 TensorFlow places operations on the first GPU by itself when there is one;
-this module only tells the user which device that is and picks the dtype
-policy: ``mixed_float16`` on GPUs with compute capability 7.0 or newer
-(tensor cores), ``float32`` elsewhere.
+this module tells the user which device that is, picks the dtype policy
+(``mixed_float16`` on GPUs with compute capability 7.0 or newer, i.e. with
+tensor cores; ``float32`` elsewhere), and gives the distribution strategy
+that training builds and compiles its models under: data-parallel over all
+GPUs when there are two or more, TensorFlow's default strategy otherwise.
 """
 import contextlib
 from functools import lru_cache
 from typing import List
 
 __all__ = ["gpu_names", "device_description", "preferred_dtype_policy",
-           "dtype_policy"]
+           "dtype_policy", "distribution_strategy"]
 
 
 @lru_cache(maxsize=1)
@@ -60,3 +62,17 @@ def dtype_policy(name: str):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+@lru_cache(maxsize=1)
+def distribution_strategy():
+    """``MirroredStrategy`` over all GPUs when there are two or more.
+
+    Otherwise TensorFlow's default strategy, whose ``scope()`` changes
+    nothing. Models that train must be built and compiled in its scope.
+    """
+    import tensorflow as tf
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
+    return tf.distribute.get_strategy()

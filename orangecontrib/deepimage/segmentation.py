@@ -28,7 +28,7 @@ from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, find_mask_column, image_paths,
     load_image, mask_class_names)
 from orangecontrib.deepimage.device import (
-    dtype_policy, preferred_dtype_policy)
+    distribution_strategy, dtype_policy, preferred_dtype_policy)
 from orangecontrib.deepimage.training import (
     NetworkModelMixin, TrainingHooks, fit)
 
@@ -546,7 +546,9 @@ class SegmentationLearner:
             raise ValueError("No image has a mask.")
         keras.utils.set_random_seed(self.random_state)
         n_classes = len(columns.classes)
-        network, tile = self.build_network(n_classes)
+        strategy = distribution_strategy()
+        with strategy.scope():
+            network, tile = self.build_network(n_classes)
         train, val = self._split(len(pairs))
         tiles = self.tiles_per_image or self._tiles_per_image(pairs[0], tile)
         train_data, counter = tile_dataset(
@@ -558,11 +560,13 @@ class SegmentationLearner:
                 [pairs[i] for i in val], columns.kind, tile, tiles,
                 self.batch_size, False, self.random_state + 1,
                 repeat_seed=True)
-        network.compile(
-            optimizer=keras.optimizers.Adam(self.learning_rate),
-            loss=segmentation_loss(self.loss, n_classes),
-            metrics=[keras.metrics.MeanIoU(n_classes, sparse_y_pred=False,
-                                           name="iou")])
+        with strategy.scope():
+            network.compile(
+                optimizer=keras.optimizers.Adam(self.learning_rate),
+                loss=segmentation_loss(self.loss, n_classes),
+                metrics=[keras.metrics.MeanIoU(n_classes,
+                                               sparse_y_pred=False,
+                                               name="iou")])
         preview = self._preview_function(
             network, columns, tile, [pairs[i] for i in (val if len(val)
                                                         else train)],
