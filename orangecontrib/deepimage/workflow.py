@@ -296,14 +296,22 @@ def run_workflow(path: str, timeout: float = 1800,
 
 
 def _close(scheme):
-    from AnyQt.QtCore import QCoreApplication
+    """Stop every widget's work and delete the widgets now."""
+    import gc
+    from AnyQt.QtCore import QCoreApplication, QEvent
     for node in list(scheme.nodes):
         widget = scheme.widget_for_node(node)
         if widget is not None and hasattr(widget, "shutdown"):
             widget.shutdown()
     scheme.signal_manager.stop()
     scheme.clear()
+    # Widgets are deleted with deleteLater(); deferred deletes run only when
+    # asked for by their event type, and would otherwise outlive the run.
     QCoreApplication.sendPostedEvents(None, 0)
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    scheme.deleteLater()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    gc.collect()
 
 
 def format_result(result: WorkflowResult) -> str:
