@@ -138,13 +138,22 @@ class ImageEmbedder:
         text = f"{self.model}|{self.layer}|{source}|{PIPELINE_VERSION}"
         return hashlib.sha1(text.encode()).hexdigest()
 
-    def load_network(self):
-        """Build the network (downloading weights if needed); idempotent."""
+    def load_network(self, download_progress=None):
+        """Build the network (downloading weights if needed); idempotent.
+
+        Parameters
+        ----------
+        download_progress : callable, optional
+            ``download_progress(bytes_done, bytes_total)`` for this call's
+            download, instead of the embedder's own (shared embedders must
+            not keep a caller's callback).
+        """
         with self._build_lock:
             if self._predict is None:
-                self._build_network()
+                self._build_network(download_progress
+                                    or self.download_progress)
 
-    def _build_network(self):
+    def _build_network(self, download_progress):
         import keras
         import tensorflow as tf
         from orangecontrib.deepimage.preprocessing import ImagePreprocessing
@@ -152,7 +161,7 @@ class ImageEmbedder:
         backbone = self.backbone
         with dtype_policy(preferred_dtype_policy()):
             network = backbone.build(self.weights, mirror=self.mirror,
-                                     progress=self.download_progress)
+                                     progress=download_progress)
             height, width = backbone.input_size
             pixels = keras.Input((height, width, 3), name="pixels")
             preprocessed = ImagePreprocessing(backbone.preprocessing,

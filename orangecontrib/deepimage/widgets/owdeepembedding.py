@@ -54,9 +54,8 @@ def run_embedding(data: Table, column_name: str, model: str,
             raise EmbeddingCancelled()
         state.set_progress_value(100 * fraction)
 
-    embedder.download_progress = download_progress
     state.set_status("Loading the network…")
-    embedder.load_network()
+    embedder.load_network(download_progress)
     state.set_status("Embedding…")
     state.set_progress_value(0)
     embedded, skipped, n_skipped = embedder.embed_table(
