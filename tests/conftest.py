@@ -7,7 +7,10 @@ folder for the session.
 """
 import os
 import shutil
+import sys
 import tempfile
+
+import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,5 +26,20 @@ os.environ["XDG_CACHE_HOME"] = os.path.join(_SESSION_DIR, "cache-home")
 os.environ.pop("DEEPIMAGE_WEIGHTS_MIRROR", None)
 
 
+_EXIT_STATUS = [0]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS[0] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+    # Every result has been reported by now. What is left is the
+    # interpreter's teardown of Qt, QtWebEngine and TensorFlow, whose order
+    # can abort the process ("free(): invalid pointer") after a fully passed
+    # run; end the process with pytest's own exit status instead.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT_STATUS[0])
