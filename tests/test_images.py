@@ -946,3 +946,25 @@ def test_mask_columns_are_not_image_columns():
     assert find_mask_column(table) is mask
     assert image_columns(table) == [image]
     assert mask_class_names(mask) == ["background", "crane"]
+
+
+def test_require_columns_and_paths_of():
+    from orangecontrib.deepimage.images import (
+        paths_of, require_image_column, require_mask_column)
+    photo = StringVariable("photo")
+    photo.attributes.update(type="image", origin="/photos")
+    other = StringVariable("other")
+    table = Table.from_numpy(Domain([], metas=[photo, other]),
+                             np.empty((1, 0)),
+                             metas=np.array([["a.jpg", "b.jpg"]], dtype=object))
+    assert require_image_column(table) is photo
+    assert require_image_column(table, "other") is other
+    assert require_image_column(table, "missing") is photo
+    assert paths_of(table) == [os.path.join("/photos", "a.jpg")]
+    assert paths_of(["x.png", None]) == ["x.png", None]
+    with pytest.raises(ValueError, match="no mask column"):
+        require_mask_column(table)
+    no_images = Table.from_numpy(Domain([ContinuousVariable("x")]),
+                                 np.zeros((1, 1)))
+    with pytest.raises(ValueError, match="no image column"):
+        require_image_column(no_images)

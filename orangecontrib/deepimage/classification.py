@@ -30,7 +30,7 @@ from orangecontrib.deepimage.backbones import get_backbone
 from orangecontrib.deepimage.device import distribution_strategy
 from orangecontrib.deepimage.embedding import shared_embedder
 from orangecontrib.deepimage.images import (
-    ImageSkipped, decode_image, find_image_column, image_paths,
+    ImageSkipped, decode_image, image_paths, require_image_column,
     iter_image_batches, read_image_bytes)
 from orangecontrib.deepimage.training import (
     NetworkModelMixin, TrainingHooks, fit)
@@ -39,19 +39,6 @@ __all__ = ["ImageClassifierLearner", "ImageClassifierModel"]
 
 #: Share of the progress bar spent embedding (fast path) before training.
 _EMBEDDING_SHARE = 0.5
-
-
-def _image_column(data: Table, name: Optional[str] = None):
-    """The image column by `name` if present, else the first image column."""
-    if name is not None and name in data.domain:
-        var = data.domain[name]
-        if var.is_string or var.is_discrete:
-            return var
-    column = find_image_column(data)
-    if column is None:
-        raise ValueError("The data has no image column (a text column marked "
-                         "as images, e.g. from Import Images).")
-    return column
 
 
 class ImageClassifierLearner(Learner):
@@ -157,7 +144,7 @@ class ImageClassifierLearner(Learner):
     def fit_storage(self, data: Table) -> "ImageClassifierModel":
         import keras
 
-        column = _image_column(data)
+        column = require_image_column(data)
         class_var = data.domain.class_var
         paths = image_paths(data, column)
         y = data.Y.astype(int)
@@ -519,7 +506,7 @@ class ImageClassifierModel(NetworkModelMixin, Model):
         return data
 
     def predict_storage(self, data):
-        column = _image_column(data, self.image_column)
+        column = require_image_column(data, self.image_column)
         paths = image_paths(data, column)
         probs = self._predict_from_cached_features(paths)
         if probs is None:

@@ -48,8 +48,8 @@ from Orange.data import ContinuousVariable, Domain, StringVariable, Table
 
 from orangecontrib.deepimage.files import check_output_folder, create_new_file
 from orangecontrib.deepimage.images import (
-    ImageSkipped, decode_image, find_image_column, find_mask_column,
-    image_paths, mask_class_names, read_image_bytes)
+    ImageSkipped, decode_image, image_paths, mask_class_names,
+    read_image_bytes, require_image_column, require_mask_column)
 from orangecontrib.deepimage.segdata import MaskError, load_mask
 
 __all__ = [
@@ -647,13 +647,8 @@ def edit_images(table: Table, operation: str,
         anything is read or written.
     """
     _check_parameters(operation, method, blur_radius, pixel_size, colour)
-    image_column = find_image_column(table)
-    mask_column = find_mask_column(table)
-    if image_column is None:
-        raise ValueError("The data has no image column.")
-    if mask_column is None:
-        raise ValueError("The data has no mask column (a column of mask "
-                         "images, e.g. from Segment Images).")
+    image_column = require_image_column(table)
+    mask_column = require_mask_column(table)
     kind = _mask_kind(mask_column)
     class_names = mask_class_names(mask_column)
     if classes is not None and kind == "class":

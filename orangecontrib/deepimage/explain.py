@@ -21,7 +21,7 @@ from Orange.data import Table
 
 from orangecontrib.deepimage.backbones import get_backbone, imagenet_labels
 from orangecontrib.deepimage.images import (
-    find_image_column, image_paths, iter_image_batches)
+    iter_image_batches, paths_of)
 
 __all__ = ["grad_cam", "explain_images", "Explanation", "overlay_heatmap"]
 
@@ -89,15 +89,6 @@ def _grad_model(model):
                     f"backbone key. Received: {type(model).__name__}")
 
 
-def _paths_of(table_or_paths) -> List[Optional[str]]:
-    if isinstance(table_or_paths, Table):
-        column = find_image_column(table_or_paths)
-        if column is None:
-            raise ValueError("The data has no image column.")
-        return image_paths(table_or_paths, column)
-    return list(table_or_paths)
-
-
 def _class_indices(target, class_names, n):
     """Target per image as class indices (None: the predicted class)."""
     if target is None:
@@ -137,7 +128,7 @@ def explain_images(model, table_or_paths: Union[Table, Sequence[str]],
     """
     import tensorflow as tf
     grad_model, (height, width), class_names = _grad_model(model)
-    paths = _paths_of(table_or_paths)
+    paths = paths_of(table_or_paths)
     n = len(paths)
     targets = _class_indices(target, class_names, n)
     result = Explanation([None] * n, np.full(n, -1), np.full(n, np.nan),

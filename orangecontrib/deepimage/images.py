@@ -34,6 +34,7 @@ from Orange.data import DiscreteVariable, StringVariable, Table, Variable
 __all__ = [
     "ImageSkipped", "LoadedImage", "image_columns", "find_image_column",
     "find_mask_column", "is_mask_column", "mask_class_names",
+    "require_image_column", "require_mask_column", "paths_of",
     "image_paths", "read_image_bytes", "decode_image", "load_image",
     "iter_image_batches", "MAX_IMAGE_PIXELS",
 ]
@@ -132,6 +133,50 @@ def find_image_column(table: Table, name: Optional[str] = None
     marked = [var for var in image_columns(table)
               if var.attributes.get("type") == "image"]
     return marked[0] if marked else None
+
+
+NO_IMAGE_COLUMN = ("The data has no image column (a text column marked as "
+                   "images, e.g. from Import Images).")
+NO_MASK_COLUMN = ("The data has no mask column (masks paired with the "
+                  "images, e.g. from Segmentation Data or Segment Images).")
+
+
+def require_image_column(table: Table, name: Optional[str] = None
+                         ) -> Variable:
+    """The column `name` if the table has it, else its first image column.
+
+    Raises
+    ------
+    ValueError
+        When the table has no image column.
+    """
+    column = (find_image_column(table, name) if name is not None else None) \
+        or find_image_column(table)
+    if column is None:
+        raise ValueError(NO_IMAGE_COLUMN)
+    return column
+
+
+def require_mask_column(table: Table) -> Variable:
+    """The table's first mask column.
+
+    Raises
+    ------
+    ValueError
+        When the table has no mask column.
+    """
+    column = find_mask_column(table)
+    if column is None:
+        raise ValueError(NO_MASK_COLUMN)
+    return column
+
+
+def paths_of(table_or_paths) -> List[Optional[str]]:
+    """Image paths of a table's image column, or a sequence of paths."""
+    if isinstance(table_or_paths, Table):
+        return image_paths(table_or_paths,
+                           require_image_column(table_or_paths))
+    return list(table_or_paths)
 
 
 def _is_url(text: str) -> bool:

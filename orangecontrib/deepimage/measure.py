@@ -32,8 +32,9 @@ from Orange.data import (ContinuousVariable, DiscreteVariable, Domain,
                          StringVariable, Table)
 
 from orangecontrib.deepimage.images import (
-    ImageSkipped, find_image_column, find_mask_column, image_paths,
-    is_mask_column, mask_class_names, read_image_bytes)
+    NO_MASK_COLUMN, ImageSkipped, find_image_column, image_paths,
+    is_mask_column, mask_class_names, read_image_bytes,
+    require_mask_column)
 from orangecontrib.deepimage.segdata import (
     INSTANCE_CLASSES, MaskError, default_class_names, load_mask)
 
@@ -393,10 +394,9 @@ def measure_table(table: Table, image_column: Optional[str] = None,
         When the table has no mask column.
     """
     mask_var = table.domain[mask_column] if mask_column else \
-        find_mask_column(table)
-    if mask_var is None or not is_mask_column(mask_var):
-        raise ValueError("the table has no mask column (a column with "
-                         "type=image and a 'mask' attribute)")
+        require_mask_column(table)
+    if not is_mask_column(mask_var):
+        raise ValueError(NO_MASK_COLUMN)
     image_var = table.domain[image_column] if image_column else \
         find_image_column(table)
     instance = mask_var.attributes.get("mask") == "instance"

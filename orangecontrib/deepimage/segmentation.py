@@ -25,8 +25,8 @@ from Orange.data.util import get_unique_names
 
 from orangecontrib.deepimage.backbones import get_backbone
 from orangecontrib.deepimage.images import (
-    ImageSkipped, find_image_column, find_mask_column, image_paths,
-    load_image, mask_class_names)
+    ImageSkipped, image_paths, load_image, mask_class_names, paths_of,
+    require_image_column, require_mask_column)
 from orangecontrib.deepimage.device import (
     distribution_strategy, dtype_policy, preferred_dtype_policy)
 from orangecontrib.deepimage.training import (
@@ -416,13 +416,8 @@ class _Columns:
 
 
 def _columns(table: Table) -> _Columns:
-    image = find_image_column(table)
-    mask = find_mask_column(table)
-    if image is None:
-        raise ValueError("The data has no image column.")
-    if mask is None:
-        raise ValueError("The data has no mask column (images paired with "
-                         "masks, e.g. from Segmentation Data).")
+    image = require_image_column(table)
+    mask = require_mask_column(table)
     classes = mask_class_names(mask)
     kind = mask.attributes.get("mask", "class")
     if kind == "instance":
@@ -695,13 +690,7 @@ class SegmentationModel(NetworkModelMixin):
     def segment(self, table_or_paths: Union[Table, Sequence[str]],
                 callback=None) -> List[Optional[np.ndarray]]:
         """Return one (H, W) label image per input (None if unreadable)."""
-        if isinstance(table_or_paths, Table):
-            column = find_image_column(table_or_paths)
-            if column is None:
-                raise ValueError("The data has no image column.")
-            paths = image_paths(table_or_paths, column)
-        else:
-            paths = list(table_or_paths)
+        paths = paths_of(table_or_paths)
         labels = []
         for i, path in enumerate(paths):
             try:
@@ -744,10 +733,7 @@ class SegmentationModel(NetworkModelMixin):
         from orangecontrib.deepimage.files import (
             check_output_folder, create_new_file)
         check_output_folder(out_dir)
-        column = find_image_column(table)
-        if column is None:
-            raise ValueError("The data has no image column.")
-        paths = image_paths(table, column)
+        paths = paths_of(table)
         labels = self.segment(paths, callback)
         names = []
         for path, label in zip(paths, labels):
