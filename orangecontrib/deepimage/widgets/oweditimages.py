@@ -31,6 +31,7 @@ from orangecontrib.deepimage.images import (
     mask_class_names)
 from orangecontrib.deepimage.widgets.utils.outputfolder import (
     OutputFolderMixin)
+from orangecontrib.deepimage.widgets.utils.masks import to_qimage
 from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
 
 OPERATION_KEYS = list(OPERATIONS)
@@ -56,14 +57,6 @@ def run_edit(data: Table, operation: str, classes: Optional[List[str]],
                        out_dir=out_dir, method=method,
                        blur_radius=blur_radius, pixel_size=pixel_size,
                        colour=colour, progress=progress)
-
-
-def _to_qimage(pixels: np.ndarray) -> QImage:
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    height, width, channels = pixels.shape
-    fmt = QImage.Format.Format_RGBA8888 if channels == 4 \
-        else QImage.Format.Format_RGB888
-    return QImage(pixels.data, width, height, channels * width, fmt).copy()
 
 
 class BeforeAfterView(QWidget):
@@ -527,7 +520,7 @@ class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
                                          f"No preview: {error}")
             return
         self.preview_pixels = (before, after)
-        self.preview_view.set_images(_to_qimage(before), _to_qimage(after))
+        self.preview_view.set_images(to_qimage(before), to_qimage(after))
 
     # --- work ----------------------------------------------------------------
 
