@@ -14,14 +14,14 @@ run:
 Usage: python bench/bench_classifier.py [--images 200] [--out bench/results]
 """
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+from results_io import write_results  # bench/ is on sys.path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
@@ -92,15 +92,8 @@ def main():
         "plain_keras_seconds": round(keras_seconds, 1),
         "plain_keras_accuracy": round(keras_ca, 3),
         "speedup": round(keras_seconds / fast_seconds, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d"),
     }
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "classifier.json")
-    with open(path, "w") as file:
-        json.dump(results, file, indent=2)
-    print(json.dumps(results, indent=2))
-    print(f"Written to {path}")
+    write_results(results, args.out, "classifier")
 
 
 if __name__ == "__main__":

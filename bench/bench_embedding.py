@@ -14,17 +14,18 @@ process, to show that it does not grow with the number of images.
 Usage: python bench/bench_embedding.py [--images 200] [--out bench/results]
 """
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+
 from PIL import Image
 from Orange.misc.utils.embedder_utils import EmbedderCache
+
+from results_io import write_results  # bench/ is on sys.path
 
 
 def make_photos(folder, count, seed=0):
@@ -154,15 +155,7 @@ def main():
             photos, args.memory_images, cache_dir)
         results[f"peak_rss_mb_{n_memory}"] = peak_memory_mb(
             photos, n_memory, cache_dir)
-
-    results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
-    results["date"] = time.strftime("%Y-%m-%d")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "embedding.json")
-    with open(path, "w") as file:
-        json.dump(results, file, indent=2)
-    print(json.dumps(results, indent=2))
-    print(f"Written to {path}")
+    write_results(results, args.out, "embedding")
 
 if __name__ == "__main__":
     main()

@@ -9,12 +9,12 @@ the annotated instances.
 Usage: python bench/bench_segmentation.py [--epochs 40] [--out bench/results]
 """
 import argparse
-import json
 import os
-import platform
 import time
 
 import numpy as np
+
+from results_io import write_results  # bench/ is on sys.path
 
 from orangecontrib.deepimage.demo import TUTORIALS_DIR
 
@@ -63,15 +63,8 @@ def main():
         "nuclei_annotated": annotated,
         "nuclei_counted": counted,
         "count_error": round(abs(counted - annotated) / annotated, 3),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d"),
     }
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "segmentation.json")
-    with open(path, "w") as file:
-        json.dump(results, file, indent=2)
-    print(json.dumps(results, indent=2))
-    print(f"Written to {path}")
+    write_results(results, args.out, "segmentation")
 
 
 if __name__ == "__main__":
