@@ -16,13 +16,11 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from orangecontrib.deepimage.errors import TrainingError
+
 __all__ = ["ProgressReporter", "KeepBestWeights", "StopOnNaN",
            "TrainingError", "fit", "TrainingHooks", "network_to_bytes",
            "network_from_bytes", "NetworkModelMixin"]
-
-
-class TrainingError(RuntimeError):
-    """Training failed for a reason the user can act on."""
 
 
 class TrainingHooks:

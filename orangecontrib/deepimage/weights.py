@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
+from orangecontrib.deepimage.errors import WeightsUnavailable
+
 __all__ = ["WeightsFile", "WeightsUnavailable", "keras_cache_dir",
            "mirror_from_environment", "resolve_weights", "check_weights_path",
            "MIRROR_ENV"]
@@ -28,10 +30,6 @@ _CHUNK = 1 << 20
 
 #: progress(bytes_done, bytes_total or None)
 DownloadProgress = Callable[[int, Optional[int]], None]
-
-
-class WeightsUnavailable(RuntimeError):
-    """The weights a model needs are not here and could not be fetched."""
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,20 @@ same few lines for its Cancel button: enable it when a task starts, disable
 it when the task ends, fails or is cancelled. :class:`TaskButtonsMixin`
 keeps them in one place.
 """
+import logging
 from typing import Callable, List, Optional
 
 from AnyQt.QtWidgets import QPushButton, QWidget
 
 from Orange.widgets import gui
-from Orange.widgets.utils.concurrent import ConcurrentWidgetMixin
+from Orange.widgets.utils.concurrent import ConcurrentWidgetMixin, TaskState
 
-__all__ = ["TaskButtonsMixin"]
+from orangecontrib.deepimage.errors import (
+    Cancelled, DeepImageError, raise_if_cancelled)
+
+__all__ = ["TaskButtonsMixin", "task_progress", "download_progress"]
+
+log = logging.getLogger(__name__)
 
 
 class TaskButtonsMixin(ConcurrentWidgetMixin):
@@ -67,3 +73,56 @@ class TaskButtonsMixin(ConcurrentWidgetMixin):
         # are the widget's.
         self._enable_task_buttons(False)
         super()._on_task_done(future)
+
+    def on_exception(self, ex: Exception):
+        """What every task's failure does.
+
+        A cancelled task shows nothing; a :class:`DeepImageError` (a problem
+        the user can act on) goes to :meth:`on_user_error`, which the widget
+        overrides to show it as its own message; anything else is logged
+        and raised again, so that Orange's error reporting shows it with its
+        traceback (as Orange's own widgets do).
+        """
+        if isinstance(ex, Cancelled):
+            return
+        if isinstance(ex, DeepImageError):
+            self.on_user_error(ex)
+            return
+        log.error("%s failed", type(self).__name__,
+                  exc_info=(type(ex), ex, ex.__traceback__))
+        raise ex
+
+    def on_user_error(self, ex: DeepImageError):
+        """Show `ex`, a problem the user can act on (override this)."""
+        self.error(str(ex))
+
+
+def task_progress(state: TaskState, start: float = 0.0, end: float = 100.0
+                  ) -> Callable[[float], None]:
+    """A ``callback(fraction)`` for the core's long functions.
+
+    It raises :class:`~orangecontrib.deepimage.errors.Cancelled` when the
+    task was cancelled, and otherwise shows `fraction` (0 to 1) of the work
+    as progress between `start` and `end` percent, so that phases of one
+    task can share the bar.
+    """
+    def progress(fraction: float):
+        raise_if_cancelled(state)
+        state.set_progress_value(start + (end - start) * fraction)
+    return progress
+
+
+def download_progress(state: TaskState) -> Callable[[int, Optional[int]],
+                                                    None]:
+    """A ``progress(bytes_done, bytes_total)`` for weight downloads that
+    shows the megabytes in the status line and honours Cancel."""
+    megabyte = 2 ** 20
+
+    def progress(done: int, total: Optional[int]):
+        raise_if_cancelled(state)
+        size = f" of {total / megabyte:.0f}" if total else ""
+        state.set_status(f"Downloading weights: "
+                         f"{done / megabyte:.0f}{size} MB")
+        if total:
+            state.set_progress_value(100 * done / total)
+    return progress
