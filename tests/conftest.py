@@ -2,44 +2,46 @@
 
 No test may touch the user's embedding cache, Keras cache or Orange's data
 and cache folders (where widgets write edited images, masks and heatmaps by
-default), or download anything: all of them point at a fresh temporary
-folder for the session.
+default), or download anything: the home folder and every variable that
+Orange, Keras and the add-on read their folders from (on Linux, macOS and
+Windows alike) point into a fresh temporary folder for the session, also
+for the processes that tests start.
+
+The run ends as pytest ends it, with pytest's own exit status.
 """
 import os
 import shutil
-import sys
 import tempfile
-
-import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Report tests start QtWebEngine; its Chromium ends the whole process when
 # it runs as root (as in CI containers) with its sandbox on.
-os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
+if hasattr(os, "geteuid") and os.geteuid() == 0:
+    os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
 
-_SESSION_DIR = tempfile.mkdtemp(prefix="deepimage-tests-")
-os.environ["DEEPIMAGE_CACHE_DIR"] = os.path.join(_SESSION_DIR, "cache")
-os.environ["KERAS_HOME"] = os.path.join(_SESSION_DIR, "keras")
-os.environ["XDG_DATA_HOME"] = os.path.join(_SESSION_DIR, "data")
-os.environ["XDG_CACHE_HOME"] = os.path.join(_SESSION_DIR, "cache-home")
+SESSION_DIR = tempfile.mkdtemp(prefix="deepimage-tests-")
+_HOME = os.path.join(SESSION_DIR, "home")
+os.makedirs(_HOME)
+os.environ.update({
+    "DEEPIMAGE_CACHE_DIR": os.path.join(SESSION_DIR, "cache"),
+    "KERAS_HOME": os.path.join(SESSION_DIR, "keras"),
+    # Orange's data and cache folders: ~/Library/... on macOS, %APPDATA% on
+    # Windows, $XDG_DATA_HOME / $XDG_CACHE_HOME elsewhere.
+    "HOME": _HOME,
+    "USERPROFILE": _HOME,
+    "APPDATA": os.path.join(_HOME, "AppData", "Roaming"),
+    "LOCALAPPDATA": os.path.join(_HOME, "AppData", "Local"),
+    "XDG_DATA_HOME": os.path.join(SESSION_DIR, "data"),
+    "XDG_CACHE_HOME": os.path.join(SESSION_DIR, "cache-home"),
+    "XDG_CONFIG_HOME": os.path.join(SESSION_DIR, "config"),
+})
 os.environ.pop("DEEPIMAGE_WEIGHTS_MIRROR", None)
 
-
-_EXIT_STATUS = [0]
-
-
-def pytest_sessionfinish(session, exitstatus):
-    _EXIT_STATUS[0] = int(exitstatus)
+# As the canvas does at start: the add-on is imported before anything loads
+# TensorFlow, so that TensorFlow and QtWebEngine can share the process.
+import orangecontrib.deepimage  # noqa: E402,F401  pylint: disable=wrong-import-position
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
-    # Every result has been reported by now. What is left is the
-    # interpreter's teardown of Qt, QtWebEngine and TensorFlow, whose order
-    # can abort the process ("free(): invalid pointer") after a fully passed
-    # run; end the process with pytest's own exit status instead.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_EXIT_STATUS[0])
+def pytest_unconfigure(config):  # pylint: disable=unused-argument
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)

@@ -11,6 +11,12 @@ canvas does at start-up) does not load TensorFlow.
 """
 import importlib
 
+from orangecontrib.deepimage import tfloading
+
+# Before anything imports TensorFlow: let it share the process with Orange's
+# report and help windows (QtWebEngine) without crashing; see tfloading.
+tfloading.install()
+
 _EXPORTS = {
     "ImageEmbedder": "orangecontrib.deepimage.embedding",
     "ImageClassifierLearner": "orangecontrib.deepimage.classification",
