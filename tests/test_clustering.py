@@ -17,6 +17,7 @@ from orangecontrib.deepimage.clustering import (
     duplicates_table, embedding_columns, embedding_matrix,
     imagenet_probabilities, map_embeddings, name_clusters, near_duplicates,
     normalize_rows, recorded_model, silhouette_samples, typical_rows)
+from orangecontrib.deepimage.errors import Cancelled
 
 #: ImageNet classes 281-285 are the domestic cats.
 CAT_CLASSES = set(imagenet_labels()[281:286])
@@ -161,8 +162,8 @@ class TestClusterEmbeddings(unittest.TestCase):
 
     def test_progress_callback_can_stop(self):
         def stop(_):
-            raise clustering.ClusteringCancelled()
-        with self.assertRaises(clustering.ClusteringCancelled):
+            raise Cancelled()
+        with self.assertRaises(Cancelled):
             cluster_embeddings(blobs()[0], callback=stop)
 
 
