@@ -16,7 +16,7 @@ from Orange.widgets.tests.utils import simulate
 from orangecontrib.deepimage import clustering
 from orangecontrib.deepimage.clustering import METHODS
 from orangecontrib.deepimage.clustering import ClusteringPieces as Pieces
-from orangecontrib.deepimage.errors import Cancelled
+from orangecontrib.deepimage.errors import Cancelled, InvalidInput
 from orangecontrib.deepimage.widgets.owimageclusters import (
     OWImageClusters, run_clustering)
 from orangecontrib.deepimage.widgets.utils.thumbnails import make_thumbnail
@@ -319,6 +319,28 @@ class TestOWImageClusters(WidgetTest):
             self.send(self.embedded)
         self.assertTrue(self.widget.Error.clustering_failed.is_shown())
         self.assertIsNone(self.output())
+
+    def test_user_error_is_shown_and_a_bug_reaches_error_reporting(self):
+        with mock.patch.object(clustering, "cluster_embeddings",
+                               side_effect=InvalidInput("bad vectors")):
+            self.send(self.embedded)
+        self.assertIn("bad vectors", str(self.widget.Error.clustering_failed))
+        bug = RuntimeError("a bug")
+        with mock.patch.object(clustering, "cluster_embeddings",
+                               side_effect=bug), \
+                mock.patch("sys.excepthook") as excepthook:
+            self.send(self.embedded[:-1])
+            QTest.qWait(50)
+        excepthook.assert_called_once()
+        self.assertIs(excepthook.call_args.args[1], bug)
+        self.assertIsNotNone(excepthook.call_args.args[2])  # the traceback
+        self.assertFalse(self.widget.Error.clustering_failed.is_shown())
+        self.assertIsNone(self.output())
+        self.assertEqual(self.widget.gallery.groups, [])
+        # and the widget is ready for the next input
+        self.assertFalse(self.widget.isInvalidated())
+        self.send(self.embedded)
+        self.assertEqual(len(self.output()), len(self.embedded))
 
     def test_runner_stops_on_request(self):
         state = mock.Mock()

@@ -1040,7 +1040,9 @@ def cluster_job(X, method: str = "kmeans", n_clusters: Optional[int] = None,
         The backbone that gives the labels; default: the one the table
         records (:func:`recorded_model`), else :data:`NAMING_MODEL`.
     known : ClusteringPieces, optional
-        Pieces computed before for the same `X`; it is not changed.
+        Pieces computed before for the same `X`, with `auto` and `result`
+        for this `method` and `n_clusters` (or None), as
+        :meth:`ClusteringCache.known` gives them; it is not changed.
     progress : callable, optional
         Called with the fraction done (0 to 1; it restarts from 0 for the
         map); it may raise (e.g.
