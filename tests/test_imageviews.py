@@ -1,4 +1,5 @@
-"""The shared image views: thumbnails, gallery, group list, map, silhouettes."""
+"""The shared image views: thumbnails, gallery, group list, map and
+silhouette plot."""
 import os
 import tempfile
 import unittest
@@ -132,7 +133,8 @@ class TestThumbnailGallery(ViewTest):
         self.gallery.close()
         super().tearDown()
 
-    def click(self, position, group=0, modifier=Qt.KeyboardModifier.NoModifier):
+    def click(self, position, group=0,
+              modifier=Qt.KeyboardModifier.NoModifier):
         QTest.mouseClick(self.gallery.viewport(), Qt.MouseButton.LeftButton,
                          modifier,
                          self.gallery._cell_rect(group, position).center())
@@ -232,8 +234,8 @@ class TestGroupList(GuiTest):
         self.assertEqual(model.rowCount(), 2)
         self.assertEqual(model.item(0).text(), "cats (2)")
         self.assertEqual(model.item(1).toolTip(), "one dog")
-        view.selectionModel().select(model.index(1, 0),
-                                     view.selectionModel().SelectionFlag.Select)
+        selection = view.selectionModel()
+        selection.select(model.index(1, 0), selection.SelectionFlag.Select)
         self.assertEqual(list(spy)[-1], [[1]])
         count = len(spy)
         view.set_selection(np.array([True, False, True]))

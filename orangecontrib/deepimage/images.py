@@ -35,8 +35,8 @@ __all__ = [
     "ImageSkipped", "LoadedImage", "image_columns", "find_image_column",
     "find_mask_column", "is_mask_column", "mask_class_names",
     "require_image_column", "require_mask_column", "paths_of",
-    "image_paths", "image_path", "read_image_bytes", "decode_image", "load_image",
-    "iter_image_batches", "MAX_IMAGE_PIXELS",
+    "image_paths", "read_image_bytes", "decode_image", "load_image",
+    "iter_image_batches", "MAX_IMAGE_PIXELS", "image_path",
 ]
 
 #: Images with more pixels than this are refused as decompression bombs.
