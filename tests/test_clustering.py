@@ -13,10 +13,13 @@ from Orange.data import ContinuousVariable, Domain, StringVariable, Table
 from orangecontrib.deepimage import clustering
 from orangecontrib.deepimage.backbones import imagenet_labels
 from orangecontrib.deepimage.clustering import (
-    METHODS, add_cluster_columns, cluster_embeddings, cluster_table,
+    METHODS, ClusteringCache, ClusteringPieces, add_cluster_columns,
+    cluster_embeddings, cluster_job, cluster_names, cluster_table,
     duplicates_table, embedding_columns, embedding_matrix,
     imagenet_probabilities, map_embeddings, name_clusters, near_duplicates,
-    normalize_rows, recorded_model, silhouette_samples, typical_rows)
+    normalize_rows, recorded_model, silhouette_samples, typical_rows,
+    unnamed_rows)
+from orangecontrib.deepimage.errors import Cancelled
 
 #: ImageNet classes 281-285 are the domestic cats.
 CAT_CLASSES = set(imagenet_labels()[281:286])
@@ -161,9 +164,146 @@ class TestClusterEmbeddings(unittest.TestCase):
 
     def test_progress_callback_can_stop(self):
         def stop(_):
-            raise clustering.ClusteringCancelled()
-        with self.assertRaises(clustering.ClusteringCancelled):
+            raise Cancelled()
+        with self.assertRaises(Cancelled):
             cluster_embeddings(blobs()[0], callback=stop)
+
+
+class TestClusterJob(unittest.TestCase):
+    """The whole job that Image Clusters runs, without Qt."""
+
+    def setUp(self):
+        X, self.truth = blobs()
+        # row 27 is a copy of row 0, scaled: a near-duplicate pair
+        self.X = np.vstack([X, 3 * X[:1]])
+        self.truth = np.append(self.truth, self.truth[0])
+
+    def test_clusters_duplicates_and_numbered_names(self):
+        fractions, stages, tags = [], [], []
+        job = cluster_job(self.X, progress=fractions.append,
+                          status=stages.append,
+                          partial=lambda tag, _: tags.append(tag))
+        self.assertEqual(job.result.n_clusters, 3)
+        self.assertIs(job.result, job.auto)
+        self.assertEqual(adjusted_rand_score(self.truth, job.result.labels),
+                         1)
+        self.assertEqual(sorted(job.result.scores), list(range(2, 11)))
+        # the copy is the closest pair
+        self.assertEqual(job.duplicates[0][:2], (0, 27))
+        self.assertAlmostEqual(job.duplicates[0][2], 0, places=5)
+        self.assertEqual(job.duplicates, near_duplicates(self.X))
+        self.assertEqual(job.threshold, clustering.DUPLICATE_THRESHOLD)
+        self.assertEqual(job.names(), ["Cluster 1", "Cluster 2", "Cluster 3"])
+        self.assertIsNone(job.map)
+        self.assertEqual(tags, ["clusters", "ready"])
+        self.assertEqual(stages, ["Clustering…", "Finding near-duplicates…"])
+        self.assertTrue(all(0 <= f <= 1 for f in fractions))
+        self.assertEqual(fractions, sorted(fractions))
+        self.assertFalse(job.lacks(clustering.DUPLICATE_THRESHOLD))
+        self.assertTrue(job.lacks(0.2))
+        self.assertTrue(job.lacks(clustering.DUPLICATE_THRESHOLD,
+                                  want_map=True))
+
+    def test_fixed_number_and_map(self):
+        maps = []
+        job = cluster_job(
+            self.X, "ward", 2, want_map=True,
+            partial=lambda tag, pieces: maps.append(pieces.map)
+            if tag == "map" else None)
+        self.assertEqual(job.result.n_clusters, 2)
+        self.assertEqual(job.result.method, "ward")
+        self.assertEqual(job.auto.n_clusters, 3)
+        self.assertEqual(list(job.result.scores), [2])
+        self.assertEqual(job.map.shape, (len(self.X), 2))
+        self.assertTrue(maps)
+        self.assertEqual(maps[-1].shape, (len(self.X), 2))
+
+    def test_known_pieces_are_reused_not_changed(self):
+        first = cluster_job(self.X)
+        with mock.patch.object(clustering, "cluster_embeddings") as run, \
+                mock.patch.object(clustering, "near_duplicates") as pairs:
+            again = cluster_job(self.X, known=first)
+        run.assert_not_called()
+        pairs.assert_not_called()
+        self.assertIs(again.result, first.result)
+        self.assertIsNot(again, first)
+        # another threshold: only the near-duplicates are computed again
+        with mock.patch.object(clustering, "cluster_embeddings") as run:
+            wider = cluster_job(self.X, duplicate_threshold=0.5, known=first)
+        run.assert_not_called()
+        self.assertGreater(len(wider.duplicates), len(first.duplicates))
+        self.assertEqual(first.threshold, clustering.DUPLICATE_THRESHOLD)
+
+    def test_progress_can_cancel(self):
+        def stop(_):
+            raise Cancelled()
+        with self.assertRaises(Cancelled):
+            cluster_job(self.X, progress=stop)
+
+    def test_names_from_probabilities_of_typical_rows(self):
+        table = image_table("", [f"{i}.png" for i in range(len(self.X))])
+        asked = []
+
+        def fake(table, embedder=None, callback=None, rows=None):
+            asked.append(list(rows))
+            matrix = np.zeros((len(rows), 1000), dtype=np.float32)
+            # rows of each true group "show" class 10 * group
+            matrix[np.arange(len(rows)), 10 * self.truth[rows]] = 1
+            return matrix
+
+        # one typical image per cluster: four clusters need at least one
+        # image that three did not
+        with mock.patch.object(clustering, "NAMING_SAMPLE", 1), \
+                mock.patch.object(clustering, "shared_embedder") as shared, \
+                mock.patch.object(clustering, "imagenet_probabilities",
+                                  side_effect=fake):
+            job = cluster_job(self.X, names_table=table)
+            shared.assert_called_once_with(clustering.NAMING_MODEL, None,
+                                           "penultimate", None)
+            self.assertEqual(asked, [typical_rows(job.result).tolist()])
+            self.assertEqual(unnamed_rows(job.result, job.probabilities), [])
+            labels = imagenet_labels()
+            group = self.truth[np.flatnonzero(job.result.labels == 0)[0]]
+            self.assertIn(labels[10 * group], job.names()[0])
+            self.assertEqual(job.names(),
+                             cluster_names(job.result, job.probabilities))
+            # another number of clusters asks only for new typical rows
+            cache = ClusteringCache()
+            cache.store(job)
+            more = cluster_job(self.X, n_clusters=4, names_table=table,
+                               known=cache.known("kmeans", 4))
+        self.assertEqual(len(asked), 2)
+        self.assertFalse(set(asked[0]) & set(asked[1]))
+        self.assertEqual(len(more.names()), 4)
+
+    def test_naming_failure_is_kept_cancel_is_not(self):
+        table = image_table("", [f"{i}.png" for i in range(len(self.X))])
+        with mock.patch.object(clustering, "shared_embedder"), \
+                mock.patch.object(clustering, "imagenet_probabilities",
+                                  side_effect=RuntimeError("no weights")):
+            job = cluster_job(self.X, names_table=table)
+        self.assertEqual(job.naming_error, "no weights")
+        self.assertEqual(job.names(), ["Cluster 1", "Cluster 2", "Cluster 3"])
+        with mock.patch.object(clustering, "shared_embedder"), \
+                mock.patch.object(clustering, "imagenet_probabilities",
+                                  side_effect=Cancelled()), \
+                self.assertRaises(Cancelled):
+            cluster_job(self.X, names_table=table)
+
+    def test_cache_keeps_pieces_by_method_and_number(self):
+        cache = ClusteringCache()
+        self.assertEqual(cache.known("kmeans"), ClusteringPieces())
+        auto = cluster_job(self.X)
+        cache.store(auto)
+        fixed = cluster_job(self.X, n_clusters=2, known=cache.known("kmeans",
+                                                                    2))
+        cache.store(fixed, 2)
+        self.assertIs(cache.known("kmeans").result, auto.result)
+        self.assertIs(cache.known("kmeans", 2).result, fixed.result)
+        self.assertIs(cache.known("kmeans", 2).auto, auto.result)
+        self.assertIsNone(cache.known("kmeans", 4).result)
+        self.assertIsNone(cache.known("ward").auto)
+        self.assertEqual(cache.known("ward").duplicates, auto.duplicates)
 
 
 class TestSilhouette(unittest.TestCase):
@@ -421,6 +561,17 @@ class TestRealImages(unittest.TestCase):
         np.testing.assert_array_equal(self.truth[rows[0]],
                                       self.truth[rows[1]])
 
+
+    def test_cluster_job_names_the_kinds(self):
+        with mock.patch.object(clustering, "shared_embedder",
+                               return_value=self.embedder):
+            job = cluster_job(self.X, names_table=self.table)
+        self.assertIsNone(job.naming_error)
+        self.assertGreater(adjusted_rand_score(self.truth, job.result.labels),
+                           0.9)
+        cat_cluster = np.bincount(job.result.labels[self.truth == 0]).argmax()
+        cat_labels = job.names()[cat_cluster].split(": ")[1].split(", ")
+        self.assertTrue(CAT_CLASSES & set(cat_labels), job.names())
 
 if __name__ == "__main__":
     unittest.main()

@@ -14,10 +14,12 @@ from Orange.widgets.tests.base import WidgetTest
 from Orange.widgets.tests.utils import simulate
 
 from orangecontrib.deepimage import clustering
-from orangecontrib.deepimage.clustering import ClusteringCancelled, METHODS
-from orangecontrib.deepimage.widgets import owimageclusters
+from orangecontrib.deepimage.clustering import METHODS
+from orangecontrib.deepimage.clustering import ClusteringPieces as Pieces
+from orangecontrib.deepimage.errors import Cancelled, InvalidInput
 from orangecontrib.deepimage.widgets.owimageclusters import (
-    OWImageClusters, Pieces, make_thumbnail, run_clustering)
+    OWImageClusters, run_clustering)
+from orangecontrib.deepimage.widgets.utils.thumbnails import make_thumbnail
 
 #: ImageNet classes 281-285 are the domestic cats.
 CAT_WORDS = ("cat", "Mau", "tabby", "Persian", "Siamese")
@@ -64,7 +66,7 @@ class TestOWImageClusters(WidgetTest):
         cls.kinds = np.repeat(np.arange(3), 4)
         # naming runs the test's embedder: no second network, no user cache
         cls.patcher = mock.patch.object(
-            owimageclusters, "shared_embedder",
+            clustering, "shared_embedder",
             return_value=cls.embedder)
         cls.patcher.start()
 
@@ -283,7 +285,7 @@ class TestOWImageClusters(WidgetTest):
         self.send(self.embedded)
         self.assertEqual(self.output().domain["Cluster"].values,
                          ("Cluster 1", "Cluster 2", "Cluster 3"))
-        with mock.patch.object(owimageclusters, "imagenet_probabilities",
+        with mock.patch.object(clustering, "imagenet_probabilities",
                                side_effect=RuntimeError("no network")):
             self.widget.controls.label_clusters.click()
             self.wait_until_finished()
@@ -292,9 +294,9 @@ class TestOWImageClusters(WidgetTest):
         self.assertEqual(len(self.output().domain["Cluster"].values), 3)
 
     def test_names_come_from_typical_images_only(self):
-        real = owimageclusters.imagenet_probabilities
+        real = clustering.imagenet_probabilities
         with mock.patch.object(clustering, "NAMING_SAMPLE", 2), \
-                mock.patch.object(owimageclusters, "imagenet_probabilities",
+                mock.patch.object(clustering, "imagenet_probabilities",
                                   wraps=real) as probabilities:
             self.send(self.embedded)
             self.assertEqual(len(probabilities.call_args.kwargs["rows"]), 6)
@@ -312,16 +314,38 @@ class TestOWImageClusters(WidgetTest):
         self.assertEqual(probabilities.call_count, 2)
 
     def test_clustering_error_is_shown(self):
-        with mock.patch.object(owimageclusters, "cluster_embeddings",
+        with mock.patch.object(clustering, "cluster_embeddings",
                                side_effect=MemoryError("too big")):
             self.send(self.embedded)
         self.assertTrue(self.widget.Error.clustering_failed.is_shown())
         self.assertIsNone(self.output())
 
+    def test_user_error_is_shown_and_a_bug_reaches_error_reporting(self):
+        with mock.patch.object(clustering, "cluster_embeddings",
+                               side_effect=InvalidInput("bad vectors")):
+            self.send(self.embedded)
+        self.assertIn("bad vectors", str(self.widget.Error.clustering_failed))
+        bug = RuntimeError("a bug")
+        with mock.patch.object(clustering, "cluster_embeddings",
+                               side_effect=bug), \
+                mock.patch("sys.excepthook") as excepthook:
+            self.send(self.embedded[:-1])
+            QTest.qWait(50)
+        excepthook.assert_called_once()
+        self.assertIs(excepthook.call_args.args[1], bug)
+        self.assertIsNotNone(excepthook.call_args.args[2])  # the traceback
+        self.assertFalse(self.widget.Error.clustering_failed.is_shown())
+        self.assertIsNone(self.output())
+        self.assertEqual(self.widget.gallery.groups, [])
+        # and the widget is ready for the next input
+        self.assertFalse(self.widget.isInvalidated())
+        self.send(self.embedded)
+        self.assertEqual(len(self.output()), len(self.embedded))
+
     def test_runner_stops_on_request(self):
         state = mock.Mock()
         state.is_interruption_requested.return_value = True
-        with self.assertRaises(ClusteringCancelled):
+        with self.assertRaises(Cancelled):
             run_clustering(self.embedded.X, "kmeans", None, 0.05, False,
                            None, None, Pieces(), state)
 
@@ -330,7 +354,7 @@ class TestOWImageClusters(WidgetTest):
         state.is_interruption_requested.return_value = False
         first = run_clustering(self.embedded.X, "ward", None, 0.05, False,
                                None, None, Pieces(), state)
-        with mock.patch.object(owimageclusters, "cluster_embeddings") as run:
+        with mock.patch.object(clustering, "cluster_embeddings") as run:
             again = run_clustering(self.embedded.X, "ward", None, 0.05,
                                    False, None, None, first, state)
         run.assert_not_called()

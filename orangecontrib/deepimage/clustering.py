@@ -5,6 +5,15 @@ Everything here works on embeddings (one row per image) and has no Qt::
     >>> from orangecontrib.deepimage.clustering import cluster_table
     >>> clustered, duplicates = cluster_table(embedded)  # from ImageEmbedder
 
+or, with the names, the near-duplicates and a t-SNE map that Image Clusters
+shows, and progress::
+
+    >>> from orangecontrib.deepimage.clustering import (
+    ...     cluster_job, embedding_matrix)
+    >>> job = cluster_job(embedding_matrix(embedded), names_table=embedded,
+    ...                   want_map=True, progress=print)
+    >>> job.names(), job.duplicates, job.map.shape
+
 Embeddings are L2-normalised before anything else. A CNN embedding's length
 grows with how much of the features an image excites (contrast, size of the
 object, clutter), while what the image shows is in the embedding's direction;
@@ -18,8 +27,9 @@ to the cluster its linkage criterion prefers. Per-image silhouettes and
 near-duplicates are exact and computed in chunks of matrix products, so
 memory stays bounded.
 """
+import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -38,16 +48,21 @@ from Orange.data import (
     Variable)
 from Orange.data.util import get_unique_names
 
+from orangecontrib.deepimage.embedding import shared_embedder
+from orangecontrib.deepimage.errors import Cancelled
 from orangecontrib.deepimage.images import find_image_column, image_paths
 
 __all__ = [
-    "METHODS", "ClusteringResult", "ClusteringCancelled", "normalize_rows",
+    "METHODS", "ClusteringResult", "ClusteringPieces", "ClusteringCache",
+    "normalize_rows",
     "cluster_range", "cluster_embeddings", "silhouette_samples",
     "name_clusters", "typical_rows", "near_duplicates", "embedding_columns",
     "embedding_matrix", "recorded_model", "imagenet_probabilities",
     "add_cluster_columns", "duplicates_table", "cluster_table",
-    "map_embeddings",
+    "map_embeddings", "cluster_names", "unnamed_rows", "cluster_job",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Clustering methods: key -> name shown to the user.
 METHODS: Dict[str, str] = {
@@ -77,12 +92,11 @@ DUPLICATE_THRESHOLD = 0.05
 CHUNK_BYTES = 64 * 2 ** 20
 #: t-SNE maps of more images run on this many principal components.
 MAP_PCA_ABOVE, MAP_PCA_COMPONENTS = 2000, 50
+#: The backbone that names clusters when the data does not say which made
+#: the embedding: it ships with the add-on and runs offline.
+NAMING_MODEL = "squeezenet"
 
 Progress = Callable[[float], None]
-
-
-class ClusteringCancelled(Exception):
-    """Raised by a progress callback to stop the computation."""
 
 
 @dataclass
@@ -331,7 +345,7 @@ def cluster_embeddings(X, n_clusters: Optional[int] = None,
         Seed of k-means and of the sample for large sets.
     callback : callable, optional
         Called with the fraction done; it may raise (e.g.
-        :class:`ClusteringCancelled`) to stop.
+        :class:`~orangecontrib.deepimage.errors.Cancelled`) to stop.
 
     Returns
     -------
@@ -852,3 +866,274 @@ def _pca(X: np.ndarray, components: int, random_state: int) -> np.ndarray:
     return PCA(components, random_state=random_state,
                svd_solver="randomized" if components < min(X.shape) // 2
                else "full").fit_transform(X)
+
+
+# --- the whole job -----------------------------------------------------------
+
+@dataclass
+class ClusteringPieces:
+    """What :func:`cluster_job` computes; pieces already known are passed
+    in and kept.
+
+    Attributes
+    ----------
+    auto : ClusteringResult or None
+        The automatic choice for the method (its scores are those of every
+        number of clusters tried).
+    result : ClusteringResult or None
+        The clustering asked for (``auto`` when automatic).
+    duplicates : list of (int, int, float) or None
+        Near-duplicate pairs (:func:`near_duplicates`).
+    threshold : float or None
+        The threshold `duplicates` were found with.
+    probabilities : dict of int -> numpy.ndarray or None
+        ImageNet class probabilities of the images that name clusters
+        (:func:`typical_rows`); None for images that could not be read.
+    naming_error : str or None
+        Why probabilities could not be computed.
+    map : numpy.ndarray or None
+        t-SNE coordinates (:func:`map_embeddings`).
+    """
+    auto: Optional[ClusteringResult] = None
+    result: Optional[ClusteringResult] = None
+    duplicates: Optional[list] = None
+    threshold: Optional[float] = None
+    probabilities: Dict[int, Optional[np.ndarray]] = field(
+        default_factory=dict)
+    naming_error: Optional[str] = None
+    map: Optional[np.ndarray] = None
+
+    def names(self) -> List[str]:
+        """Names of the clusters of `result` (see :func:`cluster_names`)."""
+        return cluster_names(self.result, self.probabilities)
+
+    def lacks(self, duplicate_threshold: float, names: bool = False,
+              want_map: bool = False) -> bool:
+        """Whether :func:`cluster_job` with these arguments (`names`: with
+        a `names_table`) and these pieces as `known` would compute
+        anything."""
+        return self.auto is None or self.result is None \
+            or self.duplicates is None \
+            or self.threshold != duplicate_threshold \
+            or (names and bool(unnamed_rows(self.result,
+                                            self.probabilities))) \
+            or (want_map and self.map is None)
+
+
+class ClusteringCache:
+    """The pieces of :func:`cluster_job` runs on one set of embeddings, for
+    any method and number of clusters.
+
+    :meth:`known` gives the pieces to pass to the next run as `known`;
+    :meth:`store` keeps what a run returned (or sent as partial results).
+    Near-duplicates, names' probabilities and the map do not depend on the
+    clustering, and are kept once.
+    """
+
+    def __init__(self):
+        self.auto: Dict[str, ClusteringResult] = {}
+        self.fixed: Dict[Tuple[str, int], ClusteringResult] = {}
+        self.duplicates: Optional[list] = None
+        self.threshold: Optional[float] = None
+        self.probabilities: Dict[int, Optional[np.ndarray]] = {}
+        self.naming_error: Optional[str] = None
+        self.map: Optional[np.ndarray] = None
+
+    def known(self, method: str, n_clusters: Optional[int] = None
+              ) -> ClusteringPieces:
+        """What is known for `method` and `n_clusters` (None: automatic)."""
+        auto = self.auto.get(method)
+        result = auto if n_clusters is None \
+            else self.fixed.get((method, n_clusters))
+        return ClusteringPieces(auto, result, self.duplicates,
+                                self.threshold, self.probabilities,
+                                self.naming_error, self.map)
+
+    def store(self, pieces: ClusteringPieces,
+              n_clusters: Optional[int] = None):
+        """Keep `pieces` of a run for `n_clusters` (None: automatic)."""
+        if pieces.auto is not None:
+            self.auto[pieces.auto.method] = pieces.auto
+        result = pieces.result
+        if result is not None and n_clusters is not None \
+                and result is not pieces.auto:
+            self.fixed[(result.method, n_clusters)] = result
+        if pieces.duplicates is not None:
+            self.duplicates = pieces.duplicates
+            self.threshold = pieces.threshold
+        if pieces.map is not None:
+            self.map = pieces.map
+        self.probabilities = pieces.probabilities
+        self.naming_error = pieces.naming_error
+
+
+def cluster_names(result: ClusteringResult,
+                  probabilities: Optional[Dict[int, Optional[np.ndarray]]]
+                  = None) -> List[str]:
+    """Name the clusters of `result` from their typical images.
+
+    Parameters
+    ----------
+    result : ClusteringResult
+    probabilities : dict of int -> numpy.ndarray or None, optional
+        ImageNet class probabilities by row, for (at least) the
+        :func:`typical_rows` of `result`, as in
+        :attr:`ClusteringPieces.probabilities`. Without them clusters are
+        only numbered.
+
+    Returns
+    -------
+    list of str
+        See :func:`name_clusters`.
+    """
+    if not probabilities:
+        return name_clusters(result.labels)
+    # every cluster has typical rows, so their labels cover all clusters
+    rows = typical_rows(result)
+    return name_clusters(result.labels[rows],
+                         [probabilities.get(row) for row in rows])
+
+
+def unnamed_rows(result: ClusteringResult,
+                 probabilities: Dict[int, Optional[np.ndarray]]
+                 ) -> List[int]:
+    """Typical rows of `result`'s clusters whose probabilities are not in
+    `probabilities` (tried and failed rows are there, as None)."""
+    return [int(row) for row in typical_rows(result)
+            if row not in probabilities]
+
+
+def cluster_job(X, method: str = "kmeans", n_clusters: Optional[int] = None,
+                *, duplicate_threshold: float = DUPLICATE_THRESHOLD,
+                want_map: bool = False, names_table: Optional[Table] = None,
+                names_model: Optional[str] = None,
+                known: Optional[ClusteringPieces] = None,
+                progress: Optional[Progress] = None,
+                status: Optional[Callable[[str], None]] = None,
+                partial: Optional[Callable[[str, ClusteringPieces], None]]
+                = None) -> ClusteringPieces:
+    """Cluster embeddings, find near-duplicates, name the clusters and,
+    if asked, map the images: all that Image Clusters shows.
+
+    Only what `known` lacks is computed, so a caller that keeps the pieces
+    of earlier calls (other numbers of clusters, other methods) gets the
+    rest quickly.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_images, n_features)
+        Embeddings (e.g. :func:`embedding_matrix` of a table).
+    method : str
+        A key of :data:`METHODS`.
+    n_clusters : int, optional
+        None chooses the number (see :func:`cluster_embeddings`).
+    duplicate_threshold : float
+        Cosine distance for near-duplicates (see :func:`near_duplicates`).
+    want_map : bool
+        Also compute the t-SNE map (:func:`map_embeddings`), last.
+    names_table : Orange.data.Table, optional
+        The images (an image column), to name the clusters with ImageNet
+        labels of their typical images; without it, clusters are numbered.
+        A failure to name (e.g. no weights) is not an error: its reason is
+        in ``naming_error``.
+    names_model : str, optional
+        The backbone that gives the labels; default: the one the table
+        records (:func:`recorded_model`), else :data:`NAMING_MODEL`.
+    known : ClusteringPieces, optional
+        Pieces computed before for the same `X`, with `auto` and `result`
+        for this `method` and `n_clusters` (or None), as
+        :meth:`ClusteringCache.known` gives them; it is not changed.
+    progress : callable, optional
+        Called with the fraction done (0 to 1; it restarts from 0 for the
+        map); it may raise (e.g.
+        :class:`~orangecontrib.deepimage.errors.Cancelled`) to stop.
+    status : callable, optional
+        Called with the stage in words ("Clustering…").
+    partial : callable, optional
+        ``partial(tag, pieces)`` with a copy of the pieces so far:
+        ``"clusters"`` when the clustering is known, ``"ready"`` when
+        everything but the map is, ``"map"`` with the map so far (in
+        ``pieces.map``).
+
+    Returns
+    -------
+    ClusteringPieces
+    """
+    pieces = replace(known) if known is not None else ClusteringPieces()
+    notify = partial or (lambda tag, pieces: None)
+    stage = [0.0, 1.0]
+
+    def report(fraction: float):
+        if progress is not None:
+            progress(stage[0] + stage[1] * fraction)
+
+    def begin(start: float, length: float, text: str):
+        stage[:] = [start, length]
+        if status is not None:
+            status(text)
+        report(0)
+
+    heavy_names = names_table is not None and (
+        pieces.result is None
+        or bool(unnamed_rows(pieces.result, pieces.probabilities)))
+    clustering_share = 0.3 if heavy_names else 0.8
+    if pieces.auto is None:
+        begin(0, clustering_share * (0.5 if n_clusters else 1),
+              "Clustering…")
+        pieces.auto = cluster_embeddings(X, None, method, callback=report)
+    if n_clusters is None:
+        pieces.result = pieces.auto
+    elif pieces.result is None:
+        begin(clustering_share / 2, clustering_share / 2, "Clustering…")
+        pieces.result = cluster_embeddings(X, n_clusters, method,
+                                           callback=report)
+    notify("clusters", replace(pieces))
+
+    if pieces.duplicates is None or pieces.threshold != duplicate_threshold:
+        begin(clustering_share, 0.1, "Finding near-duplicates…")
+        pieces.duplicates = near_duplicates(X, duplicate_threshold,
+                                            callback=report)
+        pieces.threshold = duplicate_threshold
+
+    missing = unnamed_rows(pieces.result, pieces.probabilities) \
+        if names_table is not None else []
+    if missing:
+        begin(clustering_share + 0.1, 0.9 - clustering_share,
+              "Naming clusters…")
+        _add_probabilities(pieces, names_table, names_model, missing, report)
+    notify("ready", replace(pieces))
+
+    if want_map and pieces.map is None:
+        begin(0, 1, "Computing the map…")
+
+        def map_progress(fraction, coordinates):
+            report(fraction)
+            notify("map", replace(pieces, map=coordinates))
+
+        pieces.map = map_embeddings(X, callback=map_progress)
+    return pieces
+
+
+def _add_probabilities(pieces: ClusteringPieces, table: Table,
+                       model: Optional[str], rows: List[int],
+                       report: Progress):
+    """Add the probabilities of `rows` to `pieces`, or the reason why not."""
+    model = model or recorded_model(table) or NAMING_MODEL
+    try:
+        embedder = shared_embedder(model, None, "penultimate", None)
+        matrix = imagenet_probabilities(table, embedder=embedder,
+                                        callback=report, rows=rows)
+    except Cancelled:
+        raise
+    except Exception as error:  # pylint: disable=broad-except
+        # Names are a nicety: clusters still go out without them, with the
+        # reason shown (and the traceback logged).
+        log.warning("Clusters could not be named", exc_info=True)
+        pieces.naming_error = str(error) or type(error).__name__
+        return
+    if matrix is None:  # no image column: nothing to name with
+        matrix = np.full((len(rows), 1), np.nan)
+    pieces.probabilities = dict(pieces.probabilities)
+    pieces.probabilities.update(
+        (row, None if np.isnan(vector).any() else vector)
+        for row, vector in zip(rows, matrix))

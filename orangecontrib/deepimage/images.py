@@ -36,7 +36,7 @@ __all__ = [
     "find_mask_column", "is_mask_column", "mask_class_names",
     "require_image_column", "require_mask_column", "paths_of",
     "image_paths", "read_image_bytes", "decode_image", "load_image",
-    "iter_image_batches", "MAX_IMAGE_PIXELS",
+    "iter_image_batches", "MAX_IMAGE_PIXELS", "image_path",
 ]
 
 #: Images with more pixels than this are refused as decompression bombs.
@@ -207,18 +207,34 @@ def image_paths(table: Table, column: Variable) -> List[Optional[str]]:
     list of str or None
         One entry per row, in row order.
     """
-    origin = column.attributes.get("origin", "")
-    values = table.get_column(column)
-    paths = []
-    for value in values:
-        if column.is_discrete:
-            value = None if np.isnan(value) else column.values[int(value)]
-        if value is None or value == "" or (
-                isinstance(value, float) and np.isnan(value)):
-            paths.append(None)
-        else:
-            paths.append(resolve_path(str(value), origin))
-    return paths
+    return [image_path(column, value) for value in table.get_column(column)]
+
+
+def image_path(column: Variable, value) -> Optional[str]:
+    """Return the full path or URL of one value of an image column.
+
+    :func:`image_paths` resolves a whole column with it; views that show
+    a few rows of a large table at a time resolve only those.
+
+    Parameters
+    ----------
+    column : Orange.data.Variable
+        The image column; its ``origin`` is where relative values start.
+    value
+        The row's value as the table holds it: a string, or a float index
+        of a discrete column's values.
+
+    Returns
+    -------
+    str or None
+        None when the value is missing or empty.
+    """
+    if column.is_discrete:
+        value = None if np.isnan(value) else column.values[int(value)]
+    if value is None or value == "" or (
+            isinstance(value, float) and np.isnan(value)):
+        return None
+    return resolve_path(str(value), column.attributes.get("origin", ""))
 
 
 # --- reading and decoding ------------------------------------------------

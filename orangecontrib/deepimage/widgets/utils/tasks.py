@@ -72,7 +72,16 @@ class TaskButtonsMixin(ConcurrentWidgetMixin):
         # (it finishes the progress bar there); on_done and on_exception
         # are the widget's.
         self._enable_task_buttons(False)
-        super()._on_task_done(future)
+        try:
+            super()._on_task_done(future)
+        except Exception:
+            # on_exception raised the task's unexpected error again, for
+            # Orange's error reporting, before ConcurrentWidgetMixin could
+            # mark the widget ready: do it here, or it stays busy for good.
+            self.progressBarFinished()
+            self.setInvalidated(False)
+            self.setStatusMessage("")
+            raise
 
     def on_exception(self, ex: Exception):
         """What every task's failure does.
