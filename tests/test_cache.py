@@ -342,6 +342,17 @@ def test_embedder_works_again_after_close(tmp_path, images, reference):
 
 # --- shared embedders ------------------------------------------------------
 
+def test_embedder_cache_size(tmp_path, monkeypatch):
+    monkeypatch.setenv(cache_module.CACHE_SIZE_ENV, "300MB")
+    assert embedding.ImageEmbedder(cache_dir=str(tmp_path)).cache_size == \
+        300 * 2 ** 20
+    embedder = embedding.ImageEmbedder(cache_dir=str(tmp_path),
+                                       cache_size=12345)
+    assert embedder.cache.max_bytes == 12345
+    embedder.cache_size = 777
+    assert embedder.cache.max_bytes == 777 and embedder.cache_size == 777
+
+
 def test_shared_embedders_are_bounded(monkeypatch):
     monkeypatch.setattr(embedding, "_shared_embedders",
                         embedding.OrderedDict())
