@@ -6,8 +6,8 @@ or moved file is still found and an edited one is embedded anew. Entries
 live in one SQLite file per user, written batch by batch: an interrupted run
 keeps what it had finished.
 
-The file has a size limit (:data:`DEFAULT_CACHE_SIZE`, ``$DEEPIMAGE_CACHE_SIZE``
-or an argument): when it is reached, the embeddings used least recently go
+The file has a size limit (:data:`DEFAULT_CACHE_SIZE`,
+``$DEEPIMAGE_CACHE_SIZE`` or an argument): when it is reached, the embeddings used least recently go
 first. A cache that cannot be used (a corrupt file, a database locked by
 another program, a read-only file or folder, a full disk) is switched off
 with one :class:`CacheUnavailable` warning; embedding goes on without it,

@@ -176,8 +176,9 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
                     "disk up to this size; those used least recently go "
                     "first.")
         if self.cache_size_mb not in CACHE_SIZES_MB:
-            self.cache_size_mb = min(
-                CACHE_SIZES_MB, key=lambda size: abs(size - self.cache_size_mb))
+            stored = self.cache_size_mb
+            self.cache_size_mb = min(CACHE_SIZES_MB,
+                                     key=lambda size: abs(size - stored))
         self.cache_size_combo.setCurrentIndex(
             CACHE_SIZES_MB.index(self.cache_size_mb))
         self.cache_size_combo.activated.connect(self._on_cache_size_changed)

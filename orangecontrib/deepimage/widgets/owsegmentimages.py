@@ -5,10 +5,10 @@ each mask is written as a PNG (never beside the images) and the images go
 out with a mask column pointing at them. By default the masks go to the
 widget's own folder, which holds the masks of its last run only (the same
 masks are not written again); in a folder the user chose, every run adds
-new files and none is ever overwritten. The masks are then measured: the objects of each
-class (connected regions, or split where they touch) with their size,
-position, shape and brightness, and per image the count of objects and the
-area of each class.
+new files and none is ever overwritten. The masks are then measured: the
+objects of each class (connected regions, or split where they touch) with
+their size, position, shape and brightness, and per image the count of
+objects and the area of each class.
 
 Changing "Split touching objects" only measures again: the masks are not
 predicted (nor written) anew.
