@@ -138,6 +138,9 @@ def _describe(error: BaseException) -> str:
     if "readonly" in text or "read-only" in text \
             or isinstance(error, PermissionError):
         return f"the cache file or its folder is read-only ({text})"
+    if "unable to open" in text:
+        return f"the cache file cannot be made or opened; is its folder " \
+               f"read-only? ({text})"
     return text
 
 
@@ -218,7 +221,7 @@ class EmbeddingCache:
             self._connection = None
         message = f"The embedding cache is off: {self.error}"
         log.warning("%s (%s)", message, self.path)
-        warnings.warn(message, CacheUnavailable, stacklevel=3)
+        warnings.warn(message, CacheUnavailable, stacklevel=4)
 
     def retry(self) -> None:
         """Try the cache again after it was switched off (e.g. the other
