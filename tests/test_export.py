@@ -1,10 +1,13 @@
+import errno
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
 
 from orangecontrib.deepimage import ImageClassifierLearner
-from orangecontrib.deepimage.export import load_export_metadata
+from orangecontrib.deepimage.errors import UnwritableFolder
+from orangecontrib.deepimage.export import export_model, load_export_metadata
 from orangecontrib.deepimage.images import load_image_array
 
 from imagedata import shapes_table
@@ -85,3 +88,74 @@ def test_export_rejects_unknown_format_and_missing_folder(tmp_path,
         model.export(str(tmp_path / "x"), "onnx")
     with pytest.raises(FileNotFoundError):
         model.export(str(tmp_path / "missing" / "x"), "keras")
+
+
+# --- faults, with a stand-in model (no network needed) -----------------------
+
+class StandInModel:
+    """What export_model reads of a model; its "network" writes bytes."""
+    network = None
+    input_size = (8, 8)
+    class_names = ("a", "b")
+    backbone = "none"
+    export_output_description = "probabilities"
+
+
+def stand_in_writer(write):
+    """Patch the Keras writer with `write(network, path)`."""
+    from orangecontrib.deepimage import export
+    return mock.patch.dict(export._WRITERS, {"keras": write})
+
+
+def test_file_made_during_export_is_kept(tmp_path):
+    target = tmp_path / "model.keras"
+
+    def write(network, path):
+        with open(path, "wb") as file:
+            file.write(b"the export")
+        target.write_bytes(b"made meanwhile")
+
+    with stand_in_writer(write), pytest.raises(FileExistsError):
+        export_model(StandInModel(), str(target))
+    assert target.read_bytes() == b"made meanwhile"
+    # Neither the metadata nor any scratch folder is left behind.
+    assert os.listdir(tmp_path) == ["model.keras"]
+
+
+def test_export_into_unwritable_folders_does_nothing(tmp_path):
+    write = mock.Mock()
+    with stand_in_writer(write):
+        with pytest.raises(UnwritableFolder, match="does not exist"):
+            export_model(StandInModel(), str(tmp_path / "gone" / "m"))
+        with mock.patch("os.access", return_value=False), \
+                pytest.raises(UnwritableFolder, match="read-only"):
+            export_model(StandInModel(), str(tmp_path / "m"))
+    write.assert_not_called()
+    assert os.listdir(tmp_path) == []
+
+
+def test_full_disk_during_export_leaves_nothing(tmp_path):
+    (tmp_path / "earlier.keras").write_bytes(b"an earlier export")
+
+    def write(network, path):
+        with open(path, "wb") as file:
+            file.write(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with stand_in_writer(write), \
+            pytest.raises(UnwritableFolder, match="No space left"):
+        export_model(StandInModel(), str(tmp_path / "model.keras"))
+    assert os.listdir(tmp_path) == ["earlier.keras"]
+    assert (tmp_path / "earlier.keras").read_bytes() == b"an earlier export"
+
+
+def test_stand_in_export_writes_model_and_metadata(tmp_path):
+    def write(network, path):
+        with open(path, "wb") as file:
+            file.write(b"the export")
+
+    with stand_in_writer(write):
+        path = export_model(StandInModel(), str(tmp_path / "model"))
+    assert path == str(tmp_path / "model.keras")
+    assert sorted(os.listdir(tmp_path)) == ["model.json", "model.keras"]
+    assert load_export_metadata(path, "keras")["class_names"] == ["a", "b"]

@@ -1,7 +1,9 @@
 import os
+import sqlite3
 import tempfile
 import threading
 import unittest
+import warnings
 from unittest import mock
 
 import numpy as np
@@ -11,7 +13,9 @@ from Orange.data import ContinuousVariable, Domain, StringVariable, Table
 from Orange.widgets.tests.base import WidgetTest
 from Orange.widgets.tests.utils import simulate
 
-from orangecontrib.deepimage.embedding import EmbeddingCancelled
+from orangecontrib.deepimage.cache import CacheUnavailable, EmbeddingCache
+from orangecontrib.deepimage.embedding import (
+    EmbeddingCancelled, shared_embedder)
 from orangecontrib.deepimage.widgets import owdeepembedding
 from orangecontrib.deepimage.widgets.owdeepembedding import OWDeepEmbedding
 from orangecontrib.deepimage.weights import WeightsUnavailable
@@ -84,7 +88,7 @@ class TestOWDeepEmbedding(WidgetTest):
                             for text in texts[1:]))
 
     def test_missing_weights_shows_error(self):
-        def fail(*_):
+        def fail(*_, **__):
             raise WeightsUnavailable("weights missing: set the mirror")
         with mock.patch.object(owdeepembedding, "run_embedding", fail):
             self.send_signal(self.widget.Inputs.images, self.images)
@@ -97,7 +101,8 @@ class TestOWDeepEmbedding(WidgetTest):
     def test_cancel_stops_the_run(self):
         started, release = threading.Event(), threading.Event()
 
-        def slow(data, column, model, weights, layer, mirror, state):
+        def slow(data, column, model, weights, layer, mirror, state,
+                 cache_size=None):
             started.set()
             release.wait(10)
             if state.is_interruption_requested():
@@ -133,6 +138,51 @@ class TestOWDeepEmbedding(WidgetTest):
         widget = self.create_widget(OWDeepEmbedding,
                                     stored_settings={"model": "painters"})
         self.assertEqual(widget.model, "squeezenet")
+
+    def test_cache_limit_clear_and_fault(self):
+        self.widget.cache_size_combo.setCurrentIndex(
+            owdeepembedding.CACHE_SIZES_MB.index(500))
+        self.widget.cache_size_combo.activated.emit(
+            owdeepembedding.CACHE_SIZES_MB.index(500))
+        self.assertEqual(self.widget.cache_size_mb, 500)
+        self.send_signal(self.widget.Inputs.images, self.images)
+        first = self.get_output(self.widget.Outputs.embeddings, wait=60000)
+        embedder = shared_embedder("squeezenet")
+        self.assertEqual(embedder.cache_size, 500 * 2 ** 20)
+        self.assertEqual(len(embedder.cache), 4)
+        self.assertFalse(self.widget.Warning.cache_off.is_shown())
+        self.assertIn("MB", self.widget.cache_label.text())
+
+        self.widget.clear_cache_button.click()
+        self.assertEqual(len(embedder.cache), 0)
+        self.assertFalse(self.widget.Warning.cache_not_cleared.is_shown())
+
+        # A cache that cannot be used: the same embeddings, and a warning.
+        damaged = sqlite3.DatabaseError("file is not a database")
+        with mock.patch.object(EmbeddingCache, "_connect",
+                               side_effect=damaged), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore", CacheUnavailable)
+            self.widget.commit.now()
+            second = self.get_output(self.widget.Outputs.embeddings,
+                                     wait=60000)
+        self.assertTrue(self.widget.Warning.cache_off.is_shown())
+        self.assertIn("damaged", str(self.widget.Warning.cache_off))
+        np.testing.assert_allclose(second.X, first.X, rtol=1e-5, atol=1e-6)
+        self.assertEqual(len(embedder.cache), 0)
+        # The next run uses the cache again.
+        self.widget.commit.now()
+        self.get_output(self.widget.Outputs.embeddings, wait=60000)
+        self.assertFalse(self.widget.Warning.cache_off.is_shown())
+        self.assertEqual(len(embedder.cache), 4)
+
+    def test_cache_that_cannot_be_cleared(self):
+        locked = sqlite3.OperationalError("database is locked")
+        with mock.patch.object(owdeepembedding, "clear_cache",
+                               side_effect=locked):
+            self.widget.clear_cache_button.click()
+        self.assertTrue(self.widget.Warning.cache_not_cleared.is_shown())
+        self.assertIn("locked", str(self.widget.Warning.cache_not_cleared))
 
     def test_report(self):
         self.send_signal(self.widget.Inputs.images, self.images)

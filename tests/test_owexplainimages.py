@@ -11,14 +11,26 @@ from Orange.data import ContinuousVariable, DiscreteVariable, Domain, Table
 from Orange.widgets.tests.base import WidgetTest
 
 from orangecontrib.deepimage.classification import ImageClassifierLearner
+from orangecontrib.deepimage.widgets import owexplainimages
 from orangecontrib.deepimage.widgets.owexplainimages import (
     OWExplainImages, default_output_folder)
+from orangecontrib.deepimage.widgets.utils import outputfolder
 from orangecontrib.deepimage.widgets.owimageclassifier import (
     OWImageClassifier)
 
 from imagedata import image_table, shapes_table
 
 TIMEOUT = 60000
+
+
+def snapshot(folder):
+    """Each file's name, size and time of change."""
+    return {entry.name: (entry.stat().st_size, entry.stat().st_mtime_ns)
+            for entry in os.scandir(folder)}
+
+
+def error_text(widget):
+    return " ".join(str(message) for message in widget.Error.active)
 
 
 class TestOWExplainImages(WidgetTest):
@@ -109,20 +121,76 @@ class TestOWExplainImages(WidgetTest):
         self.assertEqual(self.widget.target_class, "square")
         self.assertIn("square", self.widget.grid.item(0).text())
 
-    def test_opacity_redraws_and_writes_new_files(self):
+    def test_opacity_redraws_and_writes_nothing(self):
         first = self.explain()
+        before = snapshot(self.out_dir)
         icon = self.widget.grid.item(0).icon().pixmap(32, 32).toImage()
-        self.widget.opacity = 100
-        self.widget._draw_grid()
+        self.widget.controls.opacity.setValue(100)
+        self.assertEqual(self.widget.opacity, 100)
         self.assertNotEqual(
             self.widget.grid.item(0).icon().pixmap(32, 32).toImage(), icon)
-        self.widget._on_opacity_set()
-        second = self.get_output(self.widget.Outputs.data, wait=TIMEOUT)
+        self.widget.controls.opacity.sliderReleased.emit()
+        self.wait_until_finished(timeout=TIMEOUT)
+        self.assertIsNone(self.widget.task)
+        self.assertEqual(snapshot(self.out_dir), before)
+        self.assertIs(self.get_output(self.widget.Outputs.data), first)
+
+    def test_chosen_folder_gets_new_files_each_run(self):
+        first = self.explain()
+        second = self.explain()
         old, new = first.get_column("Grad-CAM"), second.get_column("Grad-CAM")
         # Never overwritten: new names, and the old files are still there.
         self.assertFalse(set(old) & set(new))
         for name in list(old) + list(new):
             self.assertTrue(os.path.isfile(os.path.join(self.out_dir, name)))
+
+    def test_own_folder_keeps_one_runs_files(self):
+        widget = self.create_widget(OWExplainImages)
+        output = self.explain(widget=widget)
+        folder = output.domain["Grad-CAM"].attributes["origin"]
+        self.assertEqual(folder, widget.folder())
+        once = snapshot(folder)
+        self.assertEqual(len(once), len(self.sample))
+        for _ in range(10):
+            output = self.explain(widget=widget)
+        # The same files, not written again.
+        self.assertEqual(snapshot(folder), once)
+        for name in output.get_column("Grad-CAM"):
+            self.assertTrue(os.path.isfile(os.path.join(folder, name)))
+        # Another class: the files are replaced, not added.
+        widget.set_target_class("stripes")
+        output = self.get_output(widget.Outputs.data, widget=widget,
+                                 wait=TIMEOUT)
+        self.assertEqual(sorted(os.listdir(folder)),
+                         sorted(output.get_column("Grad-CAM")))
+
+    def test_copied_widget_gets_its_own_folder(self):
+        first = self.create_widget(OWExplainImages)
+        folder = first.folder()
+        settings = first.settingsHandler.pack_data(first)
+        self.assertEqual(os.path.basename(folder), settings["own_folder_id"])
+        copy = self.create_widget(OWExplainImages, stored_settings=settings)
+        self.assertNotEqual(copy.folder(), folder)
+        self.assertEqual(first.folder(), folder)
+        # A workflow opened again (the first widget gone) finds its folder.
+        owners = outputfolder._own_folder_owners
+        owners.pop(settings["own_folder_id"])
+        reopened = self.create_widget(OWExplainImages,
+                                      stored_settings=settings)
+        self.assertEqual(reopened.folder(), folder)
+
+    def test_unwritable_folder_is_refused_before_any_work(self):
+        explain = mock.Mock(side_effect=AssertionError("explained"))
+        with mock.patch.object(owexplainimages, "explain_images", explain):
+            self.widget.set_output_folder(os.path.join(self.out_dir, "gone"))
+            self.explain()
+            self.assertIn("does not exist", error_text(self.widget))
+            self.widget.set_output_folder(self.out_dir)
+            with mock.patch("os.access", return_value=False):
+                self.explain()
+            self.assertIn("read-only", error_text(self.widget))
+        explain.assert_not_called()
+        self.assertEqual(os.listdir(self.out_dir), [])
 
     def test_wrong_model_type_and_no_model(self):
         iris = Table("iris")
@@ -178,7 +246,7 @@ class TestOWExplainImages(WidgetTest):
         self.assertEqual(widget.output_folder, "")
         output = self.explain(self.data[:3], widget=widget)
         origin = output.domain["Grad-CAM"].attributes["origin"]
-        self.assertEqual(origin, default_output_folder())
+        self.assertEqual(os.path.dirname(origin), default_output_folder())
         self.assertTrue(origin.startswith(os.environ["DEEPIMAGE_CACHE_DIR"]))
         self.assertNotEqual(os.path.dirname(origin), self.images)
 

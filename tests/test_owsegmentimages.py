@@ -1,3 +1,4 @@
+import errno
 import os
 import pathlib
 import tempfile
@@ -12,6 +13,7 @@ from Orange.data import Domain, StringVariable, Table
 from Orange.misc.environ import data_dir
 from Orange.widgets.tests.base import WidgetTest
 
+from orangecontrib.deepimage import files
 from orangecontrib.deepimage.segdata import load_mask
 from orangecontrib.deepimage.segmentation import SegmentationModel
 from orangecontrib.deepimage.widgets import owsegmentimages
@@ -20,6 +22,12 @@ from orangecontrib.deepimage.widgets.owsegmentimages import OWSegmentImages
 from test_segmentation import pairs_table
 
 TIMEOUT = 30000
+
+
+def snapshot(folder):
+    """Each file's name, size and time of change."""
+    return {entry.name: (entry.stat().st_size, entry.stat().st_mtime_ns)
+            for entry in os.scandir(folder)}
 
 
 def threshold_model(class_names=("background", "cell"), threshold=120):
@@ -146,15 +154,84 @@ class TestOWSegmentImages(WidgetTest):
                                     stored_settings={"output_folder": ""})
         with mock.patch.object(owsegmentimages, "default_output_folder",
                                lambda: default):
-            self.assertEqual(widget.folder(), default)
+            own = widget.folder()
+            self.assertEqual(os.path.dirname(own), default)
             self.send_signal(widget.Inputs.data, self.data[:1],
                              widget=widget)
             self.send_signal(widget.Inputs.model, self.model, widget=widget)
             self.wait_until_finished(widget=widget, timeout=TIMEOUT)
-        self.assertEqual(os.listdir(default), ["cell00-mask.png"])
+        self.assertEqual(os.listdir(default), [os.path.basename(own)])
+        names = os.listdir(own)
+        self.assertEqual(len(names), 1)
+        self.assertTrue(names[0].startswith("cell00-mask"))
         images_folder = self.data.domain["image"].attributes["origin"]
         self.assertFalse(any("mask" in name
                              for name in os.listdir(images_folder)))
+
+    def test_own_folder_keeps_one_runs_masks(self):
+        widget = self.create_widget(OWSegmentImages)
+        folder = widget.folder()
+
+        def run(data):
+            self.send_signal(widget.Inputs.data, data, widget=widget)
+            self.send_signal(widget.Inputs.model, self.model, widget=widget)
+            self.wait_until_finished(widget=widget, timeout=TIMEOUT)
+            return self.get_output(widget.Outputs.images, widget=widget)
+
+        images = run(self.data)
+        self.assertEqual(images.domain.metas[-1].attributes["origin"], folder)
+        once = snapshot(folder)
+        self.assertEqual(len(once), 4)
+        for _ in range(10):
+            images = run(self.data)
+        # The same masks: not written again.
+        self.assertEqual(snapshot(folder), once)
+        names = images.get_column(images.domain.metas[-1])
+        self.assertEqual(sorted(names), sorted(once))
+        # New input: its masks replace the old ones.
+        images = run(self.data[:2])
+        self.assertEqual(sorted(os.listdir(folder)),
+                         sorted(images.get_column(images.domain.metas[-1])))
+
+    def test_read_only_output_folder(self):
+        segment = mock.Mock(side_effect=AssertionError("segmented"))
+        with mock.patch.object(SegmentationModel, "segment", segment), \
+                mock.patch("os.access", return_value=False):
+            images, _, _ = self.run_widget()
+        self.assertIsNone(images)
+        self.assertTrue(self.widget.Error.folder_read_only.is_shown())
+        self.assertIn("read-only", str(self.widget.Error.folder_read_only))
+        segment.assert_not_called()
+        self.assertEqual(os.listdir(self.out), [])
+
+    def test_full_disk_leaves_no_partial_mask(self):
+        self.run_widget(self.data[:2])
+        before = snapshot(self.out)
+        written = []
+        original = files.write_new_file
+
+        def fill_up(path, content, numbered=True):
+            if written:  # the second mask finds the disk full
+                def half(file):
+                    file.write(content[:10])
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return original(path, half, numbered)
+            written.append(path)
+            return original(path, content, numbered)
+
+        with mock.patch.object(files, "write_new_file", fill_up):
+            images, _, _ = self.run_widget(self.data[2:])
+        self.assertIsNone(images)
+        self.assertIn("No space left", " ".join(
+            str(message) for message in self.widget.Error.active))
+        # The one mask written before the disk was full is complete; of the
+        # second nothing is left, and the earlier masks are as they were.
+        after = snapshot(self.out)
+        self.assertEqual(len(after), len(before) + 1)
+        for name, stamp in before.items():
+            self.assertEqual(after[name], stamp)
+        (new,) = set(after) - set(before)
+        load_mask(os.path.join(self.out, new))
 
     def test_missing_output_folder(self):
         self.widget.set_output_folder(os.path.join(self.out, "missing"))

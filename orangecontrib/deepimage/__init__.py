@@ -19,6 +19,7 @@ tfloading.install()
 
 _EXPORTS = {
     "ImageEmbedder": "orangecontrib.deepimage.embedding",
+    "release_shared_embedders": "orangecontrib.deepimage.embedding",
     "ImageClassifierLearner": "orangecontrib.deepimage.classification",
     "ImageClassifierModel": "orangecontrib.deepimage.classification",
     "SegmentationLearner": "orangecontrib.deepimage.segmentation",

@@ -34,8 +34,6 @@ failure leaves no half-written file; the originals are only read.
 """
 import io
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import (
     Callable, Dict, List, Optional, Sequence, Tuple, Union)
@@ -46,7 +44,7 @@ from PIL import Image, ImageColor, ImageOps
 
 from Orange.data import ContinuousVariable, Domain, StringVariable, Table
 
-from orangecontrib.deepimage.files import check_output_folder, create_new_file
+from orangecontrib.deepimage.files import check_output_folder, write_new_file
 from orangecontrib.deepimage.images import (
     ImageSkipped, decode_image, image_paths, mask_class_names,
     read_image_bytes, require_image_column, require_mask_column)
@@ -533,48 +531,17 @@ def _save_options(photo: _Photo, fmt: str) -> dict:
 
 def _write_new_file(image: Image.Image, folder: str, name: str, fmt: str,
                     options: dict) -> str:
-    """Write `image` to a new file in `folder`, all or nothing.
-
-    The image goes to a hidden temporary file first; only a complete file
-    is renamed to its new name (claimed with :func:`create_new_file`, so no
-    file is ever overwritten).
-    """
-    handle, temp = tempfile.mkstemp(prefix=".deepimage-", suffix=".part",
-                                    dir=folder)
-    target = None
-    try:
-        with os.fdopen(handle, "wb") as file:
-            image.save(file, format=fmt, **options)
-        claimed, target = create_new_file(os.path.join(folder, name))
-        claimed.close()
-        # The claimed name has the mode new files get; the temporary
-        # file is private (0600).
-        shutil.copymode(target, temp)
-        os.replace(temp, target)
-        return target
-    except BaseException:
-        for path in (temp, target):
-            if path is not None and os.path.exists(path):
-                try:
-                    os.remove(path)
-                except OSError:
-                    pass
-        raise
+    """Write `image` to a new file in `folder`, all or nothing (see
+    :func:`~orangecontrib.deepimage.files.write_new_file`: no file is ever
+    overwritten, nor left half-written)."""
+    return write_new_file(
+        os.path.join(folder, name),
+        lambda file: image.save(file, format=fmt, **options))
 
 
 def _check_writable(folder: str) -> None:
     """Raise a clear error unless a file can really be made in `folder`."""
     check_output_folder(folder)
-    # os.access can say yes where writing fails (network shares, root on a
-    # read-only mount): try it.
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".deepimage-", dir=folder)
-    except OSError as error:
-        raise PermissionError(
-            f"The output folder is read-only: {folder} "
-            f"({error.strerror or error})") from None
-    os.close(handle)
-    os.remove(probe)
 
 
 # --- tables ---------------------------------------------------------------
@@ -642,9 +609,11 @@ def edit_images(table: Table, operation: str,
     ValueError
         Without an image or a mask column, or for an unknown operation,
         method or class.
-    FileNotFoundError, PermissionError
-        When the output folder is missing or read-only; raised before
-        anything is read or written.
+    UnwritableFolder
+        When the output folder is missing or read-only (also a
+        ``FileNotFoundError`` or ``PermissionError``), raised before
+        anything is read or written; or when the disk fills up (nothing
+        half-written is left).
     """
     _check_parameters(operation, method, blur_radius, pixel_size, colour)
     image_column = require_image_column(table)

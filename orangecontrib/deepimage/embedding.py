@@ -10,11 +10,20 @@ The scripting interface follows orange3-imageanalytics' ``ImageEmbedder``::
 Images are decoded in worker threads while the network runs on the previous
 batch; the network runs as one traced ``tf.function`` over batches (on the
 GPU, with mixed precision, when there is one). Embeddings are cached on disk
-by image content, so embedding the same images again is instant.
+by image content, so embedding the same images again is instant; a cache that
+cannot be used is bypassed with a warning (:attr:`ImageEmbedder.cache_error`).
+
+As in orange3-imageanalytics, an embedder is a context manager that lets go
+of its network and cache when the block ends, and has ``clear_cache()``::
+
+    >>> with ImageEmbedder(model="squeezenet") as embedder:
+    ...     vectors = embedder(["cat.jpg"])
 """
+import gc
 import hashlib
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -30,10 +39,12 @@ from orangecontrib.deepimage.cache import EmbeddingCache
 from orangecontrib.deepimage.device import (
     dtype_policy, preferred_dtype_policy)
 from orangecontrib.deepimage.images import (
-    find_image_column, image_paths, iter_image_batches)
+    ImageSkipped, find_image_column, image_paths, iter_image_batches,
+    load_image_array)
 
 __all__ = ["ImageEmbedder", "EmbeddingResult", "EmbeddingCancelled",
-           "shared_embedder"]
+           "shared_embedder", "release_shared_embedders",
+           "SHARED_EMBEDDERS"]
 
 #: Bump when decoding or resizing changes, so old cache entries are ignored.
 PIPELINE_VERSION = "1"
@@ -59,11 +70,15 @@ class EmbeddingResult:
         ImageNet class probabilities, when they were asked for.
     n_cached : int
         How many vectors came from the cache.
+    cache_error : str, optional
+        Why the cache was off in this run (None when it was used or not
+        asked for).
     """
     vectors: List[Optional[np.ndarray]]
     skipped: Dict[int, str] = field(default_factory=dict)
     probabilities: Optional[List[Optional[np.ndarray]]] = None
     n_cached: int = 0
+    cache_error: Optional[str] = None
 
 
 class ImageEmbedder:
@@ -92,13 +107,17 @@ class ImageEmbedder:
         ``$DEEPIMAGE_CACHE_DIR``).
     download_progress : callable, optional
         ``download_progress(bytes_done, bytes_total)`` while weights download.
+    cache_size : int, optional
+        Size limit of the cache file in bytes (default:
+        ``$DEEPIMAGE_CACHE_SIZE`` or 1 GB); the embeddings used least
+        recently are removed to stay under it.
     """
 
     def __init__(self, model: str = "squeezenet", weights: Optional[str] = None,
                  layer: str = "penultimate", batch_size: int = 32,
                  use_cache: bool = True, mirror: Optional[str] = None,
                  workers: int = 2, cache_dir: Optional[str] = None,
-                 download_progress=None):
+                 download_progress=None, cache_size: Optional[int] = None):
         self.backbone: Backbone = get_backbone(model)
         self.backbone.embedding_size_of(layer)  # validates the layer name
         if batch_size < 1:
@@ -113,6 +132,7 @@ class ImageEmbedder:
         self.workers = workers
         self.download_progress = download_progress
         self._cache_dir = cache_dir
+        self._cache_size = cache_size
         self._cache = None
         self._network = None
         self._predict = None
@@ -148,10 +168,15 @@ class ImageEmbedder:
             download, instead of the embedder's own (shared embedders must
             not keep a caller's callback).
         """
+        self._network_function(download_progress)
+
+    def _network_function(self, download_progress=None):
+        """The traced network, built first when needed."""
         with self._build_lock:
             if self._predict is None:
                 self._build_network(download_progress
                                     or self.download_progress)
+            return self._predict
 
     def _build_network(self, download_progress):
         import keras
@@ -187,8 +212,60 @@ class ImageEmbedder:
     def cache(self) -> EmbeddingCache:
         """The on-disk cache of this embedder's model."""
         if self._cache is None:
-            self._cache = EmbeddingCache(self.model_id(), self._cache_dir)
+            self._cache = EmbeddingCache(self.model_id(), self._cache_dir,
+                                         self._cache_size)
         return self._cache
+
+    @property
+    def cache_size(self) -> int:
+        """Size limit of the cache file in bytes."""
+        return self.cache.max_bytes
+
+    @cache_size.setter
+    def cache_size(self, size: int):
+        self._cache_size = size
+        if self._cache is not None:
+            self._cache.max_bytes = size
+
+    @property
+    def cache_error(self) -> Optional[str]:
+        """Why the cache was off in the last run, or None when it works.
+
+        A cache that cannot be used (damaged, locked by another program,
+        read-only) is bypassed with one
+        :class:`~orangecontrib.deepimage.cache.CacheUnavailable` warning;
+        the vectors are the same. Each run tries the cache again.
+        """
+        return None if self._cache is None else self._cache.error
+
+    def clear_cache(self) -> None:
+        """Remove the cached embeddings of this embedder's model."""
+        self.cache.clear()
+
+    def close(self) -> None:
+        """Let go of the network and the cache's connection.
+
+        The embedder still works afterwards: it builds its network again
+        when next used. A run in progress in another thread keeps the
+        network it started with.
+        """
+        with self._build_lock:
+            self._predict = None
+            self._network = None
+            self.backbone_network = None
+        self.close_cache()
+
+    def close_cache(self) -> None:
+        """Close the cache's connection (it opens again when used)."""
+        if self._cache is not None:
+            self._cache.close()
+
+    def __enter__(self) -> "ImageEmbedder":
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        self.close()
+        return False
 
     # --- embedding -----------------------------------------------------
 
@@ -218,25 +295,30 @@ class ImageEmbedder:
         use_cache = self.use_cache and not with_probabilities
         if n == 0:
             return result
-        self.load_network()
+        predict = self._network_function()
         cache = self.cache if use_cache else None
+        if cache is not None:
+            cache.retry()
         is_cached = cache.contains if cache is not None else None
+        size = self.backbone.input_size[::-1]
 
         done = 0
-        batches = iter_image_batches(
-            paths, self.backbone.input_size[::-1], self.batch_size,
-            self.workers, is_cached)
+        batches = iter_image_batches(paths, size, self.batch_size,
+                                     self.workers, is_cached)
         try:
             for batch, cached in batches:
                 if cached:
-                    vectors = cache.get_many(key for _, key in cached)
-                    for index, key in cached:
-                        result.vectors[index] = vectors[key]
-                    result.n_cached += len(cached)
+                    missing = self._fill_from_cache(cache, cached, result)
+                    # Gone from the cache since it was looked up (evicted,
+                    # or the cache was switched off): embed them here.
+                    if missing:
+                        self._embed_now(missing, paths, size, predict,
+                                        cache, result)
                 for index, reason in batch.skipped:
                     result.skipped[index] = reason
                 if len(batch.indices):
-                    embeddings, probabilities = self._run_network(batch.pixels)
+                    embeddings, probabilities = self._run_network(
+                        batch.pixels, predict)
                     for row, index in enumerate(batch.indices):
                         result.vectors[index] = embeddings[row]
                         if with_probabilities:
@@ -248,10 +330,45 @@ class ImageEmbedder:
                     callback(done / n)
         finally:
             batches.close()
+        if cache is not None:
+            result.cache_error = cache.error
         return result
 
-    def _run_network(self, pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        embeddings, probabilities = self._predict(pixels)
+    def _fill_from_cache(self, cache: EmbeddingCache, cached, result
+                         ) -> List[Tuple[int, str]]:
+        """Put the cached vectors into `result`; return the (position, key)
+        pairs that are no longer in the cache."""
+        vectors = cache.get_many(key for _, key in cached)
+        missing = []
+        for index, key in cached:
+            vector = vectors.get(key)
+            if vector is None or vector.shape != (self.embedding_size,):
+                missing.append((index, key))
+            else:
+                result.vectors[index] = vector
+                result.n_cached += 1
+        return missing
+
+    def _embed_now(self, missing, paths, size, predict, cache, result):
+        arrays, indices, keys = [], [], []
+        for index, key in missing:
+            try:
+                arrays.append(load_image_array(paths[index], size))
+            except ImageSkipped as error:
+                result.skipped[index] = str(error)
+            else:
+                indices.append(index)
+                keys.append(key)
+        if arrays:
+            embeddings, _ = self._run_network(np.stack(arrays), predict)
+            for row, index in enumerate(indices):
+                result.vectors[index] = embeddings[row]
+            cache.put_many(zip(keys, embeddings))
+
+    @staticmethod
+    def _run_network(pixels: np.ndarray, predict
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+        embeddings, probabilities = predict(pixels)
         return embeddings.numpy(), probabilities.numpy()
 
     def top_labels(self, paths: Sequence[Optional[str]], k: int = 3,
@@ -303,7 +420,11 @@ class ImageEmbedder:
                                 self.model, self.weights)
 
 
-_shared_embedders: Dict[Tuple, ImageEmbedder] = {}
+#: How many shared embedders (networks) are kept; the one used least
+#: recently goes first. A VGG network takes about 550 MB.
+SHARED_EMBEDDERS = 2
+
+_shared_embedders: "OrderedDict[Tuple, ImageEmbedder]" = OrderedDict()
 _shared_lock = threading.Lock()
 
 
@@ -314,15 +435,47 @@ def shared_embedder(model: str = "squeezenet", weights: Optional[str] = None,
 
     Building a network costs seconds; widgets and cross-validation folds
     that embed with the same settings share one embedder (its network is
-    never trained, so sharing is safe).
+    never trained, so sharing is safe). Only the :data:`SHARED_EMBEDDERS`
+    used most recently are kept; the others are forgotten, and their
+    networks freed as soon as no run uses them any more.
+    :func:`release_shared_embedders` forgets them all.
     """
     key = (model, weights or None, layer, mirror or None)
     with _shared_lock:
-        if key not in _shared_embedders:
-            _shared_embedders[key] = ImageEmbedder(
+        embedder = _shared_embedders.get(key)
+        if embedder is None:
+            embedder = ImageEmbedder(
                 model=model, weights=weights or None, layer=layer,
                 mirror=mirror or None)
-        return _shared_embedders[key]
+        if SHARED_EMBEDDERS > 0:
+            _shared_embedders[key] = embedder
+            _shared_embedders.move_to_end(key)
+        while len(_shared_embedders) > max(0, SHARED_EMBEDDERS):
+            _shared_embedders.popitem(last=False)
+    return embedder
+
+
+def release_shared_embedders() -> int:
+    """Forget every shared embedder, so that their networks are freed.
+
+    A run that is using one keeps it until the run ends (its network is
+    not taken away from under it); the next :func:`shared_embedder` builds
+    a new one.
+
+    Returns
+    -------
+    int
+        How many embedders were released.
+    """
+    with _shared_lock:
+        released = list(_shared_embedders.values())
+        _shared_embedders.clear()
+    count = len(released)
+    while released:
+        released.pop().close_cache()
+    # Keras models hold reference cycles: free them now, not sometime.
+    gc.collect()
+    return count
 
 
 def embedding_tables(table: Table, result: EmbeddingResult, size: int,

@@ -11,6 +11,7 @@ and for a backbone's own ImageNet head (pass its registry key)::
     >>> from orangecontrib.deepimage.explain import grad_cam
     >>> heatmaps = grad_cam("squeezenet", ["cat.jpg"])
 """
+import io
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
@@ -215,29 +216,42 @@ def overlay_heatmap(image, heatmap: np.ndarray, opacity: float = 0.5):
 
 
 def write_heatmaps(explanation: Explanation, paths: Sequence[Optional[str]],
-                   out_dir: str, opacity: float = 0.5) -> List[Optional[str]]:
-    """Write each image with its heatmap overlaid as a PNG in `out_dir`.
+                   out_dir, opacity: float = 0.5) -> List[Optional[str]]:
+    """Write each image with its heatmap overlaid as a PNG.
 
-    Existing files are never overwritten: a numbered suffix is added.
+    Parameters
+    ----------
+    explanation : Explanation
+    paths : sequence of str or None
+        The explained images.
+    out_dir : str or NewFiles or OwnFolder
+        A folder (files are added, never overwritten: a numbered suffix is
+        added to a taken name), or, inside its ``with`` block, where a
+        widget writes (see :mod:`orangecontrib.deepimage.files`).
+    opacity : float
 
     Returns
     -------
     list of str or None
         The written file per image (None where there is no heatmap).
     """
-    from orangecontrib.deepimage.files import create_new_file
+    from orangecontrib.deepimage.files import NewFiles
+    if isinstance(out_dir, NewFiles):  # the caller's ``with`` block
+        return _write_heatmaps(explanation, paths, out_dir, opacity)
+    with NewFiles(out_dir) as files:
+        return _write_heatmaps(explanation, paths, files, opacity)
+
+
+def _write_heatmaps(explanation, paths, files, opacity):
     from orangecontrib.deepimage.images import load_image
-    os.makedirs(out_dir, exist_ok=True)
     written = []
     for path, heatmap in zip(paths, explanation.heatmaps):
         if heatmap is None:
             written.append(None)
             continue
-        image = load_image(path)
+        image = overlay_heatmap(load_image(path), heatmap, opacity)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
         stem = os.path.splitext(os.path.basename(path))[0]
-        file, target = create_new_file(
-            os.path.join(out_dir, f"{stem}-gradcam.png"))
-        with file:
-            overlay_heatmap(image, heatmap, opacity).save(file, format="PNG")
-        written.append(target)
+        written.append(files.write(f"{stem}-gradcam.png", buffer.getvalue()))
     return written

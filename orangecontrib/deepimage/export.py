@@ -4,12 +4,19 @@ Every format takes raw RGB pixels (0–255, float32) of shape
 ``(batch, height, width, 3)`` with the preprocessing inside the network, and
 gives class probabilities (per image, or per pixel for segmentation). The class names and input size are written to a
 JSON file beside the export (``<name>.json``; inside the folder for a
-SavedModel). Nothing is ever overwritten: an existing target is an error.
+SavedModel). Nothing is ever overwritten: an existing target is an error,
+also when it appears while the export is being written, and a failure or a
+kill leaves no partial file under the target's name.
 """
 import json
 import os
 import shutil
 import tempfile
+
+from orangecontrib.deepimage.errors import UnwritableFolder
+from orangecontrib.deepimage.files import (
+    TEMP_PREFIX, check_output_folder, place_new_file, unwritable,
+    write_new_file)
 
 __all__ = ["export_model", "EXPORT_FORMATS", "load_export_metadata"]
 
@@ -63,7 +70,10 @@ def export_model(model, path: str, export_format: str = "keras") -> str:
     ValueError
         For an unknown format.
     FileExistsError
-        When the target or its metadata file already exists.
+        When the target or its metadata file already exists (also when
+        one appears while the export is written: it is kept).
+    UnwritableFolder
+        When the folder is missing, read-only or full; nothing is left.
     """
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"Unknown export format. Received: "
@@ -73,25 +83,58 @@ def export_model(model, path: str, export_format: str = "keras") -> str:
     if suffix and not path.endswith(suffix):
         path += suffix
     metadata_path = _metadata_path(path, export_format)
-    for target in (path, metadata_path):
-        if os.path.exists(target):
-            raise FileExistsError(f"Will not overwrite {target}")
     parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"The folder {parent} does not exist")
+    check_output_folder(parent)
+    for target in (path, metadata_path):
+        if os.path.lexists(target):
+            raise FileExistsError(f"Will not overwrite {target}")
 
-    # Write into a temporary folder beside the target, then move into
-    # place: a failure leaves nothing half-written.
-    with tempfile.TemporaryDirectory(dir=parent) as scratch:
+    # Everything is written into a hidden folder beside the target; only
+    # complete files get their names, each claimed so that it cannot
+    # replace a file made meanwhile.
+    metadata = json.dumps(_metadata(model, export_format),
+                          indent=2).encode("utf-8")
+    scratch = None
+    try:
+        scratch = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=parent)
         staged = os.path.join(scratch, os.path.basename(path))
         _WRITERS[export_format](model.network, staged)
-        staged_metadata = _metadata_path(staged, export_format)
-        with open(staged_metadata, "w", encoding="utf-8") as file:
-            json.dump(_metadata(model, export_format), file, indent=2)
-        if export_format != "savedmodel":
-            shutil.move(staged_metadata, metadata_path)
-        shutil.move(staged, path)
+        if export_format == "savedmodel":
+            with open(_metadata_path(staged, export_format), "wb") as file:
+                file.write(metadata)
+            _rename_folder(staged, path)
+        else:
+            written_metadata = write_new_file(metadata_path, metadata,
+                                              numbered=False)
+            try:
+                place_new_file(staged, path, numbered=False)
+            except BaseException:
+                os.remove(written_metadata)
+                raise
+    except OSError as error:
+        mapped = None if isinstance(error, (UnwritableFolder,
+                                            FileExistsError)) \
+            else unwritable(error, parent)
+        if mapped is not None:
+            raise mapped from error
+        raise
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return path
+
+
+def _rename_folder(staged: str, path: str) -> None:
+    """Move the complete folder `staged` to `path`, never over a file or
+    a folder with something in it (an empty folder made meanwhile, which
+    holds nothing, may be replaced where the system allows it)."""
+    try:
+        os.rename(staged, path)
+    except OSError as error:
+        if os.path.lexists(path) and not isinstance(error,
+                                                    FileNotFoundError):
+            raise FileExistsError(f"Will not overwrite {path}") from error
+        raise
 
 
 def _write_keras(network, path):
@@ -124,8 +167,9 @@ def _write_tflite(network, path):
     # Converting the Keras model directly; converting the serving function
     # or the SavedModel gave NaN outputs (TF 2.21).
     converter = tf.lite.TFLiteConverter.from_keras_model(network)
+    flatbuffer = converter.convert()
     with open(path, "wb") as file:
-        file.write(converter.convert())
+        file.write(flatbuffer)
 
 
 _WRITERS = {"keras": _write_keras, "savedmodel": _write_savedmodel,

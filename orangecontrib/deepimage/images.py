@@ -439,8 +439,16 @@ def _prepare(path, size, want_key, skip_key):
     """Read, key and decode one image in a worker thread."""
     try:
         loaded = read_image_bytes(path)
-        if want_key is not None and want_key(loaded.content_key):
-            return None, loaded.content_key, None
+    except ImageSkipped as error:
+        return None, None, str(error)
+    except Exception as error:  # pylint: disable=broad-except
+        # As below: one odd path must not stop the run or shift rows.
+        return None, None, f"cannot read image: {error!r}"
+    # The cache lookup is outside the decoding's try: a fault of the cache
+    # is not a broken image (the cache bypasses its own faults).
+    if want_key is not None and want_key(loaded.content_key):
+        return None, loaded.content_key, None
+    try:
         image = decode_image(loaded.data, size)
         return np.asarray(image, dtype=np.uint8), loaded.content_key, None
     except ImageSkipped as error:

@@ -14,6 +14,7 @@ bounded memory and no seams::
     >>> model = SegmentationLearner(epochs=30)(table)   # image + mask columns
     >>> labels = model.segment(["slide.png"])[0]         # (H, W) class indices
 """
+import io
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -721,18 +722,27 @@ class SegmentationModel(NetworkModelMixin):
             if np.isfinite(foreground).any() else float("nan")
         return scores
 
-    def predict_masks(self, table: Table, out_dir: str, callback=None
+    def predict_masks(self, table: Table, out_dir, callback=None
                       ) -> Table:
         """Write a mask PNG per image into `out_dir`; return the table with
         a mask column pointing at them.
 
-        Existing files are never overwritten (a numbered suffix is added);
-        rows whose image cannot be read get an empty mask value.
+        `out_dir` is a folder, which must exist and be writable (checked
+        before any work); existing files are never overwritten (a numbered
+        suffix is added). It may also be, inside its ``with`` block, a
+        :class:`~orangecontrib.deepimage.files.NewFiles` or
+        :class:`~orangecontrib.deepimage.files.OwnFolder` (a widget's own
+        folder, which keeps one run's masks). Rows whose image cannot be
+        read get an empty mask value.
         """
+        from orangecontrib.deepimage.files import NewFiles
+        if isinstance(out_dir, NewFiles):
+            return self._predict_masks(table, out_dir, callback)
+        with NewFiles(out_dir) as files:
+            return self._predict_masks(table, files, callback)
+
+    def _predict_masks(self, table, files, callback):
         from PIL import Image
-        from orangecontrib.deepimage.files import (
-            check_output_folder, create_new_file)
-        check_output_folder(out_dir)
         paths = paths_of(table)
         labels = self.segment(paths, callback)
         names = []
@@ -741,13 +751,13 @@ class SegmentationModel(NetworkModelMixin):
                 names.append("")
                 continue
             stem = os.path.splitext(os.path.basename(path))[0]
-            file, written = create_new_file(
-                os.path.join(out_dir, f"{stem}-mask.png"))
-            with file:
-                Image.fromarray(label.astype(np.uint8)
-                                if label.max(initial=0) < 256 else label) \
-                    .save(file, format="PNG")
+            buffer = io.BytesIO()
+            Image.fromarray(label.astype(np.uint8)
+                            if label.max(initial=0) < 256 else label) \
+                .save(buffer, format="PNG")
+            written = files.write(f"{stem}-mask.png", buffer.getvalue())
             names.append(os.path.basename(written))
+        out_dir = files.path
         mask_var = StringVariable(get_unique_names(table.domain, "mask"))
         mask_var.attributes.update({
             "type": "image", "origin": out_dir, "mask": "class",

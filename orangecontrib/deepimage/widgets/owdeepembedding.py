@@ -1,5 +1,6 @@
 """Deep Embedding: embed images locally with a pretrained network."""
 import os
+import sqlite3
 from types import SimpleNamespace
 from typing import Optional
 
@@ -16,6 +17,7 @@ from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
 from orangecontrib.deepimage.backbones import BACKBONES, get_backbone
+from orangecontrib.deepimage.cache import cache_file, clear_cache
 from orangecontrib.deepimage.device import device_description
 from orangecontrib.deepimage.embedding import (
     EmbeddingCancelled, shared_embedder)
@@ -26,18 +28,28 @@ from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
 MODEL_KEYS = sorted(BACKBONES, key=lambda key: BACKBONES[key].order)
 
 
+#: The cache size limits offered, in megabytes.
+CACHE_SIZES_MB = (100, 250, 500, 1024, 2048, 5120, 10240, 20480)
+
+
 def run_embedding(data: Table, column_name: str, model: str,
                   weights: Optional[str], layer: str, mirror: Optional[str],
-                  state: TaskState) -> SimpleNamespace:
+                  state: TaskState, cache_size: Optional[int] = None
+                  ) -> SimpleNamespace:
     """Embed the images of `data` (runs in a worker thread).
+
+    `cache_size` is the size limit of the embedding cache in bytes (None:
+    the default).
 
     Returns
     -------
     SimpleNamespace
         ``embeddings``, ``skipped`` (tables or None), ``n_skipped``,
-        ``n_cached``.
+        ``cache_error`` (why the cache was off, or None).
     """
     embedder = shared_embedder(model, weights, layer, mirror)
+    if cache_size is not None:
+        embedder.cache_size = cache_size
     megabyte = 2 ** 20
 
     def download_progress(done, total):
@@ -61,7 +73,8 @@ def run_embedding(data: Table, column_name: str, model: str,
     embedded, skipped, n_skipped = embedder.embed_table(
         data, column_name, callback=progress)
     return SimpleNamespace(embeddings=embedded, skipped=skipped,
-                           n_skipped=n_skipped)
+                           n_skipped=n_skipped,
+                           cache_error=embedder.cache_error)
 
 
 class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
@@ -89,6 +102,8 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
     class Warning(OWWidget.Warning):
         images_skipped = Msg("{} image(s) could not be read; see the "
                              "'Skipped Images' output for the reasons.")
+        cache_off = Msg("The embedding cache is off: {}")
+        cache_not_cleared = Msg("The cache could not be cleared: {}")
 
     class Information(OWWidget.Information):
         all_skipped = Msg("No image could be embedded.")
@@ -99,6 +114,7 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
     layer: str = Setting("penultimate")
     weights_file: str = Setting("")
     mirror: str = Setting("")
+    cache_size_mb: int = Setting(1024)
     auto_commit: bool = Setting(True)
 
     want_main_area = False
@@ -150,6 +166,27 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
 
         box = gui.vBox(self.controlArea, "Device")
         self.device_label = gui.widgetLabel(box, device_description())
+
+        box = gui.vBox(self.controlArea, "Cache")
+        row = gui.hBox(box)
+        self.cache_size_combo = gui.comboBox(
+            row, self, None, label="Size limit:", orientation=Qt.Horizontal,
+            items=[_megabytes(size) for size in CACHE_SIZES_MB],
+            tooltip="Embeddings of images embedded before are kept on "
+                    "disk up to this size; those used least recently go "
+                    "first.")
+        if self.cache_size_mb not in CACHE_SIZES_MB:
+            stored = self.cache_size_mb
+            self.cache_size_mb = min(CACHE_SIZES_MB,
+                                     key=lambda size: abs(size - stored))
+        self.cache_size_combo.setCurrentIndex(
+            CACHE_SIZES_MB.index(self.cache_size_mb))
+        self.cache_size_combo.activated.connect(self._on_cache_size_changed)
+        self.clear_cache_button = gui.button(
+            row, self, "Clear cache", callback=self.clear_cache,
+            autoDefault=False)
+        self.cache_label = gui.widgetLabel(box, "")
+        self._update_cache_label()
 
         self.add_cancel_button(self.buttonsArea)
         gui.auto_apply(self.buttonsArea, self, "auto_commit")
@@ -233,6 +270,28 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
             self.model_combo.setItemText(
                 index, f"{backbone.name} ({backbone.availability(weights)})")
 
+    # --- the cache -------------------------------------------------------
+
+    def _on_cache_size_changed(self, index: int):
+        self.cache_size_mb = CACHE_SIZES_MB[index]
+
+    def clear_cache(self):
+        """Remove every embedding from the cache (of all models)."""
+        self.Warning.cache_not_cleared.clear()
+        try:
+            clear_cache()
+        except (sqlite3.Error, OSError) as error:
+            self.Warning.cache_not_cleared(str(error))
+        else:
+            self.Warning.cache_off.clear()
+        self._update_cache_label()
+
+    def _update_cache_label(self):
+        path = cache_file()
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        self.cache_label.setText(f"In use: {_megabytes(size / 2 ** 20)}")
+        self.cache_label.setToolTip(path)
+
     # --- data and work ---------------------------------------------------
 
     @Inputs.images
@@ -256,13 +315,15 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
         self.Error.weights_unavailable.clear()
         self.Error.embedding_failed.clear()
         self.Warning.images_skipped.clear()
+        self.Warning.cache_off.clear()
         self.Information.all_skipped.clear()
         if self.data is None or self.image_column is None:
             self._send(None, None)
             return
         self.start(run_embedding, self.data, self.image_column.name,
                    self.model, self.weights_file or None, self.layer,
-                   self.mirror or None)
+                   self.mirror or None,
+                   cache_size=self.cache_size_mb * 2 ** 20)
 
     def _send(self, embeddings, skipped):
         self.Outputs.embeddings.send(embeddings)
@@ -271,6 +332,9 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
     def on_done(self, result: SimpleNamespace):
         if result.n_skipped:
             self.Warning.images_skipped(result.n_skipped)
+        if result.cache_error:
+            self.Warning.cache_off(result.cache_error)
+        self._update_cache_label()
         if result.embeddings is None:
             self.Information.all_skipped()
         self._send(result.embeddings, result.skipped)
@@ -298,12 +362,19 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
                                f"({backbone.embedding_size_of(self.layer)} "
                                "values)"),
                  ("Weights", self.weights_file or "ImageNet"),
-                 ("Device", device_description())]
+                 ("Device", device_description()),
+                 ("Cache limit", _megabytes(self.cache_size_mb))]
         if self.image_column is not None:
             items.insert(0, ("Image column", self.image_column.name))
         self.report_items(items)
         if self.data is not None:
             self.report_data("Images", self.data)
+
+
+def _megabytes(size: float) -> str:
+    if size >= 1024:
+        return f"{size / 1024:.3g} GB"
+    return f"{size:.0f} MB" if size >= 1 or size == 0 else "< 1 MB"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,9 +2,12 @@
 
 The heatmaps are computed in a worker thread; the overlays in the grid are
 blended on the GUI thread from the heatmaps (so the opacity slider needs no
-new computation). The output gets an image column pointing at PNG files of
-the overlays, written to a folder of their own (never over existing files),
-so Image Viewer can show them.
+new computation and writes nothing). The output gets an image column
+pointing at PNG files of the overlays (at :data:`FILE_OPACITY`), so Image
+Viewer can show them. By default they go to the widget's own folder, which
+holds the files of its last run only (the same images give the same files,
+which are reused); in a folder the user chose, every run adds new files and
+none is ever overwritten.
 """
 import base64
 import html
@@ -34,7 +37,8 @@ from orangecontrib.deepimage.cache import default_cache_dir
 from orangecontrib.deepimage.classification import ImageClassifierModel
 from orangecontrib.deepimage.explain import (
     Explanation, explain_images, overlay_heatmap, write_heatmaps)
-from orangecontrib.deepimage.files import check_output_folder
+from orangecontrib.deepimage.files import (
+    NewFiles, OwnFolder, check_output_folder)
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_paths, load_image)
 from orangecontrib.deepimage.widgets.utils.outputfolder import (
@@ -49,6 +53,8 @@ MAX_SHOWN = 100
 WRITE_CHUNK = 16
 #: Overlays in the report.
 REPORT_IMAGES = 6
+#: Opacity of the heatmap in the written files.
+FILE_OPACITY = 0.5
 
 
 class ExplanationCancelled(Exception):
@@ -76,13 +82,13 @@ class ExplainResult:
 
 
 def default_output_folder() -> str:
-    """Heatmaps go to a folder in Orange's cache, not beside the images."""
+    """Heatmaps go to a folder in Orange's cache, not beside the images
+    (each widget has its own folder in it)."""
     return os.path.join(default_cache_dir(), "heatmaps")
 
 
 def run_explanation(model: ImageClassifierModel, paths: List[Optional[str]],
-                    target: Optional[str], folder: str, opacity: float,
-                    state: TaskState,
+                    target: Optional[str], folder, state: TaskState,
                     previous: Optional[ExplainResult] = None
                     ) -> ExplainResult:
     """Explain the images and write the overlays (runs in a worker thread).
@@ -94,15 +100,19 @@ def run_explanation(model: ImageClassifierModel, paths: List[Optional[str]],
         The image of each row.
     target : str, optional
         The class to explain; None for each image's predicted class.
-    folder : str
-        Where the overlay PNGs are written (created if missing).
-    opacity : float
-        Opacity of the heatmap in the written files (0..1).
+    folder : str or OwnFolder
+        Where the overlay PNGs are written: a folder (which must exist; new
+        files are added) or the widget's own folder (made if missing; it
+        keeps this run's files only). Checked before any work.
     state : TaskState
     previous : ExplainResult, optional
         An explanation of the same images, model and target: only the
         files are written again.
     """
+    files = folder if isinstance(folder, NewFiles) else NewFiles(folder)
+    if isinstance(files, OwnFolder):
+        os.makedirs(files.path, exist_ok=True)
+    check_output_folder(files.path)  # before any work
     def check():
         if state.is_interruption_requested():
             raise ExplanationCancelled()
@@ -130,18 +140,17 @@ def run_explanation(model: ImageClassifierModel, paths: List[Optional[str]],
         explanation, thumbnails = previous.explanation, previous.thumbnails
 
     state.set_status("Writing heatmaps…")
-    os.makedirs(folder, exist_ok=True)
-    check_output_folder(folder)
-    files = []
-    for start in range(0, len(paths), WRITE_CHUNK):
-        check()
-        chunk = slice(start, start + WRITE_CHUNK)
-        files += write_heatmaps(
-            replace(explanation, heatmaps=explanation.heatmaps[chunk]),
-            paths[chunk], folder, opacity)
-        state.set_progress_value(
-            90 + 10 * min(1, (start + WRITE_CHUNK) / max(1, len(paths))))
-    return ExplainResult(explanation, thumbnails, files, folder)
+    written = []
+    with files:
+        for start in range(0, len(paths), WRITE_CHUNK):
+            check()
+            chunk = slice(start, start + WRITE_CHUNK)
+            written += write_heatmaps(
+                replace(explanation, heatmaps=explanation.heatmaps[chunk]),
+                paths[chunk], files, FILE_OPACITY)
+            state.set_progress_value(
+                90 + 10 * min(1, (start + WRITE_CHUNK) / max(1, len(paths))))
+    return ExplainResult(explanation, thumbnails, written, files.path)
 
 
 def _fit(image: Image.Image, size: int) -> Image.Image:
@@ -195,8 +204,11 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
     settings_version = 1
     opacity: int = Setting(50)
     target_class: str = Setting("")  # "" for each image's predicted class
-    output_folder: str = Setting("")  # "" for default_output_folder()
+    output_folder: str = Setting("")  # "" for the widget's own folder
+    own_folder_id: str = Setting("", schema_only=True)
     auto_commit: bool = Setting(True)
+
+    uses_own_folder = True
 
     want_main_area = True
 
@@ -219,14 +231,16 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         gui.hSlider(
             box, self, "opacity", minValue=0, maxValue=100, step=5,
             label="Opacity:", labelFormat=" %d %%",
-            callback=self._draw_grid, callback_finished=self._on_opacity_set)
+            callback=self._draw_grid)
 
         box = gui.vBox(self.controlArea, "Heatmap files")
         self.add_output_folder_row(
             box, dialog_title="Folder for heatmap images",
             tooltip="Overlays are written here; existing files are never "
                     "overwritten.",
-            default_tooltip=" (default: Orange's cache folder)")
+            default_tooltip=" (default: this widget's folder in Orange's "
+                            "cache, which keeps the last result's files "
+                            "only)")
         self.controlArea.layout().addStretch(1)
 
         self.add_cancel_button(self.buttonsArea)
@@ -305,10 +319,6 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         self.target_combo.setCurrentIndex(index)
         self._on_target_changed()
 
-    def _on_opacity_set(self):
-        if self.result is not None:
-            self.commit.deferred()
-
     def default_folder(self) -> str:
         return default_output_folder()
 
@@ -330,9 +340,10 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
             self._draw_grid()
             self.Outputs.data.send(None)
             return
+        folder = OwnFolder(self.folder()) if self.writes_own_folder() \
+            else self.folder()
         self.start(run_explanation, self.model, self.paths,
-                   self.target_class or None, self.folder(),
-                   self.opacity / 100, previous=self.result)
+                   self.target_class or None, folder, previous=self.result)
 
     def on_partial_result(self, result):
         pass

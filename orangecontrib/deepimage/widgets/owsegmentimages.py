@@ -1,12 +1,14 @@
 """Segment Images: predict masks with a trained segmentation model.
 
 The model segments every image (tile by tile, any size) in a worker thread;
-each mask is written as a new PNG into the output folder (never over an
-existing file, never beside the images) and the images go out with a mask
-column pointing at them. The masks are then measured: the objects of each
-class (connected regions, or split where they touch) with their size,
-position, shape and brightness, and per image the count of objects and the
-area of each class.
+each mask is written as a PNG (never beside the images) and the images go
+out with a mask column pointing at them. By default the masks go to the
+widget's own folder, which holds the masks of its last run only (the same
+masks are not written again); in a folder the user chose, every run adds
+new files and none is ever overwritten. The masks are then measured: the
+objects of each class (connected regions, or split where they touch) with
+their size, position, shape and brightness, and per image the count of
+objects and the area of each class.
 
 Changing "Split touching objects" only measures again: the masks are not
 predicted (nor written) anew.
@@ -24,7 +26,8 @@ from Orange.widgets.utils.concurrent import TaskState
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
-from orangecontrib.deepimage.files import check_output_folder
+from orangecontrib.deepimage.files import (
+    NewFiles, OwnFolder, check_output_folder)
 from orangecontrib.deepimage.images import find_image_column
 from orangecontrib.deepimage.measure import measure_table
 from orangecontrib.deepimage.segmentation import SegmentationModel
@@ -45,7 +48,7 @@ class SegmentationCancelled(Exception):
 
 def default_output_folder() -> str:
     """Masks go to a folder in Orange's data folder, not beside the
-    images."""
+    images (each widget has its own folder in it)."""
     from Orange.misc.environ import data_dir
     return os.path.join(data_dir(versioned=False), "deepimage",
                         "predicted masks")
@@ -86,19 +89,25 @@ def run_measure(images: Table, mask_column: str, split_touching: bool,
                          len(images) - len(written), folder)
 
 
-def run_segmentation(model: SegmentationModel, data: Table, folder: str,
+def run_segmentation(model: SegmentationModel, data: Table, folder,
                      split_touching: bool, state: TaskState
                      ) -> SegmentResult:
     """Predict, write and measure the masks of `data`'s images (runs in a
-    worker thread)."""
+    worker thread).
+
+    `folder` is a folder (new files are added) or an :class:`OwnFolder`
+    (the widget's own, which keeps this run's masks only).
+    """
     state.set_status("Segmenting images…")
-    images = model.predict_masks(data, folder,
-                                 callback=_progress(state, 0, PREDICT_SHARE))
-    if state.is_interruption_requested():
-        raise SegmentationCancelled()
+    files = folder if isinstance(folder, NewFiles) else NewFiles(folder)
+    with files:
+        images = model.predict_masks(
+            data, files, callback=_progress(state, 0, PREDICT_SHARE))
+        if state.is_interruption_requested():
+            raise SegmentationCancelled()
     mask_column = images.domain.metas[-1].name
     return run_measure(images, mask_column, split_touching, state,
-                       PREDICT_SHARE, folder)
+                       PREDICT_SHARE, files.path)
 
 
 class OWSegmentImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
@@ -134,9 +143,12 @@ class OWSegmentImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         written = Msg("{} mask(s) written to {}")
 
     settings_version = 1
-    output_folder: str = Setting("")  # "" for default_output_folder()
+    output_folder: str = Setting("")  # "" for the widget's own folder
+    own_folder_id: str = Setting("", schema_only=True)
     split_touching: bool = Setting(False)
     auto_apply: bool = Setting(True)
+
+    uses_own_folder = True
 
     want_main_area = False
     resizing_enabled = False
@@ -167,7 +179,9 @@ class OWSegmentImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
             box, dialog_title="Folder for predicted masks",
             tooltip="Masks are written here as new PNG files; nothing is "
                     "ever overwritten.",
-            default_tooltip=" (default: a folder in Orange's data folder)")
+            default_tooltip=" (default: this widget's folder in Orange's "
+                            "data folder, which keeps the last result's "
+                            "masks only)")
         self.folder_label.setMinimumWidth(260)
 
         self.add_cancel_button(self.buttonsArea)
@@ -241,14 +255,15 @@ class OWSegmentImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
             return
         folder = self.folder()
         try:
-            if not self.output_folder:
+            if self.writes_own_folder():
                 os.makedirs(folder, exist_ok=True)
             check_output_folder(folder)
         except OSError as error:
             self._show_folder_error(error)
             self._send(None)
             return
-        self.start(run_segmentation, self.model, self.data, folder,
+        self.start(run_segmentation, self.model, self.data,
+                   OwnFolder(folder) if self.writes_own_folder() else folder,
                    self.split_touching)
 
     def _show_folder_error(self, error: OSError):
