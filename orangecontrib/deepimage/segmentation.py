@@ -25,8 +25,9 @@ from Orange.data.util import get_unique_names
 
 from orangecontrib.deepimage.backbones import get_backbone
 from orangecontrib.deepimage.images import (
-    ImageSkipped, image_paths, load_image, mask_class_names, paths_of,
-    require_image_column, require_mask_column)
+    ImageSkipped, image_paths, load_image, paths_of, require_image_column,
+    require_mask_column)
+from orangecontrib.deepimage.segdata import mask_info
 from orangecontrib.deepimage.device import (
     distribution_strategy, dtype_policy, preferred_dtype_policy)
 from orangecontrib.deepimage.training import (
@@ -418,13 +419,8 @@ class _Columns:
 def _columns(table: Table) -> _Columns:
     image = require_image_column(table)
     mask = require_mask_column(table)
-    classes = mask_class_names(mask)
-    kind = mask.attributes.get("mask", "class")
-    if kind == "instance":
-        classes = ["background", "object"]
-    if len(classes) < 2:
-        classes = ["background", "object"]
-    return _Columns(image, mask, classes, kind)
+    info = mask_info(mask)
+    return _Columns(image, mask, info.model_classes, info.kind)
 
 
 class SegmentationLearner:
