@@ -480,7 +480,7 @@ class ImageClassifierModel(NetworkModelMixin, Model):
         self.input_size = tuple(input_size)
         self.history = dict(history or {})
         self.notes = list(notes)
-        self.skipped = dict(skipped or {})
+        self.skipped = dict(sorted((skipped or {}).items()))
         self.batch_size = 32
         self.cached_features = None
         self._predict_fn = None
