@@ -1,5 +1,6 @@
 import os
 import pickle
+import shutil
 from unittest import mock
 
 import numpy as np
@@ -12,7 +13,8 @@ from Orange.evaluation import CA, CrossValidation
 from orangecontrib.deepimage import ImageClassifierLearner
 from orangecontrib.deepimage.classification import ImageClassifierModel
 from orangecontrib.deepimage.embedding import ImageEmbedder
-from orangecontrib.deepimage.training import TrainingError, TrainingHooks
+from orangecontrib.deepimage.training import (
+    StreamingDataset, TrainingError, TrainingHooks)
 
 from imagedata import digits_table, image_table, shapes_table
 
@@ -211,3 +213,65 @@ def test_invalid_parameters():
         ImageClassifierLearner(backbone="alexnet")
     with pytest.raises(ValueError, match="validation"):
         ImageClassifierLearner(validation=1.5)
+
+
+def copy_shapes(shapes, folder):
+    """The shapes' files copied into `folder` (copies: tests change them)."""
+    origin = shapes.domain["image"].attributes["origin"]
+    names = list(shapes.get_column("image"))
+    for name in names:
+        shutil.copy(os.path.join(origin, name), folder / name)
+    return names
+
+
+def test_unreadable_image_is_left_out_with_its_reason(tmp_path, shapes):
+    names = copy_shapes(shapes, tmp_path)
+    (tmp_path / "broken.png").write_text("not an image")
+    table = image_table(tmp_path, names + ["broken.png"],
+                        list(shapes.Y) + [0],
+                        shapes.domain.class_var.values, "shape")
+    model = ImageClassifierLearner(epochs=1)(table)
+    assert list(model.skipped) == [len(names)]
+    assert "not an image file" in model.skipped[len(names)]
+    assert any(f"row {len(names) + 1}: not an image file" in note
+               for note in model.notes)
+
+
+def test_streaming_skips_an_image_unreadable_after_embedding(tmp_path,
+                                                             shapes):
+    # The first file is replaced by text after it was embedded: the stream
+    # must leave it out instead of training on a stand-in with its label.
+    names = copy_shapes(shapes, tmp_path)
+    (tmp_path / "broken.png").write_text("not an image")
+    table = image_table(tmp_path, names + ["broken.png"],
+                        list(shapes.Y) + [0],
+                        shapes.domain.class_var.values, "shape")
+    embed_paths = ImageEmbedder.embed_paths
+
+    def embed_then_break(self, paths, *args, **kwargs):
+        result = embed_paths(self, paths, *args, **kwargs)
+        (tmp_path / names[0]).write_text("changed since")
+        return result
+
+    seen = []
+    one_example = StreamingDataset._one_example
+
+    def record(pixels, label, rng):
+        seen.append((pixels.copy(), int(label)))
+        return one_example(pixels, label, rng)
+
+    with mock.patch.object(ImageEmbedder, "embed_paths", embed_then_break), \
+            mock.patch.object(StreamingDataset, "_one_example",
+                              side_effect=record):
+        model = ImageClassifierLearner(augment=True, epochs=1, batch_size=8,
+                                       validation=0, early_stopping=False
+                                       )(table)
+    # one epoch on the readable images, each once, none grey
+    assert len(seen) == len(names) - 1
+    assert sorted(label for _, label in seen) == sorted(shapes.Y[1:])
+    assert not any(np.all(pixels == pixels.flat[0]) for pixels, _ in seen)
+    # both left-out images reported, with their reasons
+    assert sorted(model.skipped) == [0, len(names)]
+    assert "not an image file" in model.skipped[0]
+    assert any(note.startswith("2 image(s) could not be read")
+               for note in model.notes)

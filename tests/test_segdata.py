@@ -13,9 +13,10 @@ from PIL import Image
 from orangecontrib.deepimage.images import (
     find_image_column, find_mask_column, image_paths, is_mask_column,
     mask_class_names)
+from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.segdata import (
-    MaskError, RGBMaskError, image_size, load_mask, pair_folders,
-    read_class_names)
+    MaskError, MaskInfo, RGBMaskError, image_size, load_mask, mask_info,
+    pair_folders, read_class_names)
 
 # A 4×3 class-index image with background, class 1 and class 2.
 LABELS = np.array([[0, 0, 1, 1],
@@ -360,3 +361,81 @@ def test_shipped_nuclei_tutorial_data():
     table, report = pair_folders(images, os.path.join(root, "instances"))
     assert len(table) == 16 and report.kind == "instance"
     assert report.classes == ["background", "nucleus"]
+
+
+# --- mask_info: what a mask column says -----------------------------------
+
+def mask_column(**attributes):
+    from Orange.data import StringVariable
+    var = StringVariable("mask")
+    var.attributes.update(type="image", origin="", **attributes)
+    return var
+
+
+def test_mask_info_of_binary_masks(folders):
+    # 0/255 masks paired from folders: class masks, background and one class
+    images, masks = folders
+    write_image(images, "a.png")
+    save((LABELS > 0).astype(np.uint8) * 255, os.path.join(masks, "a.png"))
+    table, _ = pair_folders(images, masks, classes="background,cell")
+    info = mask_info(table)
+    assert info == MaskInfo("class", ("background", "cell"), 0)
+    assert info.binary and not info.instance
+    assert info.model_classes == ["background", "cell"]
+    # the folded 0/1 labels are what is learned, unchanged
+    labels = load_mask(os.path.join(masks, "a.png"), info.kind)
+    np.testing.assert_array_equal(info.training_labels(labels), LABELS > 0)
+
+
+def test_mask_info_of_class_index_masks_with_classes():
+    info = mask_info(mask_column(mask="class", classes="sky, plane ,bird"))
+    assert info.kind == "class" and info.classes == ("sky", "plane", "bird")
+    assert not info.binary and not info.instance
+    assert info.model_classes == ["sky", "plane", "bird"]
+    np.testing.assert_array_equal(info.training_labels(LABELS), LABELS)
+
+
+def test_mask_info_of_class_masks_without_names():
+    # fewer than two names: the names come from the values elsewhere
+    for attributes in ({"mask": "class"}, {"mask": "class", "classes": ""},
+                       {"mask": "class", "classes": "cells"}):
+        info = mask_info(mask_column(**attributes))
+        assert info.kind == "class" and info.classes == ()
+        assert info.model_classes == ["background", "object"]
+    # an unknown kind is read as class masks, as load_mask reads them
+    assert mask_info(mask_column(mask="binary")).kind == "class"
+
+
+def test_mask_info_of_instance_labels():
+    ids = np.array([[0, 1, 1], [0, 7, 0]], np.int32)
+    for attributes in ({"mask": "instance"}, {"mask": "Instance "}):
+        info = mask_info(mask_column(**attributes))
+        assert info.instance and info.binary
+        assert info.classes == ("background", "object")
+    info = mask_info(mask_column(mask="instance",
+                                 classes="background,nucleus"))
+    assert info.model_classes == ["background", "nucleus"]
+    # every object is foreground for a network; ids are not classes
+    np.testing.assert_array_equal(info.training_labels(ids),
+                                  [[0, 1, 1], [0, 1, 0]])
+
+
+def test_mask_info_background():
+    info = mask_info(mask_column(mask="class", classes="sea,ship"))
+    assert info.background == 0 and info.background_name == "sea"
+    assert mask_info(mask_column(mask="class")).background_name == \
+        "background"
+
+
+def test_mask_info_needs_a_mask_column(folders):
+    images, masks = folders
+    write_image(images, "a.png")
+    save(LABELS, os.path.join(masks, "a.png"))
+    table, _ = pair_folders(images, masks)
+    assert mask_info(find_mask_column(table)) == mask_info(table)
+    with pytest.raises(InvalidInput, match="no mask column"):
+        mask_info(find_image_column(table))
+    images_only = table.transform(
+        type(table.domain)([], metas=[find_image_column(table)]))
+    with pytest.raises(ValueError, match="no mask column"):
+        mask_info(images_only)

@@ -1,6 +1,8 @@
 import os
 import pickle
 import resource
+import shutil
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from PIL import Image
 from Orange.data import Domain, StringVariable, Table
 
 from orangecontrib.deepimage import SegmentationLearner
+from orangecontrib.deepimage import segmentation
 from orangecontrib.deepimage.segmentation import (
     build_encoder_unet, build_unet, iou_and_dice, predict_tiled,
     segmentation_loss)
@@ -211,3 +214,34 @@ def test_export_takes_raw_pixels_and_matches(tmp_path, cells, cell_model):
     np.testing.assert_allclose(
         serve(pixels=tf.constant(tile))["probabilities"].numpy(), expected,
         atol=1e-4)
+
+
+def test_unreadable_pairs_are_skipped_with_their_reasons(tmp_path):
+    table = pairs_table(tmp_path, n=4, size=32)
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    (images / "broken.png").write_text("not an image")  # the image is text
+    shutil.copy(masks / "cell00.png", masks / "broken.png")
+    rows = [[name, name] for name in table.get_column("image")] + [
+        ["broken.png", "broken.png"],
+        ["cell01.png", "missing.png"],  # the mask file is gone
+        ["cell02.png", ""]]  # no mask in this row
+    table = Table.from_numpy(table.domain, np.empty((len(rows), 0)),
+                             metas=np.array(rows, dtype=object))
+    learner = SegmentationLearner(depth=2, base_filters=4, tile_size=32,
+                                  epochs=2, tiles_per_image=1, validation=0,
+                                  early_stopping=False)
+    with mock.patch.object(segmentation, "_random_tile",
+                           wraps=segmentation._random_tile) as tiles:
+        model = learner(table)
+    # trained on the four good pairs only, in each of the two epochs
+    assert tiles.call_count == 4 * 2
+    assert sorted(model.skipped) == [4, 5, 6]
+    assert "not an image file" in model.skipped[4]
+    assert "not found" in model.skipped[5]
+    assert model.skipped[6] == "no mask in this row"
+
+    pairs = [(str(images / "cell00.png"), str(masks / "cell00.png")),
+             (str(images / "broken.png"), str(masks / "broken.png"))]
+    scores = model.evaluate(pairs)
+    assert list(scores["skipped"]) == [1]
+    assert scores["iou"].shape == (2,)

@@ -8,6 +8,8 @@ the head trains, on the cached features: cross-validation then costs seconds.
 With ``unfreeze > 0`` the head trains first, then the top backbone layers
 train with a ten times lower learning rate, images streaming from disk
 through ``tf.data``; batch-normalisation layers stay in inference mode.
+An image that cannot be read is left out of training, and the model's
+``skipped`` says which and why.
 
 The model holds the whole network, from raw RGB pixels (0–255) to class
 probabilities, so a saved model goes from image file to label by itself::
@@ -17,7 +19,7 @@ probabilities, so a saved model goes from image file to label by itself::
     >>> labels = model(test_table)
     >>> model.export("valves.keras", "keras")
 """
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -30,10 +32,9 @@ from orangecontrib.deepimage.backbones import get_backbone
 from orangecontrib.deepimage.device import distribution_strategy
 from orangecontrib.deepimage.embedding import shared_embedder
 from orangecontrib.deepimage.images import (
-    ImageSkipped, decode_image, image_paths, require_image_column,
-    iter_image_batches, read_image_bytes)
+    image_paths, require_image_column, iter_image_batches)
 from orangecontrib.deepimage.training import (
-    NetworkModelMixin, TrainingHooks, fit)
+    NetworkModelMixin, StreamingDataset, TrainingHooks, fit)
 
 __all__ = ["ImageClassifierLearner", "ImageClassifierModel"]
 
@@ -163,8 +164,9 @@ class ImageClassifierLearner(Learner):
             raise ValueError("None of the images could be read.")
         features = np.vstack([v for v in result.vectors if v is not None])
         y, kept_paths = y[keep], [p for p, k in zip(paths, keep) if k]
+        kept_rows = np.flatnonzero(keep)
         _check_classes(y, class_var)
-        notes = _notes(y, class_var, len(paths) - int(keep.sum()))
+        skipped = dict(result.skipped)
 
         train, val = self._split(y)
         hooks = self._hooks_with_progress(progress)
@@ -195,12 +197,15 @@ class ImageClassifierLearner(Learner):
                 backbone, embedder.backbone_network, head,
                 copy_trunk=fine_tune or self.augment)
         if self.augment or fine_tune:
-            history = self._train_streaming(
+            history, streamed = self._train_streaming(
                 network, trunk, backbone, kept_paths, y, train, val,
                 class_var, hooks, history, start=head_end)
+            skipped.update((int(kept_rows[i]), reason)
+                           for i, reason in streamed.items())
+        notes = _notes(y, class_var, skipped)
         model = ImageClassifierModel(
             data.domain, network, class_var.values, backbone.key,
-            column.name, backbone.input_size, history, notes)
+            column.name, backbone.input_size, history, notes, skipped)
         if not fine_tune:
             # The backbone is untouched: predictions may reuse cached
             # embeddings of the same images (cross-validation's test folds).
@@ -256,15 +261,21 @@ class ImageClassifierLearner(Learner):
 
     def _train_streaming(self, network, trunk, backbone, paths, y, train, val,
                          class_var, hooks, history, start):
-        """Train the head on augmented images, then the unfrozen layers."""
+        """Train the head on augmented images, then the unfrozen layers.
+
+        Returns the history and the images that could not be read now
+        (``{position in paths: reason}``); they are not trained on.
+        """
         import keras
         strategy = distribution_strategy()
         with strategy.scope():
             training_network = with_augmentation(
                 network, self.random_state) if self.augment else network
-        make = lambda idx, shuffle: image_dataset(  # noqa: E731
-            [paths[i] for i in idx], y[idx], backbone.input_size,
-            self.batch_size, shuffle, self.random_state)
+        height, width = backbone.input_size
+        make = lambda idx, shuffle: StreamingDataset(  # noqa: E731
+            [paths[i] for i in idx], labels=y[idx], size=(width, height),
+            batch_size=self.batch_size, shuffle=shuffle,
+            seed=self.random_state)
         train_data = make(train, True)
         val_data = make(val, False) if len(val) else None
         class_weight = self._class_weight(y[train], class_var)
@@ -294,7 +305,12 @@ class ImageClassifierLearner(Learner):
             if hooks.should_stop is not None and hooks.should_stop():
                 break
         set_trainable(trunk, 0)
-        return history
+        skipped = {int(train[i]): reason
+                   for i, reason in train_data.skipped.items()}
+        if val_data is not None:
+            skipped.update((int(val[i]), reason)
+                           for i, reason in val_data.skipped.items())
+        return history, skipped
 
 
 def image_columns_of_domain(domain):
@@ -310,7 +326,7 @@ def _check_classes(y, class_var):
                          f"classes; the data has only '{only}'.")
 
 
-def _notes(y, class_var, n_skipped) -> List[str]:
+def _notes(y, class_var, skipped: Dict[int, str]) -> List[str]:
     """Warnings about the training data, kept with the model."""
     notes = []
     counts = np.bincount(y, minlength=len(class_var.values))
@@ -318,9 +334,10 @@ def _notes(y, class_var, n_skipped) -> List[str]:
     if single:
         notes.append(f"Classes with a single image cannot be validated and "
                      f"are hard to learn: {', '.join(single)}.")
-    if n_skipped:
-        notes.append(f"{n_skipped} image(s) could not be read and were left "
-                     f"out of training.")
+    if skipped:
+        row, reason = min(skipped.items())
+        notes.append(f"{len(skipped)} image(s) could not be read and were "
+                     f"left out of training (e.g. row {row + 1}: {reason}).")
     return notes
 
 
@@ -429,43 +446,6 @@ def with_augmentation(network, seed: int):
                        name="augmented_classifier")
 
 
-def image_dataset(paths: Sequence[str], y: np.ndarray, input_size, batch_size,
-                  shuffle: bool, seed: int):
-    """A ``tf.data`` stream of (pixels, label) batches decoded from disk.
-
-    Decoding runs in two parallel calls with two batches prefetched;
-    autotuning is off, as it stalls on small machines.
-    """
-    import tensorflow as tf
-    height, width = input_size
-
-    def load(path):
-        try:
-            image = decode_image(read_image_bytes(path.decode()).data,
-                                 (width, height))
-            return np.asarray(image, dtype=np.float32)
-        except ImageSkipped:
-            # The file changed since it was embedded; a blank image keeps
-            # the batch's shape and cannot move a label onto another image.
-            return np.full((height, width, 3), 127.0, np.float32)
-
-    def load_tf(path, label):
-        pixels = tf.numpy_function(load, [path], tf.float32)
-        pixels.set_shape((height, width, 3))
-        return pixels, label
-
-    data = tf.data.Dataset.from_tensor_slices(
-        (np.asarray(paths, dtype=object).astype(str), y.astype(np.int32)))
-    if shuffle:
-        data = data.shuffle(len(paths), seed=seed,
-                            reshuffle_each_iteration=True)
-    data = data.map(load_tf, num_parallel_calls=2).batch(batch_size) \
-        .prefetch(2)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return data.with_options(options)
-
-
 class ImageClassifierModel(NetworkModelMixin, Model):
     """A trained image classifier; see :class:`ImageClassifierLearner`.
 
@@ -484,10 +464,14 @@ class ImageClassifierModel(NetworkModelMixin, Model):
         Per-epoch metrics (``loss``, ``accuracy``, ``val_loss``, ...).
     notes : list of str
         Warnings about the training data.
+    skipped : dict
+        ``{row: reason}``: the images of the training data (rows after the
+        learner's preprocessing) that could not be read and were not
+        trained on.
     """
 
     def __init__(self, domain, network, class_names, backbone, image_column,
-                 input_size, history=None, notes=()):
+                 input_size, history=None, notes=(), skipped=None):
         super().__init__(domain)
         self.network = network
         self.class_names = tuple(class_names)
@@ -496,6 +480,7 @@ class ImageClassifierModel(NetworkModelMixin, Model):
         self.input_size = tuple(input_size)
         self.history = dict(history or {})
         self.notes = list(notes)
+        self.skipped = dict(sorted((skipped or {}).items()))
         self.batch_size = 32
         self.cached_features = None
         self._predict_fn = None
@@ -575,6 +560,9 @@ class ImageClassifierModel(NetworkModelMixin, Model):
                 head(features.astype(np.float32), training=False),
                 dtype=np.float64)
         return probs
+
+    #: (Models pickled before it was added have none.)
+    skipped: Dict[int, str] = {}
 
     export_output_description = \
         "class probabilities, in the order of class_names"

@@ -46,9 +46,9 @@ from Orange.data import ContinuousVariable, Domain, StringVariable, Table
 
 from orangecontrib.deepimage.files import check_output_folder, write_new_file
 from orangecontrib.deepimage.images import (
-    ImageSkipped, decode_image, image_paths, mask_class_names,
-    read_image_bytes, require_image_column, require_mask_column)
-from orangecontrib.deepimage.segdata import MaskError, load_mask
+    ImageSkipped, decode_image, image_paths, read_image_bytes,
+    require_image_column, require_mask_column)
+from orangecontrib.deepimage.segdata import MaskError, load_mask, mask_info
 
 __all__ = [
     "OPERATIONS", "METHODS", "EditResult", "EditCancelled", "edit_images",
@@ -546,11 +546,6 @@ def _check_writable(folder: str) -> None:
 
 # --- tables ---------------------------------------------------------------
 
-def _mask_kind(column) -> str:
-    kind = column.attributes.get("mask", "class")
-    return "instance" if str(kind).lower() == "instance" else "class"
-
-
 def _result_table(out_dir: str, names: List[str], sources: List[str],
                   counts: List[int], ids: np.ndarray) -> Table:
     image = StringVariable("edited image")
@@ -618,8 +613,8 @@ def edit_images(table: Table, operation: str,
     _check_parameters(operation, method, blur_radius, pixel_size, colour)
     image_column = require_image_column(table)
     mask_column = require_mask_column(table)
-    kind = _mask_kind(mask_column)
-    class_names = mask_class_names(mask_column)
+    info = mask_info(mask_column)
+    kind, class_names = info.kind, list(info.classes)
     if classes is not None and kind == "class":
         _class_indices(classes, class_names)  # unknown names fail now
     if out_dir is None:

@@ -70,7 +70,9 @@ def is_mask_column(var: Variable) -> bool:
 def mask_class_names(var: Variable) -> List[str]:
     """Class names of a mask column (``attributes["classes"]``, comma list).
 
-    Class index 0 is the first name (usually "background").
+    Class index 0 is the first name (usually "background"). Code that
+    reads masks takes kind and classes together from
+    :func:`orangecontrib.deepimage.segdata.mask_info`.
     """
     classes = var.attributes.get("classes", "")
     return [name.strip() for name in str(classes).split(",") if name.strip()]

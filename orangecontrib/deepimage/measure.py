@@ -32,11 +32,10 @@ from Orange.data import (ContinuousVariable, DiscreteVariable, Domain,
                          StringVariable, Table)
 
 from orangecontrib.deepimage.images import (
-    NO_MASK_COLUMN, ImageSkipped, find_image_column, image_paths,
-    is_mask_column, mask_class_names, read_image_bytes,
+    ImageSkipped, find_image_column, image_paths, read_image_bytes,
     require_mask_column)
 from orangecontrib.deepimage.segdata import (
-    INSTANCE_CLASSES, MaskError, default_class_names, load_mask)
+    INSTANCE_CLASSES, MaskError, default_class_names, load_mask, mask_info)
 
 __all__ = ["label_objects", "measure_objects", "summarize_objects",
            "measure_table", "grey_values", "CONNECTIVITY"]
@@ -395,12 +394,11 @@ def measure_table(table: Table, image_column: Optional[str] = None,
     """
     mask_var = table.domain[mask_column] if mask_column else \
         require_mask_column(table)
-    if not is_mask_column(mask_var):
-        raise ValueError(NO_MASK_COLUMN)
+    info = mask_info(mask_var)
     image_var = table.domain[image_column] if image_column else \
         find_image_column(table)
-    instance = mask_var.attributes.get("mask") == "instance"
-    class_names = mask_class_names(mask_var) or None
+    instance = info.instance
+    class_names = list(info.classes) or None
     mask_paths = image_paths(table, mask_var)
     pictures = image_paths(table, image_var) if image_var is not None \
         else [None] * len(table)
@@ -409,8 +407,7 @@ def measure_table(table: Table, image_column: Optional[str] = None,
     masks, problems = [], []
     for path in mask_paths:
         try:
-            masks.append(load_mask(path, "instance" if instance else "class")
-                         if path else None)
+            masks.append(load_mask(path, info.kind) if path else None)
             problems.append("" if path else "no mask in this row")
         except (MaskError, OSError) as error:
             masks.append(None)

@@ -18,6 +18,9 @@ Masks come in two kinds:
     Each object has its own id (usually in a 16- or 32-bit PNG or TIFF);
     0 is the background.
 
+:func:`mask_info` reads what a mask column says about its masks (kind,
+classes, background) into a :class:`MaskInfo`.
+
 Masks are label images, never pictures: they are not resampled, not
 colour-converted and not read from lossy JPEG. Problems are reported, not
 guessed: a pair whose mask is unreadable, is an RGB colour image, has a
@@ -33,10 +36,14 @@ from PIL import Image, UnidentifiedImageError
 
 from Orange.data import ContinuousVariable, Domain, StringVariable, Table
 
-from orangecontrib.deepimage.images import MAX_IMAGE_PIXELS
+from orangecontrib.deepimage.errors import InvalidInput
+from orangecontrib.deepimage.images import (
+    MAX_IMAGE_PIXELS, NO_MASK_COLUMN, is_mask_column, mask_class_names,
+    require_mask_column)
 
 __all__ = [
-    "MaskError", "RGBMaskError", "PairingReport", "load_mask",
+    "MaskInfo", "mask_info", "MaskError", "RGBMaskError", "PairingReport",
+    "load_mask",
     "pair_folders", "read_class_names", "default_class_names",
     "image_size", "IMAGE_EXTENSIONS", "MASK_EXTENSIONS", "MASK_SUFFIXES",
     "CLASSES_FILE", "MASK_KINDS",
@@ -60,6 +67,9 @@ MASK_KINDS = ("class", "instance")
 #: Instance masks without class names have these classes.
 INSTANCE_CLASSES = ["background", "object"]
 
+#: The label value of the background in every kind of mask.
+BACKGROUND = 0
+
 _TIFF_EXTENSIONS = (".tif", ".tiff")
 _GREY_MODES = ("L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
@@ -81,6 +91,110 @@ class MaskError(ValueError):
 
 class RGBMaskError(MaskError):
     """A mask is an RGB colour image (colours are not class indices)."""
+
+
+# --- what a mask column says ---------------------------------------------
+
+@dataclass(frozen=True)
+class MaskInfo:
+    """The kind, classes and background of a mask column's masks.
+
+    Read it from a column with :func:`mask_info`; every part of the add-on
+    that reads masks (segmentation, measure, edit and their widgets) takes
+    the kind and classes from here.
+
+    Attributes
+    ----------
+    kind : str
+        ``"class"`` (pixel values are class indices) or ``"instance"``
+        (each object has its own id).
+    classes : tuple of str
+        Class names, index 0 (the background) first, as the column names
+        them (``attributes["classes"]``). Empty for class masks whose
+        column names fewer than two classes (the names then come from the
+        values, see :func:`default_class_names`); instance masks without
+        names have "background" and "object".
+    background : int
+        The label value of the background (0 in every kind of mask).
+    """
+    kind: str = "class"
+    classes: Tuple[str, ...] = ()
+    background: int = BACKGROUND
+
+    @property
+    def instance(self) -> bool:
+        """True for instance masks."""
+        return self.kind == "instance"
+
+    @property
+    def binary(self) -> bool:
+        """True when the masks tell only objects from the background:
+        instance masks, and class masks with two classes."""
+        return self.instance or len(self.classes) == 2
+
+    @property
+    def background_name(self) -> str:
+        """The name of the background class."""
+        return self.classes[0] if self.classes else INSTANCE_CLASSES[0]
+
+    @property
+    def model_classes(self) -> List[str]:
+        """The classes of a network trained on these masks.
+
+        Class masks keep their names; instance masks (whose objects are
+        learned as one foreground class) and class masks without names
+        give the background and "object".
+        """
+        if self.instance:
+            return list(self.classes[:2]) if len(self.classes) >= 2 \
+                else list(INSTANCE_CLASSES)
+        return list(self.classes) or list(INSTANCE_CLASSES)
+
+    def training_labels(self, labels: np.ndarray) -> np.ndarray:
+        """The class indices a network learns from one mask: the mask for
+        class masks; foreground (1) and background (0) for instance
+        masks."""
+        if self.instance:
+            return (np.asarray(labels) != self.background).astype(np.int32)
+        return np.asarray(labels)
+
+
+def mask_info(table_or_column) -> MaskInfo:
+    """Read the kind and classes of a table's (first) mask column.
+
+    Parameters
+    ----------
+    table_or_column : Orange.data.Table or Orange.data.Variable
+        A table with a mask column, or the mask column itself (see
+        :func:`orangecontrib.deepimage.images.find_mask_column`).
+
+    Returns
+    -------
+    MaskInfo
+        ``attributes["mask"]`` gives the kind: ``"instance"`` (in any
+        case) is instance masks, anything else class masks;
+        ``attributes["classes"]`` (comma-separated) the class names.
+
+    Raises
+    ------
+    ValueError
+        (:class:`~orangecontrib.deepimage.errors.InvalidInput` for a
+        variable) when the table has no mask column, or the variable is
+        not one.
+    """
+    if isinstance(table_or_column, Table):
+        column = require_mask_column(table_or_column)
+    else:
+        column = table_or_column
+        if not is_mask_column(column):
+            raise InvalidInput(NO_MASK_COLUMN)
+    kind = "instance" \
+        if str(column.attributes.get("mask", "")).strip().lower() \
+        == "instance" else "class"
+    classes = mask_class_names(column)
+    if len(classes) < 2:
+        classes = list(INSTANCE_CLASSES) if kind == "instance" else []
+    return MaskInfo(kind, tuple(classes))
 
 
 # --- one mask ------------------------------------------------------------

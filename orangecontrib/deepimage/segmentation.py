@@ -5,10 +5,11 @@ variant (ResUNet), and a U-Net whose encoder is a pretrained backbone from
 the registry (SqueezeNet works offline). Losses: cross-entropy, soft Dice,
 focal, and Dice + cross-entropy.
 
-Images of any size are trained on random tiles, streamed from disk, and
-predicted tile by tile with overlap: each tile's border (where the network
-sees less context) is discarded, so a 4000×3000 photo is segmented with
-bounded memory and no seams::
+Images of any size are trained on random tiles, streamed from disk (a pair
+whose image or mask cannot be read is left out, and the model's
+``skipped`` says which and why), and predicted tile by tile with overlap:
+each tile's border (where the network sees less context) is discarded, so
+a 4000×3000 photo is segmented with bounded memory and no seams::
 
     >>> from orangecontrib.deepimage import SegmentationLearner
     >>> model = SegmentationLearner(epochs=30)(table)   # image + mask columns
@@ -26,12 +27,15 @@ from Orange.data.util import get_unique_names
 
 from orangecontrib.deepimage.backbones import get_backbone
 from orangecontrib.deepimage.images import (
-    ImageSkipped, image_paths, load_image, mask_class_names, paths_of,
-    require_image_column, require_mask_column)
+    ImageSkipped, image_paths, load_image, paths_of, require_image_column,
+    require_mask_column)
+from orangecontrib.deepimage.segdata import MaskInfo, mask_info
 from orangecontrib.deepimage.device import (
     distribution_strategy, dtype_policy, preferred_dtype_policy)
+from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.training import (
-    NetworkModelMixin, TrainingHooks, fit)
+    UNREADABLE, NetworkModelMixin, StreamingDataset, TrainingHooks, fit,
+    read_image_and_mask)
 
 __all__ = ["SegmentationLearner", "SegmentationModel", "EpochPreview",
            "build_unet", "build_encoder_unet", "segmentation_loss",
@@ -295,16 +299,6 @@ def predict_tiled(predict_batch, image: np.ndarray, tile: int,
 
 # --- data -------------------------------------------------------------------
 
-def _read_pair(image_path, mask_path, kind):
-    from orangecontrib.deepimage.segdata import load_mask
-    image = np.asarray(load_image(image_path), dtype=np.uint8)
-    mask = load_mask(mask_path, kind)
-    if mask.shape != image.shape[:2]:
-        raise ImageSkipped(f"mask {mask.shape[1]}×{mask.shape[0]} does not "
-                           f"match image {image.shape[1]}×{image.shape[0]}")
-    return image, mask
-
-
 def _random_tile(image, mask, tile, rng, augment):
     height, width = mask.shape
     if height < tile or width < tile:
@@ -330,47 +324,27 @@ def _random_tile(image, mask, tile, rng, augment):
         np.ascontiguousarray(mask, np.int32)
 
 
-def tile_dataset(pairs: Sequence[Tuple[str, str]], kind: str, tile: int,
-                 tiles_per_image: int, batch_size: int, augment: bool,
-                 seed: int, repeat_seed: bool = False):
+def tile_dataset(pairs: Sequence[Tuple[str, str]], mask: MaskInfo,
+                 n_classes: int, tile: int, tiles_per_image: int,
+                 batch_size: int, augment: bool, seed: int,
+                 validation: bool = False) -> StreamingDataset:
     """Random tiles of image/mask pairs, decoded from disk as they are used.
 
-    Each element reads its pair again, so memory holds only the images in
-    flight, whatever the number of images. `repeat_seed` gives the same
-    tiles every epoch (for validation).
+    Each image is read once an epoch and gives `tiles_per_image` tiles, so
+    memory holds only the images in flight, whatever their number. A pair
+    that cannot be read is skipped (see ``StreamingDataset.skipped``).
+    `validation` gives the same tiles, in the same order, every epoch.
     """
-    import tensorflow as tf
-    entries = [(i, p) for p in range(len(pairs))
-               for i in range(tiles_per_image)]
-    paths = np.array([pairs[p][0] for _, p in entries], dtype=str)
-    masks = np.array([pairs[p][1] for _, p in entries], dtype=str)
-    epoch_counter = [0]
+    def tiles(image, labels, rng):
+        return [_random_tile(image, labels, tile, rng, augment)
+                for _ in range(tiles_per_image)]
 
-    def load(index, image_path, mask_path):
-        epoch = 0 if repeat_seed else epoch_counter[0]
-        rng = np.random.default_rng([seed, int(index), epoch])
-        image, mask = _read_pair(image_path.decode(), mask_path.decode(),
-                                 kind)
-        return _random_tile(image, mask, tile, rng, augment)
-
-    def load_tf(index, image_path, mask_path):
-        image, mask = tf.numpy_function(
-            load, [index, image_path, mask_path], (tf.float32, tf.int32))
-        image.set_shape((tile, tile, 3))
-        mask.set_shape((tile, tile))
-        return image, mask
-
-    data = tf.data.Dataset.from_tensor_slices(
-        (np.arange(len(entries)), paths, masks))
-    if not repeat_seed:
-        data = data.shuffle(len(entries), seed=seed,
-                            reshuffle_each_iteration=True)
-    data = data.map(load_tf, num_parallel_calls=2).batch(batch_size) \
-        .prefetch(2)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    data = data.with_options(options)
-    return data, epoch_counter
+    return StreamingDataset(
+        [image for image, _ in pairs], masks=[mask for _, mask in pairs],
+        mask=mask, n_classes=n_classes, batch_size=batch_size,
+        shuffle=not validation, seed=seed, same_each_epoch=validation,
+        examples=tiles, examples_per_image=tiles_per_image,
+        example_shapes=[((tile, tile, 3), "float32"), ((tile, tile), "int32")])
 
 
 # --- learner and model ------------------------------------------------------
@@ -412,20 +386,33 @@ class EpochPreview:
 class _Columns:
     image: object
     mask: object
-    classes: List[str]
-    kind: str
+    info: MaskInfo
+
+    @property
+    def classes(self) -> List[str]:
+        return self.info.model_classes
 
 
 def _columns(table: Table) -> _Columns:
     image = require_image_column(table)
     mask = require_mask_column(table)
-    classes = mask_class_names(mask)
-    kind = mask.attributes.get("mask", "class")
-    if kind == "instance":
-        classes = ["background", "object"]
-    if len(classes) < 2:
-        classes = ["background", "object"]
-    return _Columns(image, mask, classes, kind)
+    return _Columns(image, mask, mask_info(mask))
+
+
+def _pairs(table: Table, columns: _Columns):
+    """The rows with an image and a mask, their paths, and the reasons of
+    the other rows."""
+    rows, pairs, skipped = [], [], {}
+    for row, (image, mask) in enumerate(zip(
+            image_paths(table, columns.image),
+            image_paths(table, columns.mask))):
+        if image and mask:
+            rows.append(row)
+            pairs.append((image, mask))
+        else:
+            skipped[row] = "no mask in this row" if image \
+                else "no image in this row"
+    return rows, pairs, skipped
 
 
 class SegmentationLearner:
@@ -535,9 +522,7 @@ class SegmentationLearner:
                  ) -> "SegmentationModel":
         import keras
         columns = _columns(table)
-        images = image_paths(table, columns.image)
-        masks = image_paths(table, columns.mask)
-        pairs = [(i, m) for i, m in zip(images, masks) if i and m]
+        rows, pairs, skipped = _pairs(table, columns)
         if not pairs:
             raise ValueError("No image has a mask.")
         keras.utils.set_random_seed(self.random_state)
@@ -547,15 +532,15 @@ class SegmentationLearner:
             network, tile = self.build_network(n_classes)
         train, val = self._split(len(pairs))
         tiles = self.tiles_per_image or self._tiles_per_image(pairs[0], tile)
-        train_data, counter = tile_dataset(
-            [pairs[i] for i in train], columns.kind, tile, tiles,
+        train_data = tile_dataset(
+            [pairs[i] for i in train], columns.info, n_classes, tile, tiles,
             self.batch_size, self.augment, self.random_state)
         val_data = None
         if len(val):
-            val_data, _ = tile_dataset(
-                [pairs[i] for i in val], columns.kind, tile, tiles,
+            val_data = tile_dataset(
+                [pairs[i] for i in val], columns.info, n_classes, tile, tiles,
                 self.batch_size, False, self.random_state + 1,
-                repeat_seed=True)
+                validation=True)
         with strategy.scope():
             network.compile(
                 optimizer=keras.optimizers.Adam(self.learning_rate),
@@ -567,15 +552,22 @@ class SegmentationLearner:
             network, columns, tile, [pairs[i] for i in (val if len(val)
                                                         else train)],
             held_out=bool(len(val)))
-        hooks = self._hooks(progress_callback, counter, preview)
+        hooks = self._hooks(progress_callback, preview)
         history = fit(network, train_data, validation_data=val_data,
                       epochs=self.epochs, hooks=hooks,
                       early_stopping=self.early_stopping, patience=8)
         model = SegmentationModel(network, columns.classes, tile,
                                   self.architecture, self.encoder, history)
+        for part, stream in ((train, train_data), (val, val_data)):
+            if stream is not None:
+                skipped.update((rows[part[i]], reason)
+                               for i, reason in stream.skipped.items())
         if len(val):
             model.validation_metrics = model.evaluate(
-                [pairs[i] for i in val], columns.kind)
+                [pairs[i] for i in val], columns.info)
+            skipped.update((rows[val[i]], reason) for i, reason in
+                           model.validation_metrics["skipped"].items())
+        model.skipped = dict(sorted(skipped.items()))
         return model
 
     @staticmethod
@@ -604,8 +596,9 @@ class SegmentationLearner:
             return None
         for image_path, mask_path in pairs:
             try:
-                image, truth = _read_pair(image_path, mask_path, columns.kind)
-            except (ImageSkipped, ValueError, OSError):
+                image, truth = read_image_and_mask(
+                    image_path, mask_path, columns.info, len(columns.classes))
+            except UNREADABLE:
                 continue
             side = max(PREVIEW_SIDE, 2 * tile)
             top = max(0, (truth.shape[0] - side) // 2)
@@ -613,8 +606,6 @@ class SegmentationLearner:
             image = np.ascontiguousarray(image[top:top + side,
                                                left:left + side])
             truth = truth[top:top + side, left:left + side]
-            if columns.kind == "instance":
-                truth = (truth > 0).astype(np.int32)
             # Shares the network (and so its current weights) with training.
             predictor = SegmentationModel(network, columns.classes, tile)
             predictor.batch_size = 16
@@ -624,11 +615,10 @@ class SegmentationLearner:
                                         held_out)
         return None
 
-    def _hooks(self, progress_callback, counter, preview=None):
+    def _hooks(self, progress_callback, preview=None):
         hooks = self.hooks or TrainingHooks()
 
         def on_epoch_end(epoch, logs):
-            counter[0] = epoch + 1  # new random tiles for the next epoch
             if hooks.on_epoch_end is not None:
                 if preview is not None:
                     logs = dict(logs, preview=preview())
@@ -657,7 +647,13 @@ class SegmentationModel(NetworkModelMixin):
     validation_metrics : dict or None
         Per-class ``iou`` and ``dice`` on the held-out images (whole-image
         tiled prediction), and their ``mean_iou`` over foreground classes.
+    skipped : dict
+        ``{row: reason}``: the rows of the training table whose image or
+        mask could not be read and were not trained on.
     """
+    #: (Models pickled before it was added have none.)
+    skipped: Dict[int, str] = {}
+
     export_output_description = \
         "per-pixel class probabilities, in the order of class_names"
 
@@ -670,6 +666,7 @@ class SegmentationModel(NetworkModelMixin):
         self.encoder = encoder
         self.history = dict(history or {})
         self.validation_metrics = None
+        self.skipped = {}
         self.overlap = self.tile_size // 2
         self.batch_size = 4
         self._predict_fn = None
@@ -704,22 +701,36 @@ class SegmentationModel(NetworkModelMixin):
                 callback((i + 1) / len(paths))
         return labels
 
-    def evaluate(self, pairs: Sequence[Tuple[str, str]], kind: str = "class"
-                 ) -> Dict[str, object]:
-        """Per-class IoU and Dice over image/mask pairs (all pixels)."""
+    def evaluate(self, pairs: Sequence[Tuple[str, str]],
+                 kind: Union[str, MaskInfo] = "class") -> Dict[str, object]:
+        """Per-class IoU and Dice over image/mask pairs (all pixels).
+
+        `kind` is the kind of the masks (``"class"`` or ``"instance"``) or
+        their :class:`~orangecontrib.deepimage.segdata.MaskInfo`. A pair
+        that cannot be read is left out; ``"skipped"`` gives its position
+        and the reason.
+        """
+        info = kind if isinstance(kind, MaskInfo) else MaskInfo(kind)
         n_classes = len(self.class_names)
-        truths, predictions = [], []
-        for image_path, mask_path in pairs:
-            image, mask = _read_pair(image_path, mask_path, kind)
-            if kind == "instance":
-                mask = (mask > 0).astype(np.int32)
+        truths, predictions, skipped = [], [], {}
+        for index, (image_path, mask_path) in enumerate(pairs):
+            try:
+                image, mask = read_image_and_mask(image_path, mask_path,
+                                                  info, n_classes)
+            except UNREADABLE as error:
+                skipped[index] = str(error)
+                continue
             truths.append(mask.ravel())
             predictions.append(self.segment_array(image).ravel())
+        if not truths:
+            raise InvalidInput(f"None of the {len(pairs)} images with masks "
+                               f"could be read.")
         scores = iou_and_dice(np.concatenate(truths),
                               np.concatenate(predictions), n_classes)
         foreground = scores["iou"][1:]
         scores["mean_iou"] = float(np.nanmean(foreground)) \
             if np.isfinite(foreground).any() else float("nan")
+        scores["skipped"] = skipped
         return scores
 
     def predict_masks(self, table: Table, out_dir, callback=None

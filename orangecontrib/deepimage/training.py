@@ -7,20 +7,32 @@
 * :class:`KeepBestWeights`, which restores the best epoch's weights at the
   end however training ended (finished, stopped early or cancelled);
 * :func:`fit`, which runs ``model.fit`` with these and turns NaN losses and
-  running out of memory into :class:`TrainingError` with advice.
+  running out of memory into :class:`TrainingError` with advice;
+* :class:`StreamingDataset`, the one way training images (with their labels
+  or masks) go from files into ``tf.data``: decoded in worker threads,
+  shuffled with an explicit seed, and an image that cannot be read is
+  skipped with its reason (in ``skipped``), never trained on.
 """
+import math
 import os
 import tempfile
 import warnings
-from typing import Callable, Dict, List, Optional
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import (Callable, Dict, Iterable, Iterator, List, Optional,
+                    Sequence, Tuple)
 
 import numpy as np
 
-from orangecontrib.deepimage.errors import TrainingError
+from orangecontrib.deepimage.errors import InvalidInput, TrainingError
+from orangecontrib.deepimage.images import (
+    ImageSkipped, load_image, load_image_array)
+from orangecontrib.deepimage.segdata import MaskError, MaskInfo, load_mask
 
 __all__ = ["ProgressReporter", "KeepBestWeights", "StopOnNaN",
-           "TrainingError", "fit", "TrainingHooks", "network_to_bytes",
-           "network_from_bytes", "NetworkModelMixin"]
+           "TrainingError", "fit", "TrainingHooks", "StreamingDataset",
+           "read_image_and_mask", "network_to_bytes", "network_from_bytes",
+           "NetworkModelMixin"]
 
 
 class TrainingHooks:
@@ -66,17 +78,21 @@ class ProgressReporter(_keras_callback_base()):
     """
 
     def __init__(self, hooks: TrainingHooks, epochs: int, start: float = 0.0,
-                 end: float = 1.0, epoch_offset: int = 0):
+                 end: float = 1.0, epoch_offset: int = 0,
+                 steps: Optional[int] = None):
         super().__init__()
         self.hooks = hooks
         self.epochs = max(1, epochs)
         self.start, self.end = start, end
         self.epoch_offset = epoch_offset
+        self.steps = steps
         self._epoch = 0
         self.stopped_by_user = False
 
     def _steps(self):
-        return (self.params or {}).get("steps") or 1
+        # A stream has no known length (skipped images are left out), so
+        # Keras gives no steps; its expected number of batches is used.
+        return (self.params or {}).get("steps") or self.steps or 1
 
     def _report(self, fraction):
         if self.hooks.progress is not None:
@@ -91,7 +107,8 @@ class ProgressReporter(_keras_callback_base()):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        self._report((self._epoch + (batch + 1) / self._steps()) / self.epochs)
+        within = min(1.0, (batch + 1) / self._steps())
+        self._report((self._epoch + within) / self.epochs)
         self._check_stop()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -155,12 +172,12 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
         A compiled model.
     data
         What ``model.fit`` takes as ``x`` (a ``tf.data.Dataset``, or an array
-        with ``y=`` in `fit_kwargs`).
+        with ``y=`` in `fit_kwargs`), or a :class:`StreamingDataset`.
     epochs : int
     hooks : TrainingHooks, optional
     validation_data : optional
-        As for ``model.fit``; the best epoch is chosen on it when given,
-        else on the training loss.
+        As for ``model.fit``, or a :class:`StreamingDataset`; the best epoch
+        is chosen on it when given, else on the training loss.
     early_stopping : bool
         Stop when the monitored loss has not improved for `patience` epochs.
     start, end, epoch_offset
@@ -175,15 +192,25 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
     ------
     TrainingError
         When the loss became NaN or the device ran out of memory.
+    InvalidInput
+        When not one image of a :class:`StreamingDataset` could be read.
     """
     import keras
     import tensorflow as tf
 
+    stream = data if isinstance(data, StreamingDataset) else None
+    if stream is not None:
+        data = stream.tf_dataset()
+    if isinstance(validation_data, StreamingDataset):
+        validation_data = validation_data.tf_dataset()
     monitor = "val_loss" if validation_data is not None else "loss"
     reporter = ProgressReporter(hooks or TrainingHooks(), epochs, start, end,
-                                epoch_offset)
+                                epoch_offset,
+                                stream.expected_batches if stream else None)
     nan_guard = StopOnNaN()
     callbacks = [reporter, KeepBestWeights(monitor), nan_guard]
+    if stream is not None:
+        callbacks.append(_StreamEpoch(stream, epoch_offset))
     if early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, patience=patience, restore_best_weights=False))
@@ -197,11 +224,320 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
         raise TrainingError(
             "Out of memory while training: use a smaller batch size or "
             "smaller images, or fewer unfrozen layers.") from error
+    except Exception:
+        # Keras fails on an epoch without batches; say why there were none.
+        if stream is not None and stream.read_none:
+            raise stream.nothing_read() from None
+        raise
+    if stream is not None and stream.read_none:
+        raise stream.nothing_read()
     if nan_guard.diverged:
         raise TrainingError(
             "Training diverged (the loss became NaN): lower the learning "
             "rate, or check that the images are not blank.")
     return history.history
+
+
+class _StreamEpoch(_keras_callback_base()):
+    """Tell a :class:`StreamingDataset` which epoch begins (its shuffle
+    and random choices depend on it, not on how often Keras iterates)."""
+
+    def __init__(self, stream: "StreamingDataset", offset: int = 0):
+        super().__init__()
+        self.stream = stream
+        self.offset = offset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.stream.epoch = epoch + self.offset
+
+
+# --- streaming images into training --------------------------------------
+
+#: Failures that make one image (or its mask) unusable for training.
+UNREADABLE = (ImageSkipped, MaskError)
+
+
+def read_image_and_mask(image_path: Optional[str], mask_path: Optional[str],
+                        info: MaskInfo, n_classes: Optional[int] = None
+                        ) -> Tuple[np.ndarray, np.ndarray]:
+    """Read an image and the class indices of its mask, for training.
+
+    Parameters
+    ----------
+    image_path, mask_path : str or None
+    info : MaskInfo
+        How to read the mask (see
+        :func:`orangecontrib.deepimage.segdata.mask_info`); instance masks
+        become foreground (1) and background (0).
+    n_classes : int, optional
+        Masks with a value of `n_classes` or more are refused.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        ``(height, width, 3)`` uint8 pixels and ``(height, width)`` int32
+        class indices.
+
+    Raises
+    ------
+    ImageSkipped, MaskError
+        When the image or the mask cannot be used; the text says why.
+    """
+    image = np.asarray(load_image(image_path), dtype=np.uint8)
+    if not mask_path:
+        raise MaskError("no mask in this row")
+    labels = info.training_labels(load_mask(mask_path, info.kind))
+    if labels.shape != image.shape[:2]:
+        raise ImageSkipped(f"mask {labels.shape[1]}×{labels.shape[0]} does "
+                           f"not match image {image.shape[1]}×"
+                           f"{image.shape[0]}")
+    if n_classes is not None and labels.size and labels.max() >= n_classes:
+        raise MaskError(f"the mask holds the value {int(labels.max())}, "
+                        f"but there are only {n_classes} classes")
+    return image, labels.astype(np.int32)
+
+
+def _read_in_order(order: Sequence[int], read: Callable[[int], object],
+                   workers: int, in_flight: int
+                   ) -> Iterator[Tuple[int, object, Optional[str]]]:
+    """Run ``read(index)`` in worker threads; yield ``(index, value,
+    reason)`` in the given order, with at most `in_flight` reads queued.
+
+    An unreadable item gives None and its reason; any other exception
+    goes to the caller.
+    """
+    def task(index):
+        try:
+            return read(index), None
+        except UNREADABLE as error:
+            return None, str(error)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers),
+                            thread_name_prefix="deepimage-train") as pool:
+        pending = deque()
+        position = 0
+        try:
+            while position < len(order) or pending:
+                while position < len(order) and len(pending) < in_flight:
+                    index = int(order[position])
+                    pending.append((index, pool.submit(task, index)))
+                    position += 1
+                index, future = pending.popleft()
+                value, reason = future.result()
+                yield index, value, reason
+        finally:
+            for _, future in pending:  # stopped early: do not read the rest
+                future.cancel()
+
+
+class StreamingDataset:
+    """Training images, with labels or masks, streamed from files.
+
+    Images are read and decoded in worker threads (through
+    :mod:`orangecontrib.deepimage.images`) as training consumes them, so
+    memory holds only the images in flight. The order is shuffled with
+    `seed` (a new order each epoch, the same orders in every run) and
+    ``tf.data`` autotuning is off: it stalls on small machines.
+    :func:`fit` sets ``epoch`` as each epoch begins.
+
+    An image (or mask) that cannot be read is skipped: it gives no
+    example, and ``skipped`` maps its position to the reason.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Image files or URLs.
+    labels : array-like, optional
+        A class index per image (classification).
+    masks : sequence of str, optional
+        A mask file per image (segmentation), read with `mask` (see
+        :func:`read_image_and_mask`).
+    mask : MaskInfo, optional
+        The kind of the masks (class masks by default).
+    n_classes : int, optional
+        Masks with values beyond the classes are skipped.
+    size : (int, int), optional
+        Images are resized to (width, height); None keeps their size.
+    batch_size : int
+    shuffle : bool
+    seed : int
+    same_each_epoch : bool
+        Give the same random choices (e.g. tiles) every epoch, for
+        validation.
+    examples : callable, optional
+        ``examples(pixels, target, rng) -> iterable of examples`` turns one
+        image and its label or mask into training examples (e.g. random
+        tiles); `rng` is a ``numpy.random.Generator`` seeded by `seed`, the
+        image's position and the epoch. By default the example is the
+        image (float32) and its target.
+    example_shapes : sequence of (tuple, str), optional
+        Shape and dtype of each part of an example; by default an image of
+        `size` (float32) and an int32 label or mask.
+    examples_per_image : int
+        How many examples `examples` gives (for the expected number of
+        batches).
+    workers : int
+        Decoding threads.
+    buffer : int, optional
+        Examples mixed before they go out when shuffling (several examples
+        of one image do not come in a row); default four batches.
+
+    Attributes
+    ----------
+    skipped : dict
+        ``{position: reason}`` of the images that could not be used.
+    used : set
+        Positions of the images that gave examples.
+    epoch : int
+        The epoch that the next iteration gives: its order and random
+        choices are seeded by `seed` and `epoch`.
+    """
+
+    def __init__(self, paths: Sequence[Optional[str]], *,
+                 labels: Optional[Sequence[int]] = None,
+                 masks: Optional[Sequence[Optional[str]]] = None,
+                 mask: Optional[MaskInfo] = None,
+                 n_classes: Optional[int] = None,
+                 size: Optional[Tuple[int, int]] = None,
+                 batch_size: int = 32, shuffle: bool = False, seed: int = 0,
+                 same_each_epoch: bool = False,
+                 examples: Optional[Callable] = None,
+                 example_shapes: Optional[Sequence[Tuple[tuple, str]]] = None,
+                 examples_per_image: int = 1, workers: int = 2,
+                 buffer: Optional[int] = None):
+        if labels is not None and masks is not None:
+            raise ValueError("give labels or masks, not both")
+        for name, values in (("labels", labels), ("masks", masks)):
+            if values is not None and len(values) != len(paths):
+                raise ValueError(f"{name} must have one entry per image. "
+                                 f"Received: {len(values)} {name} for "
+                                 f"{len(paths)} images")
+        if masks is not None and size is not None:
+            raise ValueError("masks are label images and are not resized; "
+                             "images with masks keep their size")
+        if examples is not None and example_shapes is None:
+            raise ValueError("example_shapes are needed with examples")
+        self.paths = list(paths)
+        self.labels = None if labels is None \
+            else np.asarray(labels, dtype=np.int32)
+        self.masks = None if masks is None else list(masks)
+        self.mask = mask or MaskInfo()
+        self.n_classes = n_classes
+        self.size = None if size is None else tuple(size)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.same_each_epoch = same_each_epoch
+        self.examples = examples or self._one_example
+        self.example_shapes = list(example_shapes or self._default_shapes())
+        self.examples_per_image = max(1, int(examples_per_image))
+        self.workers = workers
+        self.buffer = 4 * self.batch_size if buffer is None else int(buffer)
+        self.skipped: Dict[int, str] = {}
+        self.used = set()
+        self.epoch = 0
+        self._dataset = None
+
+    def __len__(self):
+        return len(self.paths)
+
+    @property
+    def expected_batches(self) -> int:
+        """Batches in an epoch when every image can be read."""
+        return max(1, math.ceil(len(self.paths) * self.examples_per_image
+                                / self.batch_size))
+
+    @property
+    def read_none(self) -> bool:
+        """True when images were tried and not one could be read."""
+        return bool(self.skipped) and not self.used
+
+    def nothing_read(self) -> InvalidInput:
+        """The error for a stream of which no image could be read."""
+        index, reason = next(iter(sorted(self.skipped.items())))
+        return InvalidInput(f"None of the {len(self.paths)} images could be "
+                            f"read (e.g. image {index + 1}: {reason}).")
+
+    def _default_shapes(self):
+        image = (None, None, 3) if self.size is None \
+            else (self.size[1], self.size[0], 3)
+        if self.masks is not None:
+            return [(image, "float32"), (image[:2], "int32")]
+        if self.labels is not None:
+            return [(image, "float32"), ((), "int32")]
+        return [(image, "float32")]
+
+    @staticmethod
+    def _one_example(pixels, target, _rng) -> Iterable[tuple]:
+        pixels = pixels.astype(np.float32)
+        return [(pixels,) if target is None else (pixels, target)]
+
+    def read(self, index: int) -> Tuple[np.ndarray, object]:
+        """The pixels and the label or mask of image `index` (this runs in
+        the worker threads).
+
+        Raises
+        ------
+        ImageSkipped, MaskError
+            When the image or its mask cannot be used.
+        """
+        if self.masks is not None:
+            pixels, labels = read_image_and_mask(
+                self.paths[index], self.masks[index], self.mask,
+                self.n_classes)
+            return pixels, labels
+        if self.size is None:
+            pixels = np.asarray(load_image(self.paths[index]), np.uint8)
+        else:
+            pixels = load_image_array(self.paths[index], self.size)
+        return pixels, None if self.labels is None else self.labels[index]
+
+    def __iter__(self) -> Iterator[tuple]:
+        """The examples of one epoch (see `epoch`)."""
+        choices = 0 if self.same_each_epoch else self.epoch
+        rng = np.random.default_rng([self.seed, choices])
+        order = rng.permutation(len(self.paths)) if self.shuffle \
+            else np.arange(len(self.paths))
+        in_flight = max(2 * self.workers, min(self.batch_size, 64))
+        pool = []
+        for index, value, reason in _read_in_order(order, self.read,
+                                                   self.workers, in_flight):
+            if reason is not None:
+                self.skipped[index] = reason
+                continue
+            self.used.add(index)
+            self.skipped.pop(index, None)
+            image_rng = np.random.default_rng([self.seed, index, choices])
+            for example in self.examples(value[0], value[1], image_rng):
+                if not self.shuffle:
+                    yield example
+                    continue
+                pool.append(example)
+                if len(pool) > self.buffer:
+                    yield _pop_random(pool, rng)
+        while pool:
+            yield _pop_random(pool, rng)
+
+    def tf_dataset(self):
+        """The stream as a ``tf.data.Dataset`` of batches."""
+        if self._dataset is None:
+            import tensorflow as tf
+            signature = tuple(tf.TensorSpec(shape, dtype)
+                              for shape, dtype in self.example_shapes)
+            data = tf.data.Dataset.from_generator(
+                self.__iter__, output_signature=signature)
+            data = data.batch(self.batch_size).prefetch(2)
+            options = tf.data.Options()
+            options.autotune.enabled = False
+            options.deterministic = True
+            self._dataset = data.with_options(options)
+        return self._dataset
+
+
+def _pop_random(pool: list, rng: np.random.Generator):
+    index = int(rng.integers(len(pool)))
+    pool[index], pool[-1] = pool[-1], pool[index]
+    return pool.pop()
 
 
 def network_to_bytes(network) -> bytes:

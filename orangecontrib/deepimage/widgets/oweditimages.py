@@ -27,8 +27,8 @@ from orangecontrib.deepimage.edit import (
     preview_edit)
 from orangecontrib.deepimage.files import check_output_folder
 from orangecontrib.deepimage.images import (
-    ImageSkipped, find_image_column, find_mask_column, image_paths,
-    mask_class_names)
+    ImageSkipped, find_image_column, find_mask_column, image_paths)
+from orangecontrib.deepimage.segdata import mask_info
 from orangecontrib.deepimage.widgets.utils.outputfolder import (
     OutputFolderMixin)
 from orangecontrib.deepimage.widgets.utils.masks import to_qimage
@@ -435,10 +435,10 @@ class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
             else:
                 self.paths = image_paths(data, image_column)
                 self.mask_paths = image_paths(data, mask_column)
-                self.mask_kind = "instance" if str(mask_column.attributes.get(
-                    "mask", "class")).lower() == "instance" else "class"
-                if self.mask_kind == "class":
-                    self.class_names = mask_class_names(mask_column)
+                info = mask_info(mask_column)
+                self.mask_kind = info.kind
+                if not info.instance:
+                    self.class_names = list(info.classes)
         self._fill_classes()
         self._update_info()
         self._fill_preview_rows()

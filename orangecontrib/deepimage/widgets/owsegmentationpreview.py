@@ -33,8 +33,8 @@ from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_paths, is_mask_column,
-    load_image, mask_class_names)
-from orangecontrib.deepimage.segdata import MaskError, load_mask
+    load_image)
+from orangecontrib.deepimage.segdata import MaskError, load_mask, mask_info
 from orangecontrib.deepimage.segmentation import iou_and_dice
 from orangecontrib.deepimage.widgets.utils.masks import (
     MaskView, class_colours, legend_html, overlay_mask, report_image_html,
@@ -333,7 +333,7 @@ class OWSegmentationPreview(OWWidget, ConcurrentWidgetMixin):
         masks = []
         for var in self._mask_vars():
             path = image_paths(self.data[row:row + 1], var)[0]
-            masks.append((path, _mask_kind(var)))
+            masks.append((path, mask_info(var).kind))
         self.view.clear("Loading…")
         self.start(load_view, self.paths[row], masks)
 
@@ -376,7 +376,7 @@ class OWSegmentationPreview(OWWidget, ConcurrentWidgetMixin):
         if not variables:
             images.append((to_qimage(loaded.image), "image"))
         for index, (var, mask) in enumerate(zip(variables, loaded.masks)):
-            colours = class_colours(max(len(mask_class_names(var)), 2))
+            colours = _colours(var)
             caption = var.name
             if index == 1 and loaded.iou is not None:
                 caption += f" — IoU {_score(loaded.iou)}"
@@ -403,10 +403,9 @@ class OWSegmentationPreview(OWWidget, ConcurrentWidgetMixin):
         lines = []
         seen = []
         for var in self._mask_vars():
-            instance = _mask_kind(var) == "instance"
-            names = mask_class_names(var)
-            if not instance and len(names) < 2:
-                names = ["background", "foreground"]
+            info = mask_info(var)
+            instance, names = info.instance, \
+                list(info.classes) or info.model_classes
             key = (instance, tuple(names))
             if key in seen:
                 continue
@@ -434,9 +433,8 @@ class OWSegmentationPreview(OWWidget, ConcurrentWidgetMixin):
             ("Opacity", f"{self.opacity} %"),
             ("Outlines only", bool_str(self.outline))))
         if self.loaded is not None and self.loaded.image is not None:
-            images = [overlay_mask(self.loaded.image, mask, class_colours(
-                max(len(mask_class_names(var)), 2)), self.opacity / 100,
-                self.outline)
+            images = [overlay_mask(self.loaded.image, mask, _colours(var),
+                                   self.opacity / 100, self.outline)
                       for var, mask in zip(self._mask_vars(),
                                            self.loaded.masks)] \
                 or [self.loaded.image]
@@ -456,9 +454,9 @@ class OWSegmentationPreview(OWWidget, ConcurrentWidgetMixin):
         pass
 
 
-def _mask_kind(var) -> str:
-    return "instance" if var.attributes.get("mask") == "instance" \
-        else "class"
+def _colours(var) -> np.ndarray:
+    """The colours of a mask column's classes (at least two)."""
+    return class_colours(max(len(mask_info(var).classes), 2))
 
 
 def _score(value: Optional[float]) -> str:

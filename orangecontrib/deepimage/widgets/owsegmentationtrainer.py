@@ -33,7 +33,8 @@ from Orange.widgets.widget import Input, Msg, Output, OWWidget
 from orangecontrib.deepimage.backbones import BACKBONES
 from orangecontrib.deepimage.device import device_description
 from orangecontrib.deepimage.images import (
-    find_image_column, find_mask_column, mask_class_names)
+    find_image_column, find_mask_column)
+from orangecontrib.deepimage.segdata import INSTANCE_CLASSES, mask_info
 from orangecontrib.deepimage.segmentation import (
     ENCODER_SKIPS, EpochPreview, SegmentationLearner, SegmentationModel,
     iou_and_dice)
@@ -113,11 +114,9 @@ def class_names(data: Table) -> List[str]:
     """The classes a model trained on `data` has (as the learner names
     them: instance masks and unnamed classes give background / object)."""
     mask_column = find_mask_column(data)
-    names = mask_class_names(mask_column) if mask_column is not None else []
-    if mask_column is None or len(names) < 2 \
-            or mask_column.attributes.get("mask") == "instance":
-        names = ["background", "object"]
-    return names
+    if mask_column is None:
+        return list(INSTANCE_CLASSES)
+    return mask_info(mask_column).model_classes
 
 
 def run_training(learner: SegmentationLearner, data: Table,
@@ -560,7 +559,7 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
             else "training image"
         self.preview_label.setText(f"{preview.name} ({held_out}): "
                                    f"IoU {iou}")
-        names = self._class_names or ["background", "object"]
+        names = self._class_names or list(INSTANCE_CLASSES)
         self.legend_label.setText(legend_html(names,
                                               class_colours(len(names))))
 
