@@ -7,7 +7,18 @@ and adds ``-1``, ``-2``… before the suffix when the name is taken.
 import os
 from typing import BinaryIO, Tuple
 
-__all__ = ["create_new_file", "check_output_folder"]
+from orangecontrib.deepimage.errors import UnwritableFolder
+
+__all__ = ["create_new_file", "check_output_folder", "FolderMissing",
+           "FolderReadOnly", "as_unwritable"]
+
+
+class FolderMissing(UnwritableFolder, FileNotFoundError):
+    """The output folder was not chosen or does not exist."""
+
+
+class FolderReadOnly(UnwritableFolder, PermissionError):
+    """Files cannot be made in the output folder."""
 
 
 def create_new_file(path: str) -> Tuple[BinaryIO, str]:
@@ -37,10 +48,22 @@ def create_new_file(path: str) -> Tuple[BinaryIO, str]:
 
 
 def check_output_folder(folder: str) -> None:
-    """Raise an OSError with a clear message unless `folder` is writable."""
+    """Raise :class:`FolderMissing` or :class:`FolderReadOnly` (both
+    :class:`~orangecontrib.deepimage.errors.UnwritableFolder`) with a clear
+    message unless `folder` is writable."""
     if not folder:
-        raise FileNotFoundError("No output folder was chosen.")
+        raise FolderMissing("No output folder was chosen.")
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"The output folder does not exist: {folder}")
+        raise FolderMissing(f"The output folder does not exist: {folder}")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"The output folder is read-only: {folder}")
+        raise FolderReadOnly(f"The output folder is read-only: {folder}")
+
+
+def as_unwritable(error: OSError) -> UnwritableFolder:
+    """`error`, raised while writing results into a folder (read-only,
+    full, gone), as an :class:`UnwritableFolder` with the same text."""
+    if isinstance(error, UnwritableFolder):
+        return error
+    if error.errno is None:
+        return UnwritableFolder(str(error))
+    return UnwritableFolder(error.errno, error.strerror, error.filename)

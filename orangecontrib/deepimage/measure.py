@@ -31,6 +31,7 @@ from skimage.segmentation import watershed
 from Orange.data import (ContinuousVariable, DiscreteVariable, Domain,
                          StringVariable, Table)
 
+from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.images import (
     NO_MASK_COLUMN, ImageSkipped, find_image_column, image_paths,
     is_mask_column, mask_class_names, read_image_bytes,
@@ -121,10 +122,10 @@ def label_objects(mask: np.ndarray, instance: bool = False,
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise ValueError(f"mask must be a 2-D label image. Received an "
-                         f"array of shape {mask.shape}")
+        raise InvalidInput(f"mask must be a 2-D label image. Received an "
+                           f"array of shape {mask.shape}")
     if mask.size and mask.min() < 0:
-        raise ValueError("mask values must be >= 0")
+        raise InvalidInput("mask values must be >= 0")
     if instance:
         ids = np.unique(mask)
         ids = ids[ids > 0]
@@ -161,8 +162,8 @@ def grey_values(image: np.ndarray) -> np.ndarray:
         return image[..., 0].astype(np.float64)
     if image.ndim == 3 and image.shape[-1] in (3, 4):
         return image[..., :3].astype(np.float64) @ LUMA
-    raise ValueError(f"image must be (height, width) or (height, width, 3)."
-                     f" Received an array of shape {image.shape}")
+    raise InvalidInput(f"image must be (height, width) or (height, width, 3)."
+                       f" Received an array of shape {image.shape}")
 
 
 def _measure_arrays(mask: np.ndarray, image: Optional[np.ndarray],
@@ -176,7 +177,7 @@ def _measure_arrays(mask: np.ndarray, image: Optional[np.ndarray],
     if image is not None:
         intensity = grey_values(image)
         if intensity.shape != labels.shape:
-            raise ValueError(
+            raise InvalidInput(
                 f"the image is {intensity.shape[1]}×{intensity.shape[0]} "
                 f"but the mask is {labels.shape[1]}×{labels.shape[0]}")
         names.append("intensity_mean")
@@ -209,8 +210,8 @@ def _class_names(classes: Optional[Sequence[str]], instance: bool,
     if classes is not None:
         classes = list(classes)
         if len(classes) < 2:
-            raise ValueError(f"classes need the background and at least one "
-                             f"class. Received: classes={classes!r}")
+            raise InvalidInput(f"classes need the background and at least one "
+                               f"class. Received: classes={classes!r}")
         return classes
     return list(INSTANCE_CLASSES) if instance \
         else default_class_names(top + 1)
@@ -222,8 +223,8 @@ def _object_class_values(object_classes: np.ndarray, instance: bool,
     if instance:
         return np.zeros(len(object_classes))
     if object_classes.size and object_classes.max() >= n_classes:
-        raise ValueError(f"the mask holds class {object_classes.max()}, but "
-                         f"only {n_classes} classes are named")
+        raise InvalidInput(f"the mask holds class {object_classes.max()}, but "
+                           f"only {n_classes} classes are named")
     return object_classes.astype(float) - 1
 
 
@@ -327,7 +328,7 @@ def summarize_objects(masks: Sequence[np.ndarray],
     if names is None:
         names = [f"image {i}" for i in range(1, len(masks) + 1)]
     if len(names) != len(masks):
-        raise ValueError(f"{len(names)} names for {len(masks)} masks")
+        raise InvalidInput(f"{len(names)} names for {len(masks)} masks")
     top = max((int(mask.max()) for mask in masks if mask.size), default=0)
     class_names = _class_names(classes, instance, top)
     rows = []
@@ -396,7 +397,7 @@ def measure_table(table: Table, image_column: Optional[str] = None,
     mask_var = table.domain[mask_column] if mask_column else \
         require_mask_column(table)
     if not is_mask_column(mask_var):
-        raise ValueError(NO_MASK_COLUMN)
+        raise InvalidInput(NO_MASK_COLUMN)
     image_var = table.domain[image_column] if image_column else \
         find_image_column(table)
     instance = mask_var.attributes.get("mask") == "instance"
