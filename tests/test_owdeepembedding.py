@@ -11,7 +11,7 @@ from Orange.data import ContinuousVariable, Domain, StringVariable, Table
 from Orange.widgets.tests.base import WidgetTest
 from Orange.widgets.tests.utils import simulate
 
-from orangecontrib.deepimage.embedding import EmbeddingCancelled
+from orangecontrib.deepimage.errors import Cancelled
 from orangecontrib.deepimage.widgets import owdeepembedding
 from orangecontrib.deepimage.widgets.owdeepembedding import OWDeepEmbedding
 from orangecontrib.deepimage.weights import WeightsUnavailable
@@ -101,7 +101,7 @@ class TestOWDeepEmbedding(WidgetTest):
             started.set()
             release.wait(10)
             if state.is_interruption_requested():
-                raise EmbeddingCancelled()
+                raise Cancelled()
             raise AssertionError("the task was not interrupted")
 
         with mock.patch.object(owdeepembedding, "run_embedding", slow):

@@ -32,14 +32,17 @@ from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
 from orangecontrib.deepimage.cache import default_cache_dir
 from orangecontrib.deepimage.classification import ImageClassifierModel
+from orangecontrib.deepimage.errors import (
+    Cancelled, DeepImageError, UnwritableFolder, raise_if_cancelled)
 from orangecontrib.deepimage.explain import (
     Explanation, explain_images, overlay_heatmap, write_heatmaps)
-from orangecontrib.deepimage.files import check_output_folder
+from orangecontrib.deepimage.files import as_unwritable, check_output_folder
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_paths, load_image)
 from orangecontrib.deepimage.widgets.utils.outputfolder import (
     OutputFolderMixin)
-from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
+from orangecontrib.deepimage.widgets.utils.tasks import (
+    TaskButtonsMixin, task_progress)
 
 #: Size of the images in the grid (pixels, the longer side).
 THUMBNAIL_SIZE = 128
@@ -49,10 +52,6 @@ MAX_SHOWN = 100
 WRITE_CHUNK = 16
 #: Overlays in the report.
 REPORT_IMAGES = 6
-
-
-class ExplanationCancelled(Exception):
-    """The task was cancelled."""
 
 
 @dataclass
@@ -104,16 +103,12 @@ def run_explanation(model: ImageClassifierModel, paths: List[Optional[str]],
         files are written again.
     """
     def check():
-        if state.is_interruption_requested():
-            raise ExplanationCancelled()
-
-    def progress(fraction):
-        check()
-        state.set_progress_value(90 * fraction)
+        raise_if_cancelled(state)
 
     if previous is None:
         state.set_status("Computing heatmaps…")
-        explanation = explain_images(model, paths, target, callback=progress)
+        explanation = explain_images(model, paths, target,
+                                     callback=task_progress(state, 0, 90))
         thumbnails = {}
         for row, heatmap in enumerate(explanation.heatmaps):
             if len(thumbnails) == MAX_SHOWN:
@@ -130,17 +125,22 @@ def run_explanation(model: ImageClassifierModel, paths: List[Optional[str]],
         explanation, thumbnails = previous.explanation, previous.thumbnails
 
     state.set_status("Writing heatmaps…")
-    os.makedirs(folder, exist_ok=True)
-    check_output_folder(folder)
     files = []
-    for start in range(0, len(paths), WRITE_CHUNK):
-        check()
-        chunk = slice(start, start + WRITE_CHUNK)
-        files += write_heatmaps(
-            replace(explanation, heatmaps=explanation.heatmaps[chunk]),
-            paths[chunk], folder, opacity)
-        state.set_progress_value(
-            90 + 10 * min(1, (start + WRITE_CHUNK) / max(1, len(paths))))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        check_output_folder(folder)
+        for start in range(0, len(paths), WRITE_CHUNK):
+            check()
+            chunk = slice(start, start + WRITE_CHUNK)
+            files += write_heatmaps(
+                replace(explanation, heatmaps=explanation.heatmaps[chunk]),
+                paths[chunk], folder, opacity)
+            state.set_progress_value(
+                90 + 10 * min(1, (start + WRITE_CHUNK) / max(1, len(paths))))
+    except OSError as error:
+        # The folder cannot take the files (read-only, full, gone): the
+        # user can act on it.
+        raise as_unwritable(error) from error
     return ExplainResult(explanation, thumbnails, files, folder)
 
 
@@ -347,11 +347,13 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
 
     def on_exception(self, ex: Exception):
         self.Outputs.data.send(None)
-        if isinstance(ex, ExplanationCancelled):
-            return
-        self.result = None
-        self._draw_grid()
-        if isinstance(ex, OSError):
+        if not isinstance(ex, Cancelled):
+            self.result = None
+            self._draw_grid()
+        super().on_exception(ex)
+
+    def on_user_error(self, ex: DeepImageError):
+        if isinstance(ex, UnwritableFolder):
             self.Error.cannot_write(str(ex))
         else:
             self.Error.explanation_failed(str(ex) or type(ex).__name__)

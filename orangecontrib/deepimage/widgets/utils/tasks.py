@@ -72,7 +72,16 @@ class TaskButtonsMixin(ConcurrentWidgetMixin):
         # (it finishes the progress bar there); on_done and on_exception
         # are the widget's.
         self._enable_task_buttons(False)
-        super()._on_task_done(future)
+        try:
+            super()._on_task_done(future)
+        except BaseException:
+            # on_exception raised an unexpected error again, for Orange's
+            # error reporting; ConcurrentWidgetMixin's clean-up after it
+            # was skipped: the widget is ready for new work all the same.
+            self.progressBarFinished()
+            self.setInvalidated(False)
+            self.setStatusMessage("")
+            raise
 
     def on_exception(self, ex: Exception):
         """What every task's failure does.
