@@ -1,5 +1,6 @@
 import os
 import pickle
+import random
 import shutil
 from unittest import mock
 
@@ -13,6 +14,7 @@ from Orange.evaluation import CA, CrossValidation
 from orangecontrib.deepimage import ImageClassifierLearner
 from orangecontrib.deepimage.classification import ImageClassifierModel
 from orangecontrib.deepimage.embedding import ImageEmbedder
+from orangecontrib.deepimage.images import image_paths
 from orangecontrib.deepimage.training import (
     StreamingDataset, TrainingError, TrainingHooks)
 
@@ -206,6 +208,27 @@ def test_class_weights_and_seed_are_reproducible(shapes):
                                     random_state=3)(shapes)
     np.testing.assert_allclose(first.history["loss"], second.history["loss"],
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_same_seed_same_model_and_no_global_random_state(shapes, augment):
+    # The seed reaches the split, initialisation, dropout, shuffling and
+    # augmentation explicitly: nothing global is seeded or drawn from.
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    models = [ImageClassifierLearner(epochs=2, batch_size=8, augment=augment,
+                                     random_state=7)(shapes)
+              for _ in range(2)]
+    assert np.random.get_state()[1].tolist() == numpy_state[1].tolist()
+    assert np.random.get_state()[2] == numpy_state[2]
+    assert random.getstate() == python_state
+    np.testing.assert_allclose(models[0].history["loss"],
+                               models[1].history["loss"], rtol=1e-5)
+    first, second = (model.predict_paths(
+        image_paths(shapes, shapes.domain["image"]))[0] for model in models)
+    np.testing.assert_allclose(first, second, rtol=1e-5, atol=1e-6)
+    other = ImageClassifierLearner(epochs=2, batch_size=8, augment=augment,
+                                   random_state=8)(shapes)
+    assert not np.allclose(other.history["loss"], models[0].history["loss"])
 
 
 def test_invalid_parameters():

@@ -16,8 +16,8 @@ from Orange.data import Domain, StringVariable, Table
 
 from orangecontrib.deepimage import edit
 from orangecontrib.deepimage.edit import (
-    EditCancelled, edit_array, edit_images, grow_mask, object_mask,
-    preview_edit)
+    edit_array, edit_images, grow_mask, object_mask, preview_edit)
+from orangecontrib.deepimage.errors import Cancelled
 
 HEIGHT, WIDTH = 48, 64
 OBJECT = (255, 0, 255)
@@ -321,9 +321,9 @@ class TestFiles(EditTestCase):
 
         def progress(fraction):
             if fraction > 0.5:
-                raise EditCancelled()
+                raise Cancelled()
 
-        with self.assertRaises(EditCancelled):
+        with self.assertRaises(Cancelled):
             edit_images(data, "fill", out_dir=self.out, progress=progress)
         self.assertEqual(sorted(os.listdir(self.out)),
                          ["photo-fill-1.png", "photo-fill.png"])

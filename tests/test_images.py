@@ -20,7 +20,7 @@ from concurrent.futures import Future
 
 import numpy as np
 import pytest
-from PIL import Image, JpegImagePlugin
+from PIL import Image, ImageFile, JpegImagePlugin
 
 from Orange.data import (ContinuousVariable, DiscreteVariable, Domain,
                          StringVariable, Table)
@@ -401,6 +401,39 @@ def test_truncated_png_still_decodes():
     data = encode(Image.fromarray(noise), "PNG")
     image = decode_image(data[:len(data) // 2], (32, 32))
     assert image.size == (32, 32)
+
+
+def test_truncated_png_keeps_its_top_rows():
+    noise = np.random.RandomState(1).randint(0, 256, (64, 48, 3), np.uint8)
+    data = encode(Image.fromarray(noise), "PNG")
+    pixels = np.asarray(decode_image(data[:len(data) // 2]))
+    assert pixels.shape == (64, 48, 3)
+    assert np.array_equal(pixels[:8], noise[:8])   # rows that were there
+    assert not pixels[-8:].any()                   # missing rows are black
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("flag", [False, True])
+def test_truncated_images_leave_pils_global_flag_alone(monkeypatch, fmt,
+                                                       flag):
+    # Whatever another part of the process set the flag to, it stays so,
+    # also while decoding (another thread would read it).
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", flag)
+    seen = []
+    original = ImageFile.ImageFile.load
+
+    def spy(self):
+        seen.append(ImageFile.LOAD_TRUNCATED_IMAGES)
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    data = noisy_halves_jpeg() if fmt == "JPEG" else encode(
+        Image.fromarray(np.random.RandomState(0).randint(
+            0, 256, (64, 64, 3), np.uint8)), "PNG")
+    image = decode_image(data[:len(data) // 2], (32, 32))
+    assert image.size == (32, 32)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is flag
+    assert seen and set(seen) == {flag}
 
 
 def test_jpeg_draft_mode(monkeypatch):

@@ -13,9 +13,10 @@ from Orange.data import ContinuousVariable, Domain, StringVariable, Table
 from Orange.widgets.tests.base import WidgetTest
 from Orange.widgets.tests.utils import simulate
 
+from orangecontrib.deepimage import device
 from orangecontrib.deepimage.cache import CacheUnavailable, EmbeddingCache
-from orangecontrib.deepimage.embedding import (
-    EmbeddingCancelled, shared_embedder)
+from orangecontrib.deepimage.embedding import shared_embedder
+from orangecontrib.deepimage.errors import Cancelled
 from orangecontrib.deepimage.widgets import owdeepembedding
 from orangecontrib.deepimage.widgets.owdeepembedding import OWDeepEmbedding
 from orangecontrib.deepimage.weights import WeightsUnavailable
@@ -106,7 +107,7 @@ class TestOWDeepEmbedding(WidgetTest):
             started.set()
             release.wait(10)
             if state.is_interruption_requested():
-                raise EmbeddingCancelled()
+                raise Cancelled()
             raise AssertionError("the task was not interrupted")
 
         with mock.patch.object(owdeepembedding, "run_embedding", slow):
@@ -119,6 +120,21 @@ class TestOWDeepEmbedding(WidgetTest):
         self.assertFalse(self.widget.cancel_button.isEnabled())
         self.assertFalse(self.widget.Error.embedding_failed.is_shown())
         self.assertIsNone(self.get_output(self.widget.Outputs.embeddings))
+
+    def test_device_is_shown_once_work_ran(self):
+        # Asking for the device imports TensorFlow: not when the widget is
+        # made, but in the worker of its first task.
+        with mock.patch.object(device, "_described", []):
+            widget = self.create_widget(OWDeepEmbedding)
+            self.assertEqual(widget.device_label.text(),
+                             device.DEVICE_NOT_DETECTED)
+            self.send_signal(widget.Inputs.images, self.images,
+                             widget=widget)
+            self.wait_until_finished(widget=widget, timeout=60000)
+            self.assertEqual(widget.device_label.text(),
+                             device.device_description())
+            self.assertNotEqual(widget.device_label.text(),
+                                device.DEVICE_NOT_DETECTED)
 
     def test_settings_round_trip(self):
         simulate.combobox_activate_index(

@@ -13,7 +13,8 @@ from Orange.data import ContinuousVariable, Domain, StringVariable, Table
 from Orange.widgets.tests.base import WidgetTest
 from Orange.widgets.tests.utils import simulate
 
-from orangecontrib.deepimage.edit import EditCancelled
+from orangecontrib.deepimage.errors import Cancelled
+from orangecontrib.deepimage.files import FolderReadOnly
 from orangecontrib.deepimage.widgets import oweditimages
 from orangecontrib.deepimage.widgets.oweditimages import OWEditImages
 
@@ -163,7 +164,7 @@ class TestOWEditImages(WidgetTest):
 
     def test_folder_error_from_the_run_is_shown(self):
         def fail(*_args):
-            raise PermissionError("The output folder is read-only: X")
+            raise FolderReadOnly("The output folder is read-only: X")
         with mock.patch.object(oweditimages, "run_edit", fail):
             self.write()
         self.assertTrue(self.widget.Error.folder_read_only.is_shown())
@@ -249,7 +250,7 @@ class TestOWEditImages(WidgetTest):
             started.set()
             release.wait(10)
             if state.is_interruption_requested():
-                raise EditCancelled()
+                raise Cancelled()
             raise AssertionError("the task was not interrupted")
 
         with mock.patch.object(oweditimages, "run_edit", slow):

@@ -18,6 +18,7 @@ from Orange.widgets.tests.utils import simulate
 from orangecontrib.deepimage.classification import (
     ImageClassifierLearner, ImageClassifierModel)
 from orangecontrib.deepimage.device import device_description
+from orangecontrib.deepimage.errors import Cancelled
 from orangecontrib.deepimage.training import TrainingError
 from orangecontrib.deepimage.widgets import owimageclassifier
 from orangecontrib.deepimage.widgets.owimageclassifier import (
@@ -149,7 +150,7 @@ class TestOWImageClassifier(WidgetTest):
     def test_stop_before_training_gives_no_model(self):
         def stopped(learner, data, state, stop):
             stop.wait(10)
-            raise owimageclassifier.StoppedBeforeTraining()
+            return None  # what run_training gives for it
 
         with mock.patch.object(owimageclassifier, "run_training", stopped):
             self.send_signal(self.widget.Inputs.data, self.data)
@@ -169,7 +170,7 @@ class TestOWImageClassifier(WidgetTest):
             if len(data) == len(self.data):
                 while not state.is_interruption_requested():
                     stop.wait(0.01)
-                raise owimageclassifier.TrainingCancelled()
+                raise Cancelled()
             return trained
 
         with mock.patch.object(owimageclassifier, "run_training", slow):
@@ -191,7 +192,7 @@ class TestOWImageClassifier(WidgetTest):
             if learner.epochs == 3:
                 while not state.is_interruption_requested():
                     stop.wait(0.01)
-                raise owimageclassifier.TrainingCancelled()
+                raise Cancelled()
             return trained
 
         self.widget.auto_apply = False

@@ -11,10 +11,11 @@ from PIL import Image
 from Orange.widgets.tests.base import WidgetTest
 from Orange.widgets.tests.utils import simulate
 
+from orangecontrib.deepimage.errors import Cancelled
 from orangecontrib.deepimage.images import find_mask_column, mask_class_names
 from orangecontrib.deepimage.widgets import owsegmentationdata
 from orangecontrib.deepimage.widgets.owsegmentationdata import (
-    OWSegmentationData, PairingCancelled)
+    OWSegmentationData)
 
 LABELS = np.array([[0, 1, 1], [0, 0, 2]], np.uint8)
 
@@ -162,7 +163,7 @@ class TestOWSegmentationData(WidgetTest):
             started.set()
             release.wait(10)
             if state.is_interruption_requested():
-                raise PairingCancelled()
+                raise Cancelled()
             raise AssertionError("the task was not interrupted")
 
         with mock.patch.object(owsegmentationdata, "run_pairing", slow):

@@ -11,6 +11,7 @@ from Orange.widgets.tests.base import WidgetTest
 from Orange.widgets.tests.utils import simulate
 
 from orangecontrib.deepimage.device import device_description
+from orangecontrib.deepimage.errors import Cancelled
 from orangecontrib.deepimage.segmentation import (
     SegmentationLearner, SegmentationModel)
 from orangecontrib.deepimage.training import TrainingError
@@ -175,7 +176,7 @@ class TestOWSegmentationTrainer(WidgetTest):
     def test_stop_before_training_gives_no_model(self):
         def stopped(learner, data, state, stop):
             stop.wait(10)
-            raise owsegmentationtrainer.StoppedBeforeTraining()
+            return None  # what run_training gives for it
 
         with mock.patch.object(owsegmentationtrainer, "run_training",
                                stopped):
@@ -196,7 +197,7 @@ class TestOWSegmentationTrainer(WidgetTest):
             if len(data) == len(self.data):
                 while not state.is_interruption_requested():
                     stop.wait(0.01)
-                raise owsegmentationtrainer.TrainingCancelled()
+                raise Cancelled()
             return trained
 
         with mock.patch.object(owsegmentationtrainer, "run_training", slow):
@@ -217,7 +218,7 @@ class TestOWSegmentationTrainer(WidgetTest):
             if learner.epochs == 3:
                 while not state.is_interruption_requested():
                     stop.wait(0.01)
-                raise owsegmentationtrainer.TrainingCancelled()
+                raise Cancelled()
             return trained
 
         self.widget.auto_apply = False

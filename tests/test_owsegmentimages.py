@@ -14,6 +14,7 @@ from Orange.misc.environ import data_dir
 from Orange.widgets.tests.base import WidgetTest
 
 from orangecontrib.deepimage import files
+from orangecontrib.deepimage.errors import Cancelled
 from orangecontrib.deepimage.segdata import load_mask
 from orangecontrib.deepimage.segmentation import SegmentationModel
 from orangecontrib.deepimage.widgets import owsegmentimages
@@ -282,7 +283,7 @@ class TestOWSegmentImages(WidgetTest):
         def slow(model, data, folder, split, state):
             while not state.is_interruption_requested():
                 state.set_progress_value(1)
-            raise owsegmentimages.SegmentationCancelled()
+            raise Cancelled()
 
         with mock.patch.object(owsegmentimages, "run_segmentation", slow):
             self.send_signal(self.widget.Inputs.data, self.data)

@@ -1,5 +1,6 @@
 import os
 import pickle
+import random
 import resource
 import shutil
 from unittest import mock
@@ -12,6 +13,7 @@ from Orange.data import Domain, StringVariable, Table
 
 from orangecontrib.deepimage import SegmentationLearner
 from orangecontrib.deepimage import segmentation
+from orangecontrib.deepimage.images import load_image, paths_of
 from orangecontrib.deepimage.segmentation import (
     build_encoder_unet, build_unet, iou_and_dice, predict_tiled,
     segmentation_loss)
@@ -181,6 +183,27 @@ def test_resunet_and_squeezenet_encoder_train(cells):
     network = build_encoder_unet(2, "squeezenet")
     assert network.output_shape == (None, 227, 227, 2)
     assert not network.get_layer("encoder").trainable
+
+
+def test_same_seed_same_model_and_no_global_random_state(cells):
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+
+    def fit(seed):
+        return SegmentationLearner(depth=2, base_filters=4, tile_size=32,
+                                   epochs=2, batch_size=4, tiles_per_image=1,
+                                   random_state=seed)(cells)
+    first, second, other = fit(3), fit(3), fit(4)
+    assert np.random.get_state()[1].tolist() == numpy_state[1].tolist()
+    assert np.random.get_state()[2] == numpy_state[2]
+    assert random.getstate() == python_state
+    image = np.asarray(load_image(paths_of(cells)[0]), dtype=np.uint8)
+    np.testing.assert_allclose(first.predict_network(image[None]),
+                               second.predict_network(image[None]),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(first.history["loss"],
+                               second.history["loss"], rtol=1e-5)
+    assert not np.allclose(first.predict_network(image[None]),
+                           other.predict_network(image[None]))
 
 
 def test_learner_messages(cells):

@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.weights import (
     WeightsFile, check_weights_path, resolve_weights)
 
@@ -112,13 +113,14 @@ class Backbone:
 
     def _extra_layer(self, layer):
         if layer not in self.extra_layers:
-            raise ValueError(
+            raise InvalidInput(
                 f"Unknown layer for {self.name}. Received: layer={layer!r}; "
                 f"expected one of {self.layer_names()}")
         return self.extra_layers[layer]
 
     def build(self, weights_path: Optional[str] = None,
-              mirror: Optional[str] = None, progress=None):
+              mirror: Optional[str] = None, progress=None,
+              dtype: str = "float32"):
         """Build the network with its ImageNet weights.
 
         Parameters
@@ -131,6 +133,9 @@ class Backbone:
             Base URL or folder to download the weights from.
         progress : callable, optional
             ``progress(bytes_done, bytes_total)`` during a download.
+        dtype : str
+            The dtype policy its layers compute under (e.g.
+            ``"mixed_float16"``); Keras' global policy is not changed.
 
         Returns
         -------
@@ -144,8 +149,9 @@ class Backbone:
         ValueError
             When the weights file does not hold weights for this network.
         """
+        from orangecontrib.deepimage.device import apply_dtype_policy
         if self.is_bundled and not weights_path:
-            return self.builder(None)
+            return apply_dtype_policy(self.builder(None), dtype)
         if self.is_bundled:
             path = check_weights_path(weights_path, self.name)
         else:
@@ -160,13 +166,15 @@ class Backbone:
                 model.load_weights(path)
         except (ValueError, OSError, KeyError,
                 pickle.UnpicklingError) as error:
-            raise ValueError(
+            raise InvalidInput(
                 f"{path} does not hold weights for {self.name}: {error}"
             ) from error
-        return model
+        return apply_dtype_policy(model, dtype)
 
-    def feature_outputs(self, network, layer: str = "penultimate"):
-        """Return (embedding tensor, probabilities tensor) of `network`."""
+    def feature_outputs(self, network, layer: str = "penultimate",
+                        dtype: str = "float32"):
+        """Return (embedding tensor, probabilities tensor) of `network`;
+        the layers added compute under the dtype policy `dtype`."""
         from keras import layers
         if layer == "penultimate" and self.embedding_layer is None:
             embedding = network.layers[-1].input
@@ -176,12 +184,13 @@ class Backbone:
             embedding = network.get_layer(self._extra_layer(layer)[0]).output
         if len(embedding.shape) == 4:
             embedding = layers.GlobalAveragePooling2D(
-                name=f"pooled_{layer}")(embedding)
+                name=f"pooled_{layer}", dtype=dtype)(embedding)
         elif len(embedding.shape) > 2:
-            embedding = layers.Flatten(name=f"flat_{layer}")(embedding)
+            embedding = layers.Flatten(name=f"flat_{layer}",
+                                       dtype=dtype)(embedding)
         head = network.output
         if self.outputs_logits:
-            head = layers.Softmax(name="probabilities")(head)
+            head = layers.Softmax(name="probabilities", dtype=dtype)(head)
         return embedding, head
 
 
@@ -303,7 +312,7 @@ def get_backbone(key: str) -> Backbone:
     try:
         return BACKBONES[key]
     except KeyError:
-        raise ValueError(
+        raise InvalidInput(
             f"Unknown model. Received: model={key!r}; expected one of "
             f"{', '.join(sorted(BACKBONES, key=lambda k: BACKBONES[k].order))}"
         ) from None

@@ -31,6 +31,7 @@ from Orange.util import dummy_callback
 from orangecontrib.deepimage.backbones import get_backbone
 from orangecontrib.deepimage.device import distribution_strategy
 from orangecontrib.deepimage.embedding import shared_embedder
+from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.images import (
     image_paths, require_image_column, iter_image_batches)
 from orangecontrib.deepimage.training import (
@@ -75,7 +76,9 @@ class ImageClassifierLearner(Learner):
     class_weights : bool
         Weigh classes inversely to their frequency (imbalanced classes).
     random_state : int
-        Seed for the split, initialisation, shuffling and augmentation.
+        Seed for the split, initialisation, dropout, shuffling and
+        augmentation; each is seeded with it explicitly, so training
+        changes no global random state.
     weights : str, optional
         A weights file for the backbone instead of its ImageNet weights.
     mirror : str, optional
@@ -100,11 +103,11 @@ class ImageClassifierLearner(Learner):
         super().__init__(preprocessors=preprocessors)
         get_backbone(backbone)  # fail early on an unknown key
         if unfreeze < 0 or epochs < 1 or batch_size < 1:
-            raise ValueError(
+            raise InvalidInput(
                 f"unfreeze must be >= 0, epochs and batch_size >= 1. Received: "
                 f"unfreeze={unfreeze}, epochs={epochs}, batch_size={batch_size}")
         if not 0 <= validation < 1:
-            raise ValueError(f"validation must be in [0, 1). "
+            raise InvalidInput(f"validation must be in [0, 1). "
                              f"Received: validation={validation}")
         self.backbone = backbone
         self.unfreeze = unfreeze
@@ -150,7 +153,6 @@ class ImageClassifierLearner(Learner):
         paths = image_paths(data, column)
         y = data.Y.astype(int)
         _check_classes(y, class_var)
-        keras.utils.set_random_seed(self.random_state)
         progress = self._progress
 
         backbone = get_backbone(self.backbone)
@@ -161,7 +163,7 @@ class ImageClassifierLearner(Learner):
                                                "Embedding images..."))
         keep = np.array([v is not None for v in result.vectors], dtype=bool)
         if keep.sum() == 0:
-            raise ValueError("None of the images could be read.")
+            raise InvalidInput("None of the images could be read.")
         features = np.vstack([v for v in result.vectors if v is not None])
         y, kept_paths = y[keep], [p for p, k in zip(paths, keep) if k]
         kept_rows = np.flatnonzero(keep)
@@ -322,8 +324,8 @@ def _check_classes(y, class_var):
     present = np.unique(y)
     if len(present) < 2:
         only = class_var.values[present[0]] if len(present) else "none"
-        raise ValueError(f"Image Classifier needs images of at least two "
-                         f"classes; the data has only '{only}'.")
+        raise InvalidInput(f"Image Classifier needs images of at least two "
+                           f"classes; the data has only '{only}'.")
 
 
 def _notes(y, class_var, skipped: Dict[int, str]) -> List[str]:
@@ -398,9 +400,7 @@ def assemble_network(backbone, backbone_network, head, copy_trunk=False):
         backbone_network.get_layer(backbone.feature_map_layer).output,
         name="trunk")
     if copy_trunk:
-        copy = keras.models.clone_model(trunk)
-        copy.set_weights(trunk.get_weights())
-        trunk = copy
+        trunk = _copy_network(trunk)
     trunk.trainable = False
     height, width = backbone.input_size
     pixels = keras.Input((height, width, 3), name="pixels")
@@ -409,6 +409,30 @@ def assemble_network(backbone, backbone_network, head, copy_trunk=False):
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = head(x)
     return keras.Model(pixels, outputs, name="image_classifier"), trunk
+
+
+def _copy_network(network):
+    """A copy of `network` with its weights.
+
+    The copy's layers are made with fixed seeds where the original's have
+    none: their initial weights are replaced at once, and Keras would draw
+    each seed from Python's global random state.
+    """
+    import keras
+
+    def clone(layer):
+        config = layer.get_config()
+        for key, value in config.items():
+            if key == "seed" and value is None:
+                config[key] = 0
+            elif key.endswith("_initializer") and isinstance(value, dict) \
+                    and value.get("config", {}).get("seed", 0) is None:
+                value["config"]["seed"] = 0
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(network, clone_function=clone)
+    copy.set_weights(network.get_weights())
+    return copy
 
 
 def set_trainable(trunk, n_top: int) -> int:

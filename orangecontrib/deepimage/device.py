@@ -6,13 +6,27 @@ this module tells the user which device that is, picks the dtype policy
 tensor cores; ``float32`` elsewhere), and gives the distribution strategy
 that training builds and compiles its models under: data-parallel over all
 GPUs when there are two or more, TensorFlow's default strategy otherwise.
-"""
-import contextlib
-from functools import lru_cache
-from typing import List
 
-__all__ = ["gpu_names", "device_description", "preferred_dtype_policy",
-           "dtype_policy", "distribution_strategy"]
+The policy is given to each layer that is built (the factories take a
+``dtype`` argument, :func:`apply_dtype_policy` sets it on the layers of a
+network that was built elsewhere); Keras' global policy is never changed,
+so that two networks built at once in two threads cannot race on it.
+
+Asking for the device imports TensorFlow (and initialises CUDA), so widgets
+ask for it in their worker threads, not when they are created.
+"""
+from functools import lru_cache
+from typing import Collection, List, Optional
+
+__all__ = ["gpu_names", "device_description", "known_device_description",
+           "preferred_dtype_policy", "apply_dtype_policy",
+           "distribution_strategy", "DEVICE_NOT_DETECTED"]
+
+#: What a widget shows for the device before its first task has run.
+DEVICE_NOT_DETECTED = "Detected when work starts"
+
+#: The last description :func:`device_description` gave.
+_described: List[str] = []
 
 
 @lru_cache(maxsize=1)
@@ -38,9 +52,18 @@ def device_description() -> str:
     """Return a short description of the device in use, for the user."""
     names = gpu_names()
     if not names:
-        return "CPU"
-    more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
-    return f"GPU: {names[0]}{more}"
+        description = "CPU"
+    else:
+        more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
+        description = f"GPU: {names[0]}{more}"
+    _described[:] = [description]
+    return description
+
+
+def known_device_description() -> Optional[str]:
+    """What :func:`device_description` said last, or None if it was not
+    asked yet; this never imports TensorFlow (for the GUI thread)."""
+    return _described[0] if _described else None
 
 
 def preferred_dtype_policy() -> str:
@@ -52,16 +75,47 @@ def preferred_dtype_policy() -> str:
     return "float32"
 
 
-@contextlib.contextmanager
-def dtype_policy(name: str):
-    """Build Keras layers under the dtype policy `name`, then restore it."""
+def apply_dtype_policy(network, policy: str,
+                       keep_float32: Collection[str] = ()):
+    """Make the layers of `network` compute under the dtype `policy`.
+
+    For networks built by factories that take no ``dtype`` (those of
+    ``keras.applications``). Only the layers of this network (and of the
+    models nested in it) change; Keras' global policy stays as it is.
+    Their weights stay float32, as a mixed policy keeps them, so `policy`
+    is ``"float32"`` or a ``"mixed_..."`` policy.
+
+    Parameters
+    ----------
+    network : keras.Model
+    policy : str
+        A Keras dtype policy name; ``"float32"`` changes nothing.
+    keep_float32 : collection of str
+        Names of layers that stay float32 (e.g. the output layer).
+
+    Returns
+    -------
+    keras.Model
+        `network`, changed in place.
+    """
+    if policy == "float32":
+        return network
     import keras
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
+    for layer in _all_layers(network):
+        if isinstance(layer, keras.layers.InputLayer) \
+                or isinstance(layer, keras.Model):
+            continue
+        layer.dtype_policy = "float32" if layer.name in keep_float32 \
+            else policy
+    return network
+
+
+def _all_layers(model):
+    import keras
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
 
 
 @lru_cache(maxsize=1)

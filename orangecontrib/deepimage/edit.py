@@ -44,6 +44,7 @@ from PIL import Image, ImageColor, ImageOps
 
 from Orange.data import ContinuousVariable, Domain, StringVariable, Table
 
+from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.files import check_output_folder, write_new_file
 from orangecontrib.deepimage.images import (
     ImageSkipped, decode_image, image_paths, read_image_bytes,
@@ -51,7 +52,7 @@ from orangecontrib.deepimage.images import (
 from orangecontrib.deepimage.segdata import MaskError, load_mask, mask_info
 
 __all__ = [
-    "OPERATIONS", "METHODS", "EditResult", "EditCancelled", "edit_images",
+    "OPERATIONS", "METHODS", "EditResult", "edit_images",
     "edit_array", "object_mask", "grow_mask", "parse_colour",
     "default_output_folder", "preview_edit",
 ]
@@ -115,10 +116,6 @@ _ICC_MODES = ("RGB", "RGBA", "RGBX", "P")
 _EXIF_ORIENTATION = 0x0112
 
 Colour = Union[str, Sequence[int]]
-
-
-class EditCancelled(Exception):
-    """Editing was stopped by the caller's progress callback."""
 
 
 @dataclass
@@ -201,8 +198,8 @@ def _class_indices(classes: Sequence[Union[str, int]],
         elif cls in class_names:
             indices.append(list(class_names).index(cls))
         else:
-            raise ValueError(f"Unknown class. Received: classes={cls!r}; "
-                             f"the classes are {', '.join(class_names)}")
+            raise InvalidInput(f"Unknown class. Received: classes={cls!r}; "
+                               f"the classes are {', '.join(class_names)}")
     return indices
 
 
@@ -324,13 +321,13 @@ def parse_colour(colour: Colour) -> Tuple[int, int, int]:
         try:
             rgb = ImageColor.getrgb(colour)
         except ValueError:
-            raise ValueError(f"Not a colour. Received: colour={colour!r}") \
+            raise InvalidInput(f"Not a colour. Received: colour={colour!r}") \
                 from None
         return tuple(int(c) for c in rgb[:3])
     values = tuple(int(c) for c in colour)
     if len(values) < 3 or not all(0 <= c <= 255 for c in values[:3]):
-        raise ValueError(f"A colour is three values 0..255. "
-                         f"Received: colour={colour!r}")
+        raise InvalidInput(f"A colour is three values 0..255. "
+                           f"Received: colour={colour!r}")
     return values[:3]
 
 
@@ -370,9 +367,9 @@ def edit_array(pixels: np.ndarray, mask: np.ndarray, operation: str, *,
     mask = np.asarray(mask, dtype=bool)
     if pixels.ndim != 3 or pixels.shape[2] not in (3, 4) \
             or pixels.shape[:2] != mask.shape:
-        raise ValueError(f"Expected a (height, width, 3 or 4) image and a "
-                         f"(height, width) mask. Received: "
-                         f"pixels={pixels.shape}, mask={mask.shape}")
+        raise InvalidInput(f"Expected a (height, width, 3 or 4) image and a "
+                           f"(height, width) mask. Received: "
+                           f"pixels={pixels.shape}, mask={mask.shape}")
     out = pixels.copy()
     if operation == "cut-out":
         alpha = mask.astype(np.uint8) * np.uint8(255)
@@ -383,7 +380,7 @@ def edit_array(pixels: np.ndarray, mask: np.ndarray, operation: str, *,
     if not mask.any():
         return out
     if operation == "remove" and mask.all():
-        raise ValueError(_NOTHING_LEFT)
+        raise InvalidInput(_NOTHING_LEFT)
     rgb = out[..., :3]
     if operation == "fill":
         rgb[mask] = parse_colour(colour)
@@ -427,19 +424,19 @@ def _check_parameters(operation: str, method: Optional[str],
                       colour: Colour) -> None:
     """Raise ValueError, naming the bad value, for a wrong parameter."""
     if operation not in OPERATIONS:
-        raise ValueError(f"Unknown operation. Received: "
-                         f"operation={operation!r}; the operations are "
-                         f"{', '.join(OPERATIONS)}")
+        raise InvalidInput(f"Unknown operation. Received: "
+                           f"operation={operation!r}; the operations are "
+                           f"{', '.join(OPERATIONS)}")
     if method is not None and method not in METHODS:
-        raise ValueError(f"Unknown inpainting method. Received: "
-                         f"method={method!r}; the methods are "
-                         f"{', '.join(METHODS)}")
+        raise InvalidInput(f"Unknown inpainting method. Received: "
+                           f"method={method!r}; the methods are "
+                           f"{', '.join(METHODS)}")
     if operation == "blur" and not blur_radius > 0:
-        raise ValueError(f"The blur radius must be positive. "
-                         f"Received: blur_radius={blur_radius!r}")
+        raise InvalidInput(f"The blur radius must be positive. "
+                           f"Received: blur_radius={blur_radius!r}")
     if operation == "pixelate" and not int(pixel_size) >= 1:
-        raise ValueError(f"The pixel size must be at least 1. "
-                         f"Received: pixel_size={pixel_size!r}")
+        raise InvalidInput(f"The pixel size must be at least 1. "
+                           f"Received: pixel_size={pixel_size!r}")
     if operation == "fill":
         parse_colour(colour)
 
@@ -592,8 +589,8 @@ def edit_images(table: Table, operation: str,
         See :func:`edit_array`.
     progress : callable, optional
         Called with the fraction done after each image; it may raise
-        (e.g. :class:`EditCancelled`) to stop, leaving the files written so
-        far and no partial one.
+        (e.g. :class:`~orangecontrib.deepimage.errors.Cancelled`) to stop,
+        leaving the files written so far and no partial one.
 
     Returns
     -------
@@ -601,9 +598,9 @@ def edit_images(table: Table, operation: str,
 
     Raises
     ------
-    ValueError
+    InvalidInput
         Without an image or a mask column, or for an unknown operation,
-        method or class.
+        method or class (a ``ValueError``).
     UnwritableFolder
         When the output folder is missing or read-only (also a
         ``FileNotFoundError`` or ``PermissionError``), raised before

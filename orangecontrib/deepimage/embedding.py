@@ -36,24 +36,19 @@ from Orange.data.util import get_unique_names
 from orangecontrib.deepimage.backbones import (
     Backbone, decode_imagenet_top, get_backbone)
 from orangecontrib.deepimage.cache import EmbeddingCache
-from orangecontrib.deepimage.device import (
-    dtype_policy, preferred_dtype_policy)
+from orangecontrib.deepimage.device import preferred_dtype_policy
+from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_paths, iter_image_batches,
     load_image_array)
 
-__all__ = ["ImageEmbedder", "EmbeddingResult", "EmbeddingCancelled",
-           "shared_embedder", "release_shared_embedders",
-           "SHARED_EMBEDDERS"]
+__all__ = ["ImageEmbedder", "EmbeddingResult", "shared_embedder",
+           "release_shared_embedders", "SHARED_EMBEDDERS"]
 
 #: Bump when decoding or resizing changes, so old cache entries are ignored.
 PIPELINE_VERSION = "1"
 
 Progress = Callable[[float], None]
-
-
-class EmbeddingCancelled(Exception):
-    """Raised when the progress callback asks to stop."""
 
 
 @dataclass
@@ -121,8 +116,8 @@ class ImageEmbedder:
         self.backbone: Backbone = get_backbone(model)
         self.backbone.embedding_size_of(layer)  # validates the layer name
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive. "
-                             f"Received: batch_size={batch_size}")
+            raise InvalidInput(f"batch_size must be positive. "
+                               f"Received: batch_size={batch_size}")
         self.model = model
         self.weights = weights
         self.layer = layer
@@ -184,18 +179,19 @@ class ImageEmbedder:
         from orangecontrib.deepimage.preprocessing import ImagePreprocessing
 
         backbone = self.backbone
-        with dtype_policy(preferred_dtype_policy()):
-            network = backbone.build(self.weights, mirror=self.mirror,
-                                     progress=download_progress)
-            height, width = backbone.input_size
-            pixels = keras.Input((height, width, 3), name="pixels")
-            preprocessed = ImagePreprocessing(backbone.preprocessing,
-                                              name="preprocessing")(pixels)
-            embedding, probabilities = backbone.feature_outputs(
-                network, self.layer)
-            features = keras.Model(network.input, [embedding, probabilities])
-            outputs = features(preprocessed)
-            model = keras.Model(pixels, outputs, name=f"{self.model}_features")
+        policy = preferred_dtype_policy()
+        network = backbone.build(self.weights, mirror=self.mirror,
+                                 progress=download_progress, dtype=policy)
+        height, width = backbone.input_size
+        pixels = keras.Input((height, width, 3), name="pixels")
+        preprocessed = ImagePreprocessing(backbone.preprocessing,
+                                          name="preprocessing",
+                                          dtype=policy)(pixels)
+        embedding, probabilities = backbone.feature_outputs(
+            network, self.layer, dtype=policy)
+        features = keras.Model(network.input, [embedding, probabilities])
+        outputs = features(preprocessed)
+        model = keras.Model(pixels, outputs, name=f"{self.model}_features")
 
         @tf.function(input_signature=[
             tf.TensorSpec((None, height, width, 3), tf.uint8)])
@@ -413,8 +409,8 @@ class ImageEmbedder:
         column = table.domain[col] if col is not None \
             else find_image_column(table)
         if column is None:
-            raise ValueError("The data has no image column (a text meta "
-                             "column marked as images).")
+            raise InvalidInput("The data has no image column (a text meta "
+                               "column marked as images).")
         result = self.embed_paths(image_paths(table, column), callback)
         return embedding_tables(table, result, self.embedding_size,
                                 self.model, self.weights)

@@ -21,6 +21,7 @@ import numpy as np
 from Orange.data import Table
 
 from orangecontrib.deepimage.backbones import get_backbone, imagenet_labels
+from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.images import (
     iter_image_batches, paths_of)
 
@@ -100,7 +101,8 @@ def _class_indices(target, class_names, n):
     for value in targets:
         if isinstance(value, str):
             if value not in class_names:
-                raise ValueError(f"Unknown class. Received: target={value!r}")
+                raise InvalidInput(
+                    f"Unknown class. Received: target={value!r}")
             value = list(class_names).index(value)
         indices.append(int(value))
     return np.array(indices)

@@ -17,9 +17,10 @@ worker threads, so memory stays bounded however many images there are.
 import hashlib
 import io
 import os
-import threading
+import struct
 import urllib.error
 import urllib.request
+import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urljoin, urlparse
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from Orange.data import DiscreteVariable, StringVariable, Table, Variable
+
+from orangecontrib.deepimage.errors import InvalidInput
 
 __all__ = [
     "ImageSkipped", "LoadedImage", "image_columns", "find_image_column",
@@ -45,9 +48,6 @@ MAX_IMAGE_PIXELS = 180_000_000
 MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
 URL_SCHEMES = ("http", "https", "ftp", "data")
 URL_TIMEOUT = 20
-
-_truncated_lock = threading.Lock()
-
 
 class ImageSkipped(Exception):
     """An image could not be used; ``str(error)`` says why, in plain words."""
@@ -155,7 +155,7 @@ def require_image_column(table: Table, name: Optional[str] = None
     column = (find_image_column(table, name) if name is not None else None) \
         or find_image_column(table)
     if column is None:
-        raise ValueError(NO_IMAGE_COLUMN)
+        raise InvalidInput(NO_IMAGE_COLUMN)
     return column
 
 
@@ -169,7 +169,7 @@ def require_mask_column(table: Table) -> Variable:
     """
     column = find_mask_column(table)
     if column is None:
-        raise ValueError(NO_MASK_COLUMN)
+        raise InvalidInput(NO_MASK_COLUMN)
     return column
 
 
@@ -315,25 +315,102 @@ def _open(data: bytes) -> Image.Image:
     return image
 
 
-def _load_pixels(image: Image.Image) -> None:
+def _set_up_decoding(image: Image.Image,
+                     size: Optional[Tuple[int, int]]) -> None:
+    """The first frame and, for a JPEG to be made small, draft mode."""
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+    if size is not None and image.format == "JPEG":
+        # Draft mode decodes a JPEG at 1/2, 1/4 or 1/8 of its size when that
+        # is still at least as large as needed: a several-fold speed-up.
+        orientation = image.getexif().get(0x0112, 1)
+        draft_size = size[::-1] if orientation in (5, 6, 7, 8) else size
+        image.draft(image.mode if image.mode in ("RGB", "L") else None,
+                    draft_size)
+
+
+def _load_pixels(image: Image.Image, data: bytes,
+                 size: Optional[Tuple[int, int]]) -> Image.Image:
+    """Decode `image` (opened from `data`); a truncated JPEG or PNG keeps
+    the part that is there and is filled up as PIL's LOAD_TRUNCATED_IMAGES
+    would, without setting that process-wide flag."""
     try:
         image.load()
+        return image
     except OSError as error:
         if "truncated" not in str(error).lower():
             raise ImageSkipped(f"cannot decode image: {error}") from None
-        # A truncated file still holds the top of the picture: keep it.
-        with _truncated_lock:
-            ImageFile.LOAD_TRUNCATED_IMAGES = True
-            try:
-                image.load()
-            except (OSError, ValueError) as error2:
-                raise ImageSkipped(
-                    f"truncated image could not be decoded: {error2}"
-                ) from None
-            finally:
-                ImageFile.LOAD_TRUNCATED_IMAGES = False
+        reason = str(error)
     except (ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageSkipped(f"cannot decode image: {error}") from None
+    # A truncated file still holds the top of the picture: keep it.
+    completed = _complete_truncated(data, image.format)
+    if completed is None:
+        raise ImageSkipped(f"truncated image could not be decoded: {reason}")
+    try:
+        image = Image.open(io.BytesIO(completed))
+        _set_up_decoding(image, size)
+        image.load()
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageSkipped(
+            f"truncated image could not be decoded: {error}") from None
+    return image
+
+
+def _complete_truncated(data: bytes, image_format: Optional[str]
+                        ) -> Optional[bytes]:
+    """A complete file with what truncated `data` holds, or None."""
+    if image_format == "JPEG":
+        # What PIL does with LOAD_TRUNCATED_IMAGES: end the data with an
+        # end-of-image marker; the decoder fills the missing rows grey.
+        return data + b"\xff\xd9"
+    if image_format == "PNG":
+        return _complete_png(data)
+    return None
+
+
+#: Channels of each PNG colour type.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _complete_png(data: bytes) -> Optional[bytes]:
+    """A complete PNG from a truncated one (None when it is interlaced or
+    its header is cut): the missing rows become black, as with PIL's
+    LOAD_TRUNCATED_IMAGES."""
+    signature = b"\x89PNG\r\n\x1a\n"
+    position, header, idat = len(signature), [], bytearray()
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        chunk = data[position + 8:position + 8 + length]
+        if kind == b"IDAT":
+            idat += chunk
+        elif kind == b"IEND" or idat:
+            break  # chunks after the image data are not needed
+        else:
+            if len(chunk) < length:
+                return None
+            header.append(data[position:position + 12 + length])
+        position += 12 + length
+    if not header or header[0][4:8] != b"IHDR":
+        return None
+    width, height, depth, colour, _, _, interlace = struct.unpack(
+        ">IIBBBBB", header[0][8:21])
+    if interlace or colour not in _PNG_CHANNELS:
+        return None
+    row = 1 + (width * depth * _PNG_CHANNELS[colour] + 7) // 8
+    decompressor = zlib.decompressobj()
+    try:
+        raw = decompressor.decompress(bytes(idat), row * height)
+    except zlib.error:
+        return None
+    # Whole rows only; the rest are rows of zeros with filter type 0.
+    raw = raw[:len(raw) // row * row].ljust(row * height, b"\0")
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body \
+            + struct.pack(">I", zlib.crc32(kind + body))
+    return (signature + b"".join(header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -378,16 +455,8 @@ def decode_image(data: bytes, size: Optional[Tuple[int, int]] = None
         When the bytes are not a usable image.
     """
     image = _open(data)
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)
-    if size is not None and image.format == "JPEG":
-        # Draft mode decodes a JPEG at 1/2, 1/4 or 1/8 of its size when that
-        # is still at least as large as needed: a several-fold speed-up.
-        orientation = image.getexif().get(0x0112, 1)
-        draft_size = size[::-1] if orientation in (5, 6, 7, 8) else size
-        image.draft(image.mode if image.mode in ("RGB", "L") else None,
-                    draft_size)
-    _load_pixels(image)
+    _set_up_decoding(image, size)
+    image = _load_pixels(image, data, size)
     try:
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, KeyError, TypeError, SyntaxError):

@@ -31,6 +31,7 @@ from skimage.segmentation import watershed
 from Orange.data import (ContinuousVariable, DiscreteVariable, Domain,
                          StringVariable, Table)
 
+from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_paths, read_image_bytes,
     require_mask_column)
@@ -120,10 +121,10 @@ def label_objects(mask: np.ndarray, instance: bool = False,
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise ValueError(f"mask must be a 2-D label image. Received an "
-                         f"array of shape {mask.shape}")
+        raise InvalidInput(f"mask must be a 2-D label image. Received an "
+                           f"array of shape {mask.shape}")
     if mask.size and mask.min() < 0:
-        raise ValueError("mask values must be >= 0")
+        raise InvalidInput("mask values must be >= 0")
     if instance:
         ids = np.unique(mask)
         ids = ids[ids > 0]
@@ -160,8 +161,8 @@ def grey_values(image: np.ndarray) -> np.ndarray:
         return image[..., 0].astype(np.float64)
     if image.ndim == 3 and image.shape[-1] in (3, 4):
         return image[..., :3].astype(np.float64) @ LUMA
-    raise ValueError(f"image must be (height, width) or (height, width, 3)."
-                     f" Received an array of shape {image.shape}")
+    raise InvalidInput(f"image must be (height, width) or (height, width, 3)."
+                       f" Received an array of shape {image.shape}")
 
 
 def _measure_arrays(mask: np.ndarray, image: Optional[np.ndarray],
@@ -175,7 +176,7 @@ def _measure_arrays(mask: np.ndarray, image: Optional[np.ndarray],
     if image is not None:
         intensity = grey_values(image)
         if intensity.shape != labels.shape:
-            raise ValueError(
+            raise InvalidInput(
                 f"the image is {intensity.shape[1]}×{intensity.shape[0]} "
                 f"but the mask is {labels.shape[1]}×{labels.shape[0]}")
         names.append("intensity_mean")
@@ -208,8 +209,8 @@ def _class_names(classes: Optional[Sequence[str]], instance: bool,
     if classes is not None:
         classes = list(classes)
         if len(classes) < 2:
-            raise ValueError(f"classes need the background and at least one "
-                             f"class. Received: classes={classes!r}")
+            raise InvalidInput(f"classes need the background and at least one "
+                               f"class. Received: classes={classes!r}")
         return classes
     return list(INSTANCE_CLASSES) if instance \
         else default_class_names(top + 1)
@@ -221,8 +222,8 @@ def _object_class_values(object_classes: np.ndarray, instance: bool,
     if instance:
         return np.zeros(len(object_classes))
     if object_classes.size and object_classes.max() >= n_classes:
-        raise ValueError(f"the mask holds class {object_classes.max()}, but "
-                         f"only {n_classes} classes are named")
+        raise InvalidInput(f"the mask holds class {object_classes.max()}, but "
+                           f"only {n_classes} classes are named")
     return object_classes.astype(float) - 1
 
 
@@ -326,7 +327,7 @@ def summarize_objects(masks: Sequence[np.ndarray],
     if names is None:
         names = [f"image {i}" for i in range(1, len(masks) + 1)]
     if len(names) != len(masks):
-        raise ValueError(f"{len(names)} names for {len(masks)} masks")
+        raise InvalidInput(f"{len(names)} names for {len(masks)} masks")
     top = max((int(mask.max()) for mask in masks if mask.size), default=0)
     class_names = _class_names(classes, instance, top)
     rows = []

@@ -42,7 +42,8 @@ from orangecontrib.deepimage.images import (
     require_mask_column)
 
 __all__ = [
-    "MaskInfo", "mask_info", "MaskError", "RGBMaskError", "PairingReport",
+    "MaskInfo", "mask_info", "MaskError", "RGBMaskError", "FolderNotFound",
+    "PairingReport",
     "load_mask",
     "pair_folders", "read_class_names", "default_class_names",
     "image_size", "IMAGE_EXTENSIONS", "MASK_EXTENSIONS", "MASK_SUFFIXES",
@@ -87,6 +88,10 @@ RGB_MASK_HELP = (
 
 class MaskError(ValueError):
     """A file cannot be used as a mask; ``str(error)`` says why."""
+
+
+class FolderNotFound(InvalidInput, FileNotFoundError):
+    """A folder to read images or masks from does not exist."""
 
 
 class RGBMaskError(MaskError):
@@ -366,8 +371,8 @@ def load_mask(path: str, kind: str = "class") -> np.ndarray:
         pages or channels.
     """
     if kind not in MASK_KINDS:
-        raise ValueError(f"kind must be 'class' or 'instance'. "
-                         f"Received: kind={kind!r}")
+        raise InvalidInput(f"kind must be 'class' or 'instance'. "
+                           f"Received: kind={kind!r}")
     labels, _, palette = _read_mask(path)
     if kind == "class" and not palette and _is_binary_255(labels):
         labels = (labels > 0).astype(np.int32)
@@ -420,17 +425,17 @@ def _check_names(names: Sequence[str], source: str) -> List[str]:
     names = [str(name).strip() for name in names]
     if any("," in name for name in names):
         bad = next(name for name in names if "," in name)
-        raise ValueError(f"class names cannot contain commas. Received: "
-                         f"{bad!r} in {source}")
+        raise InvalidInput(f"class names cannot contain commas. Received: "
+                           f"{bad!r} in {source}")
     if any(not name for name in names):
-        raise ValueError(f"empty class name in {source}")
+        raise InvalidInput(f"empty class name in {source}")
     if len(set(names)) != len(names):
-        raise ValueError(f"class names repeat in {source}: "
-                         f"{', '.join(names)}")
+        raise InvalidInput(f"class names repeat in {source}: "
+                           f"{', '.join(names)}")
     if len(names) < 2:
-        raise ValueError(f"at least two class names (the background and "
-                         f"one class) are needed in {source}. Received: "
-                         f"{', '.join(names) or 'none'}")
+        raise InvalidInput(f"at least two class names (the background and "
+                           f"one class) are needed in {source}. Received: "
+                           f"{', '.join(names) or 'none'}")
     return names
 
 
@@ -646,17 +651,17 @@ def pair_folders(images_dir: str, masks_dir: str,
 
     Raises
     ------
-    FileNotFoundError
-        When a folder does not exist.
-    ValueError
-        For an unknown `kind` or unusable class names.
+    FolderNotFound
+        When a folder does not exist (a ``FileNotFoundError``).
+    InvalidInput
+        For an unknown `kind` or unusable class names (a ``ValueError``).
     """
     if kind is not None and kind not in MASK_KINDS:
-        raise ValueError(f"kind must be None, 'class' or 'instance'. "
-                         f"Received: kind={kind!r}")
+        raise InvalidInput(f"kind must be None, 'class' or 'instance'. "
+                           f"Received: kind={kind!r}")
     for title, folder in (("images", images_dir), ("masks", masks_dir)):
         if not folder or not os.path.isdir(folder):
-            raise FileNotFoundError(
+            raise FolderNotFound(
                 f"The {title} folder does not exist: {folder}")
     report = PairingReport(images_dir=images_dir, masks_dir=masks_dir)
     names = _parse_classes(classes)

@@ -26,13 +26,13 @@ from Orange.data import Domain, StringVariable, Table
 from Orange.data.util import get_unique_names
 
 from orangecontrib.deepimage.backbones import get_backbone
+from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.images import (
     ImageSkipped, image_paths, load_image, paths_of, require_image_column,
     require_mask_column)
 from orangecontrib.deepimage.segdata import MaskInfo, mask_info
 from orangecontrib.deepimage.device import (
-    distribution_strategy, dtype_policy, preferred_dtype_policy)
-from orangecontrib.deepimage.errors import InvalidInput
+    distribution_strategy, preferred_dtype_policy)
 from orangecontrib.deepimage.training import (
     UNREADABLE, NetworkModelMixin, StreamingDataset, TrainingHooks, fit,
     read_image_and_mask)
@@ -59,28 +59,54 @@ ENCODER_SKIPS = {
 
 # --- networks ---------------------------------------------------------------
 
-def _conv_block(x, filters, name, residual=False):
+class _Initializers:
+    """Kernel initialisers for one network: each layer gets its own seed,
+    derived from the network's, so that the same seed gives the same
+    weights without seeding anything global (None: unseeded)."""
+
+    def __init__(self, seed: Optional[int]):
+        self.seed = seed
+        self.count = 0
+
+    def __call__(self):
+        import keras
+        if self.seed is None:
+            return keras.initializers.GlorotUniform()
+        self.count += 1
+        return keras.initializers.GlorotUniform(
+            seed=(self.seed * 7919 + self.count) % 2 ** 31)
+
+
+def _conv_block(x, filters, name, residual=False, dtype="float32",
+                initializers=None):
     from keras import layers
+    initializers = initializers or _Initializers(None)
     shortcut = x
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                          kernel_initializer=initializers(), dtype=dtype,
                           name=f"{name}_conv{i}")(x)
         # Momentum 0.9: small data gives few steps, and prediction uses
         # the moving statistics.
-        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
+        x = layers.BatchNormalization(momentum=0.9, dtype=dtype,
+                                      name=f"{name}_bn{i}")(x)
         if i == 1 or not residual:
-            x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+            x = layers.Activation("relu", dtype=dtype,
+                                  name=f"{name}_relu{i}")(x)
     if residual:
         if shortcut.shape[-1] != filters:
             shortcut = layers.Conv2D(filters, 1, padding="same",
+                                     kernel_initializer=initializers(),
+                                     dtype=dtype,
                                      name=f"{name}_shortcut")(shortcut)
-        x = layers.Add(name=f"{name}_add")([x, shortcut])
-        x = layers.Activation("relu", name=f"{name}_relu2")(x)
+        x = layers.Add(dtype=dtype, name=f"{name}_add")([x, shortcut])
+        x = layers.Activation("relu", dtype=dtype, name=f"{name}_relu2")(x)
     return x
 
 
 def build_unet(n_classes: int, depth: int = 4, base_filters: int = 16,
-               residual: bool = False, input_shape=(None, None, 3)):
+               residual: bool = False, input_shape=(None, None, 3),
+               dtype: str = "float32", seed: Optional[int] = None):
     """A U-Net (or ResUNet when `residual`) from scratch.
 
     Parameters
@@ -95,6 +121,11 @@ def build_unet(n_classes: int, depth: int = 4, base_filters: int = 16,
         Residual convolution blocks (ResUNet).
     input_shape : tuple
         (height, width, 3) of RGB pixels in 0..255.
+    dtype : str
+        The dtype policy of its layers (e.g. ``"mixed_float16"``); the
+        output layer is float32 in any case.
+    seed : int, optional
+        Seed of the initial weights (None: random).
 
     Returns
     -------
@@ -103,22 +134,28 @@ def build_unet(n_classes: int, depth: int = 4, base_filters: int = 16,
     """
     import keras
     from keras import layers
+    initializers = _Initializers(seed)
     pixels = keras.Input(input_shape, name="pixels")
-    x = layers.Rescaling(1 / 255, name="scale")(pixels)
+    x = layers.Rescaling(1 / 255, dtype=dtype, name="scale")(pixels)
     skips = []
     for level in range(depth):
         x = _conv_block(x, base_filters * 2 ** level, f"down{level}",
-                        residual)
+                        residual, dtype, initializers)
         skips.append(x)
-        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
-    x = _conv_block(x, base_filters * 2 ** depth, "bottom", residual)
+        x = layers.MaxPooling2D(2, dtype=dtype, name=f"pool{level}")(x)
+    x = _conv_block(x, base_filters * 2 ** depth, "bottom", residual, dtype,
+                    initializers)
     for level in reversed(range(depth)):
         filters = base_filters * 2 ** level
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same",
-                                   name=f"up{level}")(x)
-        x = layers.Concatenate(name=f"join{level}")([x, skips[level]])
-        x = _conv_block(x, filters, f"dec{level}", residual)
+                                   kernel_initializer=initializers(),
+                                   dtype=dtype, name=f"up{level}")(x)
+        x = layers.Concatenate(dtype=dtype,
+                               name=f"join{level}")([x, skips[level]])
+        x = _conv_block(x, filters, f"dec{level}", residual, dtype,
+                        initializers)
     outputs = layers.Conv2D(n_classes, 1, activation="softmax",
+                            kernel_initializer=initializers(),
                             dtype="float32", name="classes")(x)
     name = "resunet" if residual else "unet"
     return keras.Model(pixels, outputs, name=name)
@@ -126,11 +163,13 @@ def build_unet(n_classes: int, depth: int = 4, base_filters: int = 16,
 
 def build_encoder_unet(n_classes: int, encoder: str,
                        weights: Optional[str] = None,
-                       mirror: Optional[str] = None, base_filters: int = 16):
+                       mirror: Optional[str] = None, base_filters: int = 16,
+                       dtype: str = "float32", seed: Optional[int] = None):
     """A U-Net whose encoder is a pretrained backbone (frozen).
 
     The input size is the backbone's (e.g. 227×227 for SqueezeNet); the
-    decoder resizes each map to the size of the skip it joins.
+    decoder resizes each map to the size of the skip it joins. `dtype` and
+    `seed` are as for :func:`build_unet`.
 
     Returns
     -------
@@ -142,11 +181,12 @@ def build_encoder_unet(n_classes: int, encoder: str,
     from orangecontrib.deepimage.layers import ResizeLike
     from orangecontrib.deepimage.preprocessing import ImagePreprocessing
     if encoder not in ENCODER_SKIPS:
-        raise ValueError(f"No U-Net encoder for this backbone. Received: "
-                         f"encoder={encoder!r}; expected one of "
-                         f"{sorted(ENCODER_SKIPS)}")
+        raise InvalidInput(f"No U-Net encoder for this backbone. Received: "
+                           f"encoder={encoder!r}; expected one of "
+                           f"{sorted(ENCODER_SKIPS)}")
     backbone = get_backbone(encoder)
-    network = backbone.build(weights, mirror=mirror)
+    initializers = _Initializers(seed)
+    network = backbone.build(weights, mirror=mirror, dtype=dtype)
     skip_names = ENCODER_SKIPS[encoder]
     features = keras.Model(
         network.input, [network.get_layer(n).output for n in skip_names],
@@ -154,17 +194,21 @@ def build_encoder_unet(n_classes: int, encoder: str,
     features.trainable = False
     height, width = backbone.input_size
     pixels = keras.Input((height, width, 3), name="pixels")
-    skips = features(ImagePreprocessing(backbone.preprocessing,
+    skips = features(ImagePreprocessing(backbone.preprocessing, dtype=dtype,
                                         name="preprocessing")(pixels),
                      training=False)
     x = skips[-1]
     for level in reversed(range(len(skips) - 1)):
-        x = ResizeLike(name=f"up{level}")([x, skips[level]])
-        x = layers.Concatenate(name=f"join{level}")([x, skips[level]])
-        x = _conv_block(x, base_filters * 2 ** level, f"dec{level}")
-    x = ResizeLike(name="up_full")([x, pixels])
-    x = _conv_block(x, base_filters, "dec_full")
+        x = ResizeLike(dtype=dtype, name=f"up{level}")([x, skips[level]])
+        x = layers.Concatenate(dtype=dtype,
+                               name=f"join{level}")([x, skips[level]])
+        x = _conv_block(x, base_filters * 2 ** level, f"dec{level}",
+                        dtype=dtype, initializers=initializers)
+    x = ResizeLike(dtype=dtype, name="up_full")([x, pixels])
+    x = _conv_block(x, base_filters, "dec_full", dtype=dtype,
+                    initializers=initializers)
     outputs = layers.Conv2D(n_classes, 1, activation="softmax",
+                            kernel_initializer=initializers(),
                             dtype="float32", name="classes")(x)
     return keras.Model(pixels, outputs, name=f"unet_{encoder}")
 
@@ -181,8 +225,8 @@ def segmentation_loss(name: str, n_classes: int):
     from keras import ops
     import keras
     if name not in LOSSES:
-        raise ValueError(f"Unknown loss. Received: loss={name!r}; expected "
-                         f"one of {LOSSES}")
+        raise InvalidInput(f"Unknown loss. Received: loss={name!r}; expected "
+                           f"one of {LOSSES}")
     crossentropy = keras.losses.SparseCategoricalCrossentropy()
 
     def one_hot(y_true):
@@ -469,17 +513,18 @@ class SegmentationLearner:
                  hooks: Optional[TrainingHooks] = None,
                  preview: bool = False):
         if architecture not in ARCHITECTURES:
-            raise ValueError(f"Unknown architecture. Received: architecture="
-                             f"{architecture!r}; expected one of "
-                             f"{ARCHITECTURES}")
+            raise InvalidInput(f"Unknown architecture. Received: architecture="
+                               f"{architecture!r}; expected one of "
+                               f"{ARCHITECTURES}")
         if loss not in LOSSES:
-            raise ValueError(f"Unknown loss. Received: loss={loss!r}; "
-                             f"expected one of {LOSSES}")
+            raise InvalidInput(f"Unknown loss. Received: loss={loss!r}; "
+                               f"expected one of {LOSSES}")
         if encoder is not None:
             get_backbone(encoder)
         elif tile_size % 2 ** depth:
-            raise ValueError(f"tile_size must be a multiple of {2 ** depth}. "
-                             f"Received: tile_size={tile_size}")
+            raise InvalidInput(
+                f"tile_size must be a multiple of {2 ** depth}. "
+                f"Received: tile_size={tile_size}")
         self.architecture = architecture
         self.encoder = encoder
         self.loss = loss
@@ -502,20 +547,20 @@ class SegmentationLearner:
     def build_network(self, n_classes: int):
         """The untrained network and its tile size.
 
-        On a GPU with tensor cores the network computes in mixed precision;
-        its output layer stays float32.
+        On a GPU with tensor cores the network computes in mixed precision
+        (a policy of its layers, not Keras' global one); its output layer
+        stays float32. Its initial weights follow `random_state`.
         """
-        with dtype_policy(preferred_dtype_policy()):
-            return self._build_network(n_classes)
-
-    def _build_network(self, n_classes):
+        policy = preferred_dtype_policy()
         if self.encoder is not None:
             network = build_encoder_unet(n_classes, self.encoder,
                                          self.weights, self.mirror,
-                                         self.base_filters)
+                                         self.base_filters, dtype=policy,
+                                         seed=self.random_state)
             return network, get_backbone(self.encoder).input_size[0]
         network = build_unet(n_classes, self.depth, self.base_filters,
-                             self.architecture == "resunet")
+                             self.architecture == "resunet", dtype=policy,
+                             seed=self.random_state)
         return network, self.tile_size
 
     def __call__(self, table: Table, progress_callback=None
@@ -524,8 +569,7 @@ class SegmentationLearner:
         columns = _columns(table)
         rows, pairs, skipped = _pairs(table, columns)
         if not pairs:
-            raise ValueError("No image has a mask.")
-        keras.utils.set_random_seed(self.random_state)
+            raise InvalidInput("No image has a mask.")
         n_classes = len(columns.classes)
         strategy = distribution_strategy()
         with strategy.scope():

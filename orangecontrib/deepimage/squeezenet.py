@@ -94,7 +94,7 @@ def load_ndf_weights(path: Optional[str] = None
 
 def squeezenet(input_shape: Tuple[Optional[int], Optional[int], int]
                = (227, 227, 3),
-               weights: Optional[str] = "ndf"):
+               weights: Optional[str] = "ndf", seed: Optional[int] = None):
     """Build SqueezeNet v1.1 as a functional Keras model.
 
     Parameters
@@ -105,6 +105,10 @@ def squeezenet(input_shape: Tuple[Optional[int], Optional[int], int]
     weights : str or None
         ``"ndf"`` for the bundled ImageNet weights, a path to a ndf-style
         pickle or a Keras ``.weights.h5`` file, or None for random weights.
+    seed : int, optional
+        Seed of the random weights and of the dropout (None: drawn at
+        random; with `weights` the initial weights are replaced at once,
+        and a fixed seed spares drawing one from Python's random module).
 
     Returns
     -------
@@ -115,16 +119,25 @@ def squeezenet(input_shape: Tuple[Optional[int], Optional[int], int]
     import keras
     from keras import layers
 
+    if seed is None and weights is not None:
+        seed = 0
+    seeds = iter(range(seed, seed + 100)) if seed is not None else None
+
+    def initializer():
+        return keras.initializers.GlorotUniform(
+            next(seeds) if seeds is not None else None)
+
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Conv2D(64, 3, strides=2, padding="same", activation="relu",
-                      name="conv1")(inputs)
+                      kernel_initializer=initializer(), name="conv1")(inputs)
     x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
     for name, squeeze, expand in FIRE_MODULES:
-        x = _fire(x, name, squeeze, expand)
+        x = _fire(x, name, squeeze, expand, initializer)
         if name in _POOL_AFTER:
             x = layers.MaxPooling2D(3, strides=2, name=f"pool_{name}")(x)
-    x = layers.Dropout(0.5, name="drop9")(x)
-    x = layers.Conv2D(1000, 1, padding="valid", name="conv10")(x)
+    x = layers.Dropout(0.5, seed=seed, name="drop9")(x)
+    x = layers.Conv2D(1000, 1, padding="valid",
+                      kernel_initializer=initializer(), name="conv10")(x)
     outputs = layers.GlobalAveragePooling2D(name="pool10")(x)
     model = keras.Model(inputs, outputs, name="squeezenet")
 
@@ -137,13 +150,16 @@ def squeezenet(input_shape: Tuple[Optional[int], Optional[int], int]
     return model
 
 
-def _fire(x, name, squeeze, expand):
+def _fire(x, name, squeeze, expand, initializer):
     from keras import layers
     s = layers.Conv2D(squeeze, 1, padding="same", activation="relu",
+                      kernel_initializer=initializer(),
                       name=f"{name}_squeeze1x1")(x)
     e1 = layers.Conv2D(expand, 1, padding="same", activation="relu",
+                       kernel_initializer=initializer(),
                        name=f"{name}_expand1x1")(s)
     e3 = layers.Conv2D(expand, 3, padding="same", activation="relu",
+                       kernel_initializer=initializer(),
                        name=f"{name}_expand3x3")(s)
     return layers.Concatenate(axis=-1, name=f"{name}_concat")([e1, e3])
 

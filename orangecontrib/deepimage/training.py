@@ -57,12 +57,33 @@ class TrainingHooks:
         self.on_epoch_end = on_epoch_end
 
 
-def _keras_callback_base():
-    import keras
-    return keras.callbacks.Callback
+# The callbacks below are Keras callbacks, but importing Keras imports
+# TensorFlow, which the widgets' modules must not do when the canvas
+# discovers them: their logic is written here without a base class, and
+# the Keras classes (ProgressReporter, KeepBestWeights, StopOnNaN) are made
+# from it on first use (see ``__getattr__``).
+_CALLBACKS = {}
 
 
-class ProgressReporter(_keras_callback_base()):
+def _keras_callback(name: str):
+    """The Keras callback class `name` (made once)."""
+    if name not in _CALLBACKS:
+        import keras
+        logic = globals()[f"_{name}"]
+        _CALLBACKS[name] = type(name, (logic, keras.callbacks.Callback),
+                                {"__module__": __name__,
+                                 "__qualname__": name,
+                                 "__doc__": logic.__doc__})
+    return _CALLBACKS[name]
+
+
+def __getattr__(name):
+    if name in ("ProgressReporter", "KeepBestWeights", "StopOnNaN"):
+        return _keras_callback(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _ProgressReporter:
     """Report progress, honour stop requests and pass on epoch metrics.
 
     Parameters
@@ -120,7 +141,7 @@ class ProgressReporter(_keras_callback_base()):
         self._check_stop()
 
 
-class KeepBestWeights(_keras_callback_base()):
+class _KeepBestWeights:
     """Restore the weights of the best epoch when training ends.
 
     Unlike ``EarlyStopping(restore_best_weights=True)``, this also restores
@@ -146,7 +167,7 @@ class KeepBestWeights(_keras_callback_base()):
             self.model.set_weights(self.best_weights)
 
 
-class StopOnNaN(_keras_callback_base()):
+class _StopOnNaN:
     """Stop at the first batch whose loss is NaN or infinite, and say so."""
 
     def __init__(self):
@@ -204,13 +225,14 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
     if isinstance(validation_data, StreamingDataset):
         validation_data = validation_data.tf_dataset()
     monitor = "val_loss" if validation_data is not None else "loss"
-    reporter = ProgressReporter(hooks or TrainingHooks(), epochs, start, end,
-                                epoch_offset,
-                                stream.expected_batches if stream else None)
-    nan_guard = StopOnNaN()
-    callbacks = [reporter, KeepBestWeights(monitor), nan_guard]
+    reporter = _keras_callback("ProgressReporter")(
+        hooks or TrainingHooks(), epochs, start, end, epoch_offset,
+        stream.expected_batches if stream else None)
+    nan_guard = _keras_callback("StopOnNaN")()
+    callbacks = [reporter, _keras_callback("KeepBestWeights")(monitor),
+                 nan_guard]
     if stream is not None:
-        callbacks.append(_StreamEpoch(stream, epoch_offset))
+        callbacks.append(_keras_callback("StreamEpoch")(stream, epoch_offset))
     if early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, patience=patience, restore_best_weights=False))
@@ -238,7 +260,7 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
     return history.history
 
 
-class _StreamEpoch(_keras_callback_base()):
+class _StreamEpoch:
     """Tell a :class:`StreamingDataset` which epoch begins (its shuffle
     and random choices depend on it, not on how often Keras iterates)."""
 

@@ -18,12 +18,14 @@ from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
 from orangecontrib.deepimage.backbones import BACKBONES, get_backbone
 from orangecontrib.deepimage.cache import cache_file, clear_cache
-from orangecontrib.deepimage.device import device_description
-from orangecontrib.deepimage.embedding import (
-    EmbeddingCancelled, shared_embedder)
+from orangecontrib.deepimage.device import (
+    DEVICE_NOT_DETECTED, device_description, known_device_description)
+from orangecontrib.deepimage.embedding import shared_embedder
+from orangecontrib.deepimage.errors import DeepImageError
 from orangecontrib.deepimage.images import image_columns
 from orangecontrib.deepimage.weights import WeightsUnavailable
-from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
+from orangecontrib.deepimage.widgets.utils.tasks import (
+    TaskButtonsMixin, download_progress, task_progress)
 
 MODEL_KEYS = sorted(BACKBONES, key=lambda key: BACKBONES[key].order)
 
@@ -45,36 +47,22 @@ def run_embedding(data: Table, column_name: str, model: str,
     -------
     SimpleNamespace
         ``embeddings``, ``skipped`` (tables or None), ``n_skipped``,
-        ``cache_error`` (why the cache was off, or None).
+        ``cache_error`` (why the cache was off, or None) and ``device``, the
+        description of the device it ran on.
     """
     embedder = shared_embedder(model, weights, layer, mirror)
     if cache_size is not None:
         embedder.cache_size = cache_size
-    megabyte = 2 ** 20
-
-    def download_progress(done, total):
-        if state.is_interruption_requested():
-            raise EmbeddingCancelled()
-        size = f" of {total / megabyte:.0f}" if total else ""
-        state.set_status(f"Downloading weights: "
-                         f"{done / megabyte:.0f}{size} MB")
-        if total:
-            state.set_progress_value(100 * done / total)
-
-    def progress(fraction):
-        if state.is_interruption_requested():
-            raise EmbeddingCancelled()
-        state.set_progress_value(100 * fraction)
-
     state.set_status("Loading the network…")
-    embedder.load_network(download_progress)
+    device = device_description()
+    embedder.load_network(download_progress(state))
     state.set_status("Embedding…")
     state.set_progress_value(0)
     embedded, skipped, n_skipped = embedder.embed_table(
-        data, column_name, callback=progress)
+        data, column_name, callback=task_progress(state))
     return SimpleNamespace(embeddings=embedded, skipped=skipped,
                            n_skipped=n_skipped,
-                           cache_error=embedder.cache_error)
+                           cache_error=embedder.cache_error, device=device)
 
 
 class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
@@ -165,7 +153,10 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
         self._update_weights_label()
 
         box = gui.vBox(self.controlArea, "Device")
-        self.device_label = gui.widgetLabel(box, device_description())
+        # Asking TensorFlow would import it here, on the GUI thread: the
+        # device is shown once a task has run.
+        self.device_label = gui.widgetLabel(
+            box, known_device_description() or DEVICE_NOT_DETECTED)
 
         box = gui.vBox(self.controlArea, "Cache")
         row = gui.hBox(box)
@@ -330,6 +321,7 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
         self.Outputs.skipped_images.send(skipped)
 
     def on_done(self, result: SimpleNamespace):
+        self.device_label.setText(result.device)
         if result.n_skipped:
             self.Warning.images_skipped(result.n_skipped)
         if result.cache_error:
@@ -341,8 +333,9 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
 
     def on_exception(self, ex: Exception):
         self._send(None, None)
-        if isinstance(ex, EmbeddingCancelled):
-            return
+        super().on_exception(ex)
+
+    def on_user_error(self, ex: DeepImageError):
         if isinstance(ex, WeightsUnavailable):
             self.Error.weights_unavailable(str(ex))
         else:
@@ -362,7 +355,8 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
                                f"({backbone.embedding_size_of(self.layer)} "
                                "values)"),
                  ("Weights", self.weights_file or "ImageNet"),
-                 ("Device", device_description()),
+                 ("Device",
+                  known_device_description() or DEVICE_NOT_DETECTED),
                  ("Cache limit", _megabytes(self.cache_size_mb))]
         if self.image_column is not None:
             items.insert(0, ("Image column", self.image_column.name))

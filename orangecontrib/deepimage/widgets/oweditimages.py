@@ -23,16 +23,18 @@ from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
 from orangecontrib.deepimage.edit import (
     DEFAULT_BLUR_RADIUS, DEFAULT_PIXEL_SIZE, METHODS, OPERATIONS,
-    EditCancelled, EditResult, default_output_folder, edit_images,
-    preview_edit)
-from orangecontrib.deepimage.files import check_output_folder
+    EditResult, default_output_folder, edit_images, preview_edit)
+from orangecontrib.deepimage.errors import DeepImageError
+from orangecontrib.deepimage.files import (
+    FolderMissing, FolderReadOnly, check_output_folder)
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, find_mask_column, image_paths)
 from orangecontrib.deepimage.segdata import mask_info
 from orangecontrib.deepimage.widgets.utils.outputfolder import (
     OutputFolderMixin)
 from orangecontrib.deepimage.widgets.utils.masks import to_qimage
-from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
+from orangecontrib.deepimage.widgets.utils.tasks import (
+    TaskButtonsMixin, task_progress)
 
 OPERATION_KEYS = list(OPERATIONS)
 METHOD_KEYS = list(METHODS)
@@ -47,16 +49,11 @@ def run_edit(data: Table, operation: str, classes: Optional[List[str]],
              blur_radius: float, pixel_size: int, colour: str,
              state: TaskState) -> EditResult:
     """Edit the images of `data` and write them (runs in a worker thread)."""
-    def progress(fraction):
-        if state.is_interruption_requested():
-            raise EditCancelled()
-        state.set_progress_value(100 * fraction)
-
     state.set_status("Editing images…")
     return edit_images(data, operation, classes=classes, dilate=dilate,
                        out_dir=out_dir, method=method,
                        blur_radius=blur_radius, pixel_size=pixel_size,
-                       colour=colour, progress=progress)
+                       colour=colour, progress=task_progress(state))
 
 
 class BeforeAfterView(QWidget):
@@ -407,10 +404,10 @@ class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
             return True
         try:
             check_output_folder(self.output_folder)
-        except FileNotFoundError as error:
+        except FolderMissing as error:
             self.Error.folder_missing(str(error))
             return False
-        except PermissionError as error:
+        except FolderReadOnly as error:
             self.Error.folder_read_only(str(error))
             return False
         return True
@@ -551,11 +548,12 @@ class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
 
     def on_exception(self, ex: Exception):
         self.Outputs.edited_images.send(None)
-        if isinstance(ex, EditCancelled):
-            return
-        if isinstance(ex, FileNotFoundError):
+        super().on_exception(ex)
+
+    def on_user_error(self, ex: DeepImageError):
+        if isinstance(ex, FolderMissing):
             self.Error.folder_missing(str(ex))
-        elif isinstance(ex, PermissionError):
+        elif isinstance(ex, FolderReadOnly):
             self.Error.folder_read_only(str(ex))
         else:
             self.Error.edit_failed(str(ex) or type(ex).__name__)

@@ -35,6 +35,8 @@ from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
 from orangecontrib.deepimage.cache import default_cache_dir
 from orangecontrib.deepimage.classification import ImageClassifierModel
+from orangecontrib.deepimage.errors import (
+    Cancelled, DeepImageError, UnwritableFolder, raise_if_cancelled)
 from orangecontrib.deepimage.explain import (
     Explanation, explain_images, overlay_heatmap, write_heatmaps)
 from orangecontrib.deepimage.files import (
@@ -43,7 +45,8 @@ from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_paths, load_image)
 from orangecontrib.deepimage.widgets.utils.outputfolder import (
     OutputFolderMixin)
-from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
+from orangecontrib.deepimage.widgets.utils.tasks import (
+    TaskButtonsMixin, task_progress)
 
 #: Size of the images in the grid (pixels, the longer side).
 THUMBNAIL_SIZE = 128
@@ -55,10 +58,6 @@ WRITE_CHUNK = 16
 REPORT_IMAGES = 6
 #: Opacity of the heatmap in the written files.
 FILE_OPACITY = 0.5
-
-
-class ExplanationCancelled(Exception):
-    """The task was cancelled."""
 
 
 @dataclass
@@ -113,17 +112,14 @@ def run_explanation(model: ImageClassifierModel, paths: List[Optional[str]],
     if isinstance(files, OwnFolder):
         os.makedirs(files.path, exist_ok=True)
     check_output_folder(files.path)  # before any work
-    def check():
-        if state.is_interruption_requested():
-            raise ExplanationCancelled()
 
-    def progress(fraction):
-        check()
-        state.set_progress_value(90 * fraction)
+    def check():
+        raise_if_cancelled(state)
 
     if previous is None:
         state.set_status("Computing heatmaps…")
-        explanation = explain_images(model, paths, target, callback=progress)
+        explanation = explain_images(model, paths, target,
+                                     callback=task_progress(state, 0, 90))
         thumbnails = {}
         for row, heatmap in enumerate(explanation.heatmaps):
             if len(thumbnails) == MAX_SHOWN:
@@ -358,11 +354,13 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
 
     def on_exception(self, ex: Exception):
         self.Outputs.data.send(None)
-        if isinstance(ex, ExplanationCancelled):
-            return
-        self.result = None
-        self._draw_grid()
-        if isinstance(ex, OSError):
+        if not isinstance(ex, Cancelled):
+            self.result = None
+            self._draw_grid()
+        super().on_exception(ex)
+
+    def on_user_error(self, ex: DeepImageError):
+        if isinstance(ex, UnwritableFolder):
             self.Error.cannot_write(str(ex))
         else:
             self.Error.explanation_failed(str(ex) or type(ex).__name__)

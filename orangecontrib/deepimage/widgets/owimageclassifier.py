@@ -31,15 +31,13 @@ from Orange.widgets.widget import Msg
 from orangecontrib.deepimage.backbones import BACKBONES, get_backbone
 from orangecontrib.deepimage.classification import (
     ImageClassifierLearner, ImageClassifierModel)
-from orangecontrib.deepimage.device import device_description
+from orangecontrib.deepimage.device import (
+    DEVICE_NOT_DETECTED, known_device_description)
+from orangecontrib.deepimage.errors import Cancelled
 from orangecontrib.deepimage.images import find_image_column
 from orangecontrib.deepimage.training import TrainingHooks
 from orangecontrib.deepimage.widgets.utils.training import (
-    EpochMetrics, StoppableTrainingMixin, StoppedBeforeTraining,
-    TrainingRun)
-# Re-exported: a runner standing in for run_training raises it.
-from orangecontrib.deepimage.widgets.utils.training import (  # noqa: F401
-    TrainingCancelled)  # pylint: disable=unused-import
+    EpochMetrics, StoppableTrainingMixin, TrainingRun)
 from orangecontrib.deepimage.widgets.utils.trainingcurves import (
     TrainingCurves)
 
@@ -51,15 +49,15 @@ CURVES = (("loss", "Loss", "loss"), ("accuracy", "Accuracy", "accuracy"))
 
 def run_training(learner: ImageClassifierLearner, data: Table,
                  state: TaskState, stop: Optional[threading.Event] = None
-                 ) -> ImageClassifierModel:
+                 ) -> Optional[ImageClassifierModel]:
     """Train `learner` on `data` (runs in a worker thread).
 
     Each epoch's metrics are sent with ``state.set_partial_result`` as
     :class:`EpochMetrics`. Setting `stop` ends training after the current
-    batch and returns the model with the best weights so far (or raises
-    :class:`StoppedBeforeTraining` at once when no training step ran yet:
-    loading the network and embedding the images are abandoned);
-    ``state``'s interruption raises :class:`TrainingCancelled`.
+    batch and returns the model with the best weights so far (or None at
+    once when no training step ran yet: loading the network and embedding
+    the images are abandoned); ``state``'s interruption raises
+    :class:`~orangecontrib.deepimage.errors.Cancelled`.
     """
     run = TrainingRun(state, stop)
     training = threading.Event()  # set once Keras runs training steps
@@ -68,7 +66,7 @@ def run_training(learner: ImageClassifierLearner, data: Table,
     def progress(fraction, message=None):
         run.check_cancelled()
         if run.stop.is_set() and not training.is_set():
-            raise StoppedBeforeTraining()
+            raise Cancelled()  # TrainingRun.train gives None for it
         if message and message != status[0]:
             status[0] = message
             state.set_status(message)
@@ -236,7 +234,10 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
             tooltip="The same seed gives the same split and model."))
 
         box = gui.vBox(self.controlArea, "Device")
-        self.device_label = gui.widgetLabel(box, device_description())
+        # Asking TensorFlow would import it here, on the GUI thread: the
+        # device is shown once a training has run.
+        self.device_label = gui.widgetLabel(
+            box, known_device_description() or DEVICE_NOT_DETECTED)
 
         self._setup_plots()
 
@@ -357,23 +358,24 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
     def on_partial_result(self, result: EpochMetrics):
         self.training_curves.add_epoch(result.epoch, result.metrics)
 
-    def on_done(self, result: ImageClassifierModel):
+    def on_done(self, result: Optional[ImageClassifierModel]):
+        # None: Stop came before there was a model.
         model = result
-        model.name = self.effective_learner_name()
-        model.instances = self.data
+        if model is not None:
+            model.name = self.effective_learner_name()
+            model.instances = self.data
+            if model.history:
+                self.training_curves.set_history(model.history, best=True)
+            if model.notes:
+                self.Warning.notes("\n".join(model.notes))
         self.model = model
-        if model.history:
-            self.training_curves.set_history(model.history, best=True)
-        self.show_if_stopped(len(self.training_curves.epochs))
-        if model.notes:
-            self.Warning.notes("\n".join(model.notes))
+        self.show_if_stopped(model, len(self.training_curves.epochs))
         self._send_model()
 
     def on_exception(self, ex: Exception):
         self.model = None
         self._send_model()
-        if not self.show_training_exception(ex):
-            self.show_fitting_failed(ex)
+        super().on_exception(ex)
 
     def onDeleteWidget(self):
         self.shutdown()
@@ -383,7 +385,8 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
 
     def send_report(self):
         super().send_report()
-        self.report_items("Device", (("Device", device_description()),))
+        self.report_items("Device", (
+            ("Device", known_device_description() or DEVICE_NOT_DETECTED),))
         self.training_curves.report(self)
 
     @classmethod

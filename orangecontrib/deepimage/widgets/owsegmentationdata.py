@@ -9,11 +9,15 @@ from AnyQt.QtWidgets import (
 from Orange.data import Table
 from Orange.widgets import gui
 from Orange.widgets.settings import Setting
-from Orange.widgets.utils.concurrent import ConcurrentWidgetMixin, TaskState
+from Orange.widgets.utils.concurrent import TaskState
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Msg, Output, OWWidget
 
-from orangecontrib.deepimage.segdata import PairingReport, pair_folders
+from orangecontrib.deepimage.errors import DeepImageError, InvalidInput
+from orangecontrib.deepimage.segdata import (
+    FolderNotFound, PairingReport, pair_folders)
+from orangecontrib.deepimage.widgets.utils.tasks import (
+    TaskButtonsMixin, task_progress)
 
 #: (setting value, combo text); settings store the value, not the index.
 KINDS = [("auto", "Automatic"), ("class", "Class masks"),
@@ -22,23 +26,13 @@ MAX_RECENT = 10
 MAX_NAMES_SHOWN = 3
 
 
-class PairingCancelled(Exception):
-    """The pairing was stopped by the user or by new settings."""
-
-
 def run_pairing(images_dir: str, masks_dir: str, classes: Optional[str],
                 kind: Optional[str], state: TaskState
                 ) -> Tuple[Optional[Table], PairingReport]:
     """Pair the folders (runs in a worker thread); see `pair_folders`."""
     state.set_status("Pairing images and masks…")
-
-    def progress(fraction):
-        if state.is_interruption_requested():
-            raise PairingCancelled()
-        state.set_progress_value(100 * fraction)
-
     return pair_folders(images_dir, masks_dir, classes=classes, kind=kind,
-                        callback=progress)
+                        callback=task_progress(state))
 
 
 def _examples(names: List[str]) -> str:
@@ -47,7 +41,7 @@ def _examples(names: List[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-class OWSegmentationData(OWWidget, ConcurrentWidgetMixin):
+class OWSegmentationData(OWWidget, TaskButtonsMixin):
     name = "Segmentation Data"
     description = "Pair a folder of images with a folder of masks " \
                   "(class or instance labels) for segmentation."
@@ -99,7 +93,7 @@ class OWSegmentationData(OWWidget, ConcurrentWidgetMixin):
 
     def __init__(self):
         OWWidget.__init__(self)
-        ConcurrentWidgetMixin.__init__(self)
+        TaskButtonsMixin.__init__(self)
         self.report_result: Optional[PairingReport] = None
         self.output: Optional[Table] = None
         if self.mask_kind not in [key for key, _ in KINDS]:
@@ -318,11 +312,10 @@ class OWSegmentationData(OWWidget, ConcurrentWidgetMixin):
 
     def on_exception(self, ex: Exception):
         self._send(None, "No data.")
-        if isinstance(ex, PairingCancelled):
-            return
-        if isinstance(ex, FileNotFoundError):
-            self.Error.pairing_failed(str(ex))
-        elif isinstance(ex, ValueError):
+        super().on_exception(ex)
+
+    def on_user_error(self, ex: DeepImageError):
+        if isinstance(ex, InvalidInput) and not isinstance(ex, FolderNotFound):
             self.Error.bad_classes(str(ex))
         else:
             self.Error.pairing_failed(str(ex) or type(ex).__name__)

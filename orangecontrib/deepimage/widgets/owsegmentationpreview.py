@@ -26,11 +26,13 @@ from Orange.data import Table
 from Orange.widgets import gui
 from Orange.widgets.settings import (
     ContextSetting, DomainContextHandler, Setting)
-from Orange.widgets.utils.concurrent import ConcurrentWidgetMixin, TaskState
+from Orange.widgets.utils.concurrent import TaskState
 from Orange.widgets.utils.itemmodels import VariableListModel
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
+from orangecontrib.deepimage.errors import (
+    Cancelled, DeepImageError, raise_if_cancelled)
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_paths, is_mask_column,
     load_image)
@@ -39,15 +41,12 @@ from orangecontrib.deepimage.segmentation import iou_and_dice
 from orangecontrib.deepimage.widgets.utils.masks import (
     MaskView, class_colours, legend_html, overlay_mask, report_image_html,
     shrink, to_qimage)
+from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
 
 #: Images are reduced to fit this size for the view.
 VIEW_SIDE = 640
 #: Images (with their masks) kept in memory.
 CACHE_SIZE = 12
-
-
-class LoadCancelled(Exception):
-    """Another image was chosen before this one was read."""
 
 
 @dataclass
@@ -91,8 +90,7 @@ def load_view(image_path: Optional[str],
         problems.append(f"image: {error}")
     full = []
     for path, kind in masks:
-        if state is not None and state.is_interruption_requested():
-            raise LoadCancelled()
+        raise_if_cancelled(state)  # another image was chosen meanwhile
         if not path:
             problems.append("no mask in this row")
             full.append(None)
@@ -126,7 +124,7 @@ def load_view(image_path: Optional[str],
                 for mask in full], problems, iou)
 
 
-class OWSegmentationPreview(OWWidget, ConcurrentWidgetMixin):
+class OWSegmentationPreview(OWWidget, TaskButtonsMixin):
     name = "Segmentation Preview"
     description = "Show images with their masks; compare the ground truth " \
                   "with a prediction, with each image's IoU."
@@ -161,7 +159,7 @@ class OWSegmentationPreview(OWWidget, ConcurrentWidgetMixin):
 
     def __init__(self):
         OWWidget.__init__(self)
-        ConcurrentWidgetMixin.__init__(self)
+        TaskButtonsMixin.__init__(self)
         self.data: Optional[Table] = None
         self.paths: List[Optional[str]] = []
         self.current_row: Optional[int] = None
@@ -346,9 +344,12 @@ class OWSegmentationPreview(OWWidget, ConcurrentWidgetMixin):
         self._draw()
 
     def on_exception(self, ex: Exception):
-        if isinstance(ex, LoadCancelled):
-            return
-        self.loaded = None
+        if not isinstance(ex, Cancelled):
+            self.loaded = None
+            self.view.clear("Cannot show this image.")
+        super().on_exception(ex)
+
+    def on_user_error(self, ex: DeepImageError):
         self.view.clear(f"Cannot show this image: {ex}")
 
     def on_partial_result(self, result):

@@ -31,7 +31,9 @@ from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
 from orangecontrib.deepimage.backbones import BACKBONES
-from orangecontrib.deepimage.device import device_description
+from orangecontrib.deepimage.device import (
+    DEVICE_NOT_DETECTED, known_device_description)
+from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.images import (
     find_image_column, find_mask_column)
 from orangecontrib.deepimage.segdata import INSTANCE_CLASSES, mask_info
@@ -46,11 +48,7 @@ from orangecontrib.deepimage.widgets.utils.masks import (
     MaskView, class_colours, legend_html, overlay_mask, report_image_html,
     shrink, to_qimage)
 from orangecontrib.deepimage.widgets.utils.training import (
-    EpochMetrics, StoppableTrainingMixin, StoppedBeforeTraining,
-    TrainingRun)
-# Re-exported: a runner standing in for run_training raises it.
-from orangecontrib.deepimage.widgets.utils.training import (  # noqa: F401
-    TrainingCancelled)  # pylint: disable=unused-import
+    EpochMetrics, StoppableTrainingMixin, TrainingRun)
 from orangecontrib.deepimage.widgets.utils.trainingcurves import (
     TrainingCurves)
 
@@ -121,14 +119,14 @@ def class_names(data: Table) -> List[str]:
 
 def run_training(learner: SegmentationLearner, data: Table,
                  state: TaskState, stop: Optional[threading.Event] = None
-                 ) -> SegmentationModel:
+                 ) -> Optional[SegmentationModel]:
     """Train `learner` on `data` (runs in a worker thread).
 
     After each epoch an :class:`EpochResult` with a preview goes out with
     ``state.set_partial_result``. Setting `stop` ends training after the
     current batch and returns the model with the best weights so far (or
-    raises :class:`StoppedBeforeTraining` when no epoch ended);
-    ``state``'s interruption raises :class:`TrainingCancelled`.
+    None when no epoch ended); ``state``'s interruption raises
+    :class:`~orangecontrib.deepimage.errors.Cancelled`.
     """
     run = TrainingRun(state, stop)
     n_classes = len(class_names(data))
@@ -148,12 +146,12 @@ def run_training(learner: SegmentationLearner, data: Table,
         state.set_status(f"Training: epoch {epoch + 1} of {learner.epochs}")
 
     if run.stop.is_set():
-        raise StoppedBeforeTraining()
+        return None
     hooks = TrainingHooks(progress, run.should_stop, on_epoch_end)
     model = run.train(learner, data, hooks, "Preparing the network…",
                       preview=True)
     if run.stop.is_set() and not epochs_done[0]:
-        raise StoppedBeforeTraining()
+        return None
     return model
 
 
@@ -182,7 +180,6 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
         no_rows = Msg("The data has no rows.")
         invalid_parameters = Msg("{}")
         training_failed = Msg("{}")
-        unexpected_error = Msg("Training failed: {}")
 
     class Warning(OWWidget.Warning):
         outdated = Msg("Press Apply to train with the changed parameters.")
@@ -337,7 +334,10 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
             tooltip="The same seed gives the same split and model."))
 
         box = gui.vBox(self.controlArea, "Device")
-        self.device_label = gui.widgetLabel(box, device_description())
+        # Asking TensorFlow would import it here, on the GUI thread: the
+        # device is shown once a training has run.
+        self.device_label = gui.widgetLabel(
+            box, known_device_description() or DEVICE_NOT_DETECTED)
         self._fit_combos()
 
         self.controlArea.layout().addStretch(1)
@@ -441,7 +441,7 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
         self.Error.invalid_parameters.clear()
         try:
             self.learner = self.create_learner()
-        except ValueError as error:
+        except InvalidInput as error:
             self.learner = None
             self.Error.invalid_parameters(str(error))
         self.Outputs.learner.send(self.learner)
@@ -501,7 +501,6 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
         """Train a model on the data (in the background)."""
         self.cancel()
         self.clear_training_messages()
-        self.Error.unexpected_error.clear()
         self.Warning.outdated.clear()
         self._set_model(None)
         self.curves.clear()
@@ -518,17 +517,18 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
             self.preview_epoch = result.epoch + 1
             self._show_preview()
 
-    def on_done(self, result: SegmentationModel):
-        if result.history:
-            self.curves.set_history(result.history, best=True)
-        self.show_if_stopped(len(self.curves.epochs))
-        self.scores_label.setText(self._scores_html(result))
+    def on_done(self, result: Optional[SegmentationModel]):
+        # None: Stop came before an epoch ended.
+        if result is not None:
+            if result.history:
+                self.curves.set_history(result.history, best=True)
+            self.scores_label.setText(self._scores_html(result))
+        self.show_if_stopped(result, len(self.curves.epochs))
         self._set_model(result)
 
     def on_exception(self, ex: Exception):
         self._set_model(None)
-        if not self.show_training_exception(ex):
-            self.Error.unexpected_error(f"{type(ex).__name__}: {ex}")
+        super().on_exception(ex)
 
     def _set_model(self, model: Optional[SegmentationModel]):
         self.model = model
@@ -582,7 +582,8 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
 
     def send_report(self):
         self.report_items("Parameters", self.learner_parameters())
-        self.report_items("Device", (("Device", device_description()),))
+        self.report_items("Device", (
+            ("Device", known_device_description() or DEVICE_NOT_DETECTED),))
         if self.data is not None:
             self.report_data("Data", self.data)
         self.curves.report(self)

@@ -26,8 +26,10 @@ from Orange.widgets.utils.concurrent import TaskState
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
+from orangecontrib.deepimage.errors import (
+    DeepImageError, UnwritableFolder, raise_if_cancelled)
 from orangecontrib.deepimage.files import (
-    NewFiles, OwnFolder, check_output_folder)
+    FolderMissing, NewFiles, OwnFolder, check_output_folder)
 from orangecontrib.deepimage.images import find_image_column
 from orangecontrib.deepimage.measure import measure_table
 from orangecontrib.deepimage.segmentation import SegmentationModel
@@ -36,14 +38,11 @@ from orangecontrib.deepimage.widgets.utils import (  # noqa: F401
     summaries)  # pylint: disable=unused-import
 from orangecontrib.deepimage.widgets.utils.outputfolder import (
     OutputFolderMixin)
-from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
+from orangecontrib.deepimage.widgets.utils.tasks import (
+    TaskButtonsMixin, task_progress)
 
 #: Share of the progress bar for predicting; measuring takes the rest.
 PREDICT_SHARE = 0.9
-
-
-class SegmentationCancelled(Exception):
-    """The run was cancelled; its result is not wanted."""
 
 
 def default_output_folder() -> str:
@@ -66,14 +65,6 @@ class SegmentResult:
     folder: str
 
 
-def _progress(state: TaskState, start: float, end: float):
-    def progress(fraction):
-        if state.is_interruption_requested():
-            raise SegmentationCancelled()
-        state.set_progress_value(100 * (start + (end - start) * fraction))
-    return progress
-
-
 def run_measure(images: Table, mask_column: str, split_touching: bool,
                 state: TaskState, start: float = 0.0, folder: str = ""
                 ) -> SegmentResult:
@@ -83,7 +74,7 @@ def run_measure(images: Table, mask_column: str, split_touching: bool,
     objects, counts = measure_table(
         images, image_column=image_var.name if image_var else None,
         mask_column=mask_column, split_touching=split_touching,
-        callback=_progress(state, start, 1.0))
+        callback=task_progress(state, 100 * start, 100))
     written = [value for value in images.get_column(mask_column) if value]
     return SegmentResult(images, mask_column, counts, objects, len(written),
                          len(images) - len(written), folder)
@@ -102,9 +93,9 @@ def run_segmentation(model: SegmentationModel, data: Table, folder,
     files = folder if isinstance(folder, NewFiles) else NewFiles(folder)
     with files:
         images = model.predict_masks(
-            data, files, callback=_progress(state, 0, PREDICT_SHARE))
-        if state.is_interruption_requested():
-            raise SegmentationCancelled()
+            data, files, callback=task_progress(state, 0,
+                                                100 * PREDICT_SHARE))
+        raise_if_cancelled(state)
     mask_column = images.domain.metas[-1].name
     return run_measure(images, mask_column, split_touching, state,
                        PREDICT_SHARE, files.path)
@@ -267,10 +258,10 @@ class OWSegmentImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
                    self.split_touching)
 
     def _show_folder_error(self, error: OSError):
-        if isinstance(error, PermissionError):
-            self.Error.folder_read_only(str(error))
-        else:
+        if isinstance(error, FolderMissing):
             self.Error.folder_missing(str(error))
+        else:
+            self.Error.folder_read_only(str(error))
 
     def on_done(self, result: SegmentResult):
         self.result = result
@@ -282,9 +273,10 @@ class OWSegmentImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
 
     def on_exception(self, ex: Exception):
         self._send(None)
-        if isinstance(ex, SegmentationCancelled):
-            return
-        if isinstance(ex, OSError):
+        super().on_exception(ex)
+
+    def on_user_error(self, ex: DeepImageError):
+        if isinstance(ex, UnwritableFolder):
             self._show_folder_error(ex)
         else:
             self.Error.segmentation_failed(str(ex) or type(ex).__name__)

@@ -74,10 +74,10 @@ class TaskButtonsMixin(ConcurrentWidgetMixin):
         self._enable_task_buttons(False)
         try:
             super()._on_task_done(future)
-        except Exception:
-            # on_exception raised the task's unexpected error again, for
-            # Orange's error reporting, before ConcurrentWidgetMixin could
-            # mark the widget ready: do it here, or it stays busy for good.
+        except BaseException:
+            # on_exception raised an unexpected error again, for Orange's
+            # error reporting; ConcurrentWidgetMixin's clean-up after it
+            # was skipped: the widget is ready for new work all the same.
             self.progressBarFinished()
             self.setInvalidated(False)
             self.setStatusMessage("")

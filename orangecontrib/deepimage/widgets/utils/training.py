@@ -13,6 +13,11 @@ or parameters make the running training pointless.
   ``run_training(learner, data, state, stop=None)`` needs to honour Stop and
   Cancel and to train a copy of the learner;
 * :class:`EpochMetrics`, the partial result sent after each epoch.
+
+Cancel raises :class:`~orangecontrib.deepimage.errors.Cancelled`, as in
+every task. Stop before training gave a model ends the runner with None
+(there is no model), which the widget's ``on_done`` shows with
+:meth:`StoppableTrainingMixin.show_if_stopped`.
 """
 import copy
 import threading
@@ -24,23 +29,14 @@ from AnyQt.QtWidgets import QPushButton, QWidget
 from Orange.data import Table
 from Orange.widgets.utils.concurrent import TaskState
 
-from orangecontrib.deepimage.training import TrainingError, TrainingHooks
-from orangecontrib.deepimage.weights import WeightsUnavailable
+from orangecontrib.deepimage.device import (
+    DEVICE_NOT_DETECTED, device_description, known_device_description)
+from orangecontrib.deepimage.errors import (
+    Cancelled, DeepImageError, raise_if_cancelled)
+from orangecontrib.deepimage.training import TrainingHooks
 from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
 
-__all__ = ["TrainingCancelled", "StoppedBeforeTraining", "EpochMetrics",
-           "TrainingRun", "StoppableTrainingMixin", "USER_ERRORS"]
-
-#: Exceptions whose text tells the user what to change (shown as it is).
-USER_ERRORS = (TrainingError, ValueError, WeightsUnavailable, OSError)
-
-
-class TrainingCancelled(Exception):
-    """The task was cancelled; its result is not wanted."""
-
-
-class StoppedBeforeTraining(Exception):
-    """Stop was pressed before training gave a model: there is none."""
+__all__ = ["EpochMetrics", "TrainingRun", "StoppableTrainingMixin"]
 
 
 @dataclass
@@ -56,7 +52,8 @@ class TrainingRun:
     Parameters
     ----------
     state : TaskState
-        Its interruption (Cancel) raises :class:`TrainingCancelled`.
+        Its interruption (Cancel) raises
+        :class:`~orangecontrib.deepimage.errors.Cancelled`.
     stop : threading.Event, optional
         Set by Stop: training ends after the current batch and keeps the
         best weights so far.
@@ -68,9 +65,14 @@ class TrainingRun:
         self.stop = stop or threading.Event()
 
     def check_cancelled(self):
-        """Raise :class:`TrainingCancelled` if the task was cancelled."""
-        if self.state.is_interruption_requested():
-            raise TrainingCancelled()
+        """Raise :class:`~orangecontrib.deepimage.errors.Cancelled` if the
+        task was cancelled."""
+        raise_if_cancelled(self.state)
+
+    def stopped_before_training(self) -> bool:
+        """Stop (not Cancel) was pressed: the caller ends without a model."""
+        return self.stop.is_set() and \
+            not self.state.is_interruption_requested()
 
     def should_stop(self) -> bool:
         """The hook that ends training after the current batch."""
@@ -83,14 +85,22 @@ class TrainingRun:
 
         The learner on the widget's output stays as it is; `attributes`
         (e.g. ``preview=True``) are set on the copy only. `status` is shown
-        while the network is prepared.
+        while the network is prepared. Returns None when Stop ended the
+        work before there was a model (a hook raised
+        :class:`~orangecontrib.deepimage.errors.Cancelled` for it).
         """
         learner = copy.copy(learner)
         learner.hooks = hooks
         for name, value in attributes.items():
             setattr(learner, name, value)
         self.state.set_status(status)
-        model = learner(data, progress_callback=progress_callback)
+        device_description()  # detected here, off the GUI thread
+        try:
+            model = learner(data, progress_callback=progress_callback)
+        except Cancelled:
+            if self.stopped_before_training():
+                return None
+            raise
         self.check_cancelled()
         return model
 
@@ -100,10 +110,13 @@ class StoppableTrainingMixin(TaskButtonsMixin):
 
     The widget calls :meth:`add_stop_button` where its buttons go and
     :meth:`start_training` to train; its runner takes
-    ``(*args, state, stop=event)``. The widget declares the messages
+    ``(*args, state, stop=event)`` and returns the model, or None when Stop
+    came before there was one. The widget declares the messages
     ``Information.stopped`` (with the number of epochs),
-    ``Information.stopped_before_training`` and ``Error.training_failed``,
-    in its own words.
+    ``Information.stopped_before_training`` and ``Error.training_failed``
+    (where :meth:`on_user_error` shows problems the user can act on), in
+    its own words. Its ``device_label`` shows the device once a training
+    ran.
     """
 
     def __init__(self):
@@ -136,27 +149,27 @@ class StoppableTrainingMixin(TaskButtonsMixin):
         self.Information.stopped.clear()
         self.Information.stopped_before_training.clear()
 
-    def show_if_stopped(self, n_epochs: int):
-        """On a model: say that Stop ended training after `n_epochs`."""
-        if self._stop_event.is_set():
+    def show_if_stopped(self, model, n_epochs: int):
+        """At the end of training: say that Stop ended it after `n_epochs`,
+        or before there was a `model` (None)."""
+        self.show_device()
+        if model is None:
+            self.Information.stopped_before_training()
+        elif self._stop_event.is_set():
             self.Information.stopped(n_epochs)
 
-    def show_training_exception(self, ex: Exception) -> bool:
-        """Show how training ended with `ex`; False if it is unexpected.
+    def show_device(self):
+        """Show the device training ran on (known once it ran)."""
+        self.device_label.setText(known_device_description()
+                                  or DEVICE_NOT_DETECTED)
 
-        Cancelling shows nothing, Stop before a model was there shows the
-        information, and errors the user can act on their text; what is
-        left is for the widget to show.
-        """
-        if isinstance(ex, TrainingCancelled):
-            return True
-        if isinstance(ex, StoppedBeforeTraining):
-            self.Information.stopped_before_training()
-        elif isinstance(ex, USER_ERRORS):
-            self.Error.training_failed(str(ex) or type(ex).__name__)
-        else:
-            return False
-        return True
+    def on_exception(self, ex: Exception):
+        if not isinstance(ex, Cancelled):
+            self.show_device()
+        super().on_exception(ex)
+
+    def on_user_error(self, ex: DeepImageError):
+        self.Error.training_failed(str(ex) or type(ex).__name__)
 
     def shutdown(self):
         # Stop first, so that Keras ends soon and the wait is short.
