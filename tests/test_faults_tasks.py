@@ -207,7 +207,7 @@ class TestDeepEmbeddingFaults(WidgetTest):
         self.assert_ready(self.widget)
 
     def test_unexpected_error_reaches_the_error_reporting(self):
-        def broken(*_args):
+        def broken(*_args, **_kwargs):
             return 1 / 0
 
         with mock.patch.object(owdeepembedding, "run_embedding", broken), \

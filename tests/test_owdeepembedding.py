@@ -156,6 +156,8 @@ class TestOWDeepEmbedding(WidgetTest):
         self.assertEqual(widget.model, "squeezenet")
 
     def test_cache_limit_clear_and_fault(self):
+        # The cache is the test session's: other tests' images leave.
+        shared_embedder("squeezenet").clear_cache()
         self.widget.cache_size_combo.setCurrentIndex(
             owdeepembedding.CACHE_SIZES_MB.index(500))
         self.widget.cache_size_combo.activated.emit(
