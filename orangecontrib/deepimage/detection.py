@@ -1,0 +1,715 @@
+"""Find objects in photos with pretrained detectors: no training.
+
+Faces to blur before photos go online, number plates to blank in car
+adverts, people to count at a demonstration: :class:`ObjectDetector` runs a
+pretrained detector from the registry :data:`DETECTORS` over images and
+returns boxes; :func:`detections_to_masks` turns the boxes into mask files
+in the add-on's mask-column convention (see
+:func:`~orangecontrib.deepimage.images.find_mask_column`), so that
+:mod:`~orangecontrib.deepimage.edit` (Edit Images) blurs, pixelates, fills
+or removes what was found, and Measure and Segmentation Preview show it::
+
+    >>> from orangecontrib.deepimage import ObjectDetector
+    >>> detector = ObjectDetector("faces")
+    >>> detector(["astronaut.jpg"])      # one list of detections per path
+    [[Detection(label='face', score=0.99, box=(176, 40, 256, 120))]]
+    >>> objects, counts, skipped = detector(table)   # Orange tables
+
+The detectors that work offline ship inside the ``opencv-python-headless``
+4.x wheel (OpenCV 5 no longer ships the cascades, hence the pin in
+``setup.py``): Viola–Jones Haar cascades for frontal faces and for
+(Russian) number plates, and the Dalal–Triggs HOG people detector. They are
+classics, far weaker than modern COCO detectors, but they need no network.
+Entries are data (:class:`DetectorSpec`): a detector with downloaded
+weights declares ``weights="download"`` and its size, and lists show it as
+such.
+
+Boxes are ``(x0, y0, x1, y1)`` in the pixels of the upright image at full
+resolution (x to the right, y downwards, the maxima exclusive). Large
+images are reduced for detection (each entry's ``max_side``) and the boxes
+mapped back.
+"""
+import math
+import os
+from dataclasses import dataclass, field
+from typing import (
+    Callable, Dict, List, Optional, Sequence, Tuple, Union)
+
+import numpy as np
+
+from Orange.data import (ContinuousVariable, DiscreteVariable, Domain,
+                         StringVariable, Table)
+from Orange.data.util import get_unique_names
+
+from orangecontrib.deepimage.errors import (
+    InvalidInput, WeightsUnavailable)
+from orangecontrib.deepimage.images import (
+    ImageSkipped, image_paths, load_image, require_image_column)
+
+__all__ = ["Detection", "DetectorSpec", "DETECTORS", "get_detector_spec",
+           "ObjectDetector", "non_max_suppression", "detections_to_masks",
+           "detection_tables", "cascade_file"]
+
+Box = Tuple[float, float, float, float]
+Progress = Optional[Callable[[float], None]]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One object found in an image.
+
+    Attributes
+    ----------
+    label : str
+        Its class, one of the detector's classes.
+    score : float
+        Confidence from 0 to 1 (see each detector's ``score`` note).
+    box : (float, float, float, float)
+        ``(x0, y0, x1, y1)`` in full-resolution pixels of the upright
+        image; x1 and y1 are exclusive.
+    mask : numpy.ndarray or None
+        A boolean ``(height, width)`` mask of the object in the whole image,
+        for models that give one.
+    """
+    label: str
+    score: float
+    box: Box
+    mask: Optional[np.ndarray] = field(default=None, compare=False,
+                                       repr=False)
+
+    @property
+    def area(self) -> float:
+        """The box's area in pixels."""
+        x0, y0, x1, y1 = self.box
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+
+# --- the registry ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A pretrained detector and everything needed to run it.
+
+    Attributes
+    ----------
+    key : str
+        Registry key, e.g. ``"faces"``.
+    name : str
+        Name shown to the user.
+    description : str
+        One sentence for the user.
+    classes : tuple of str
+        What it finds.
+    kind : str
+        ``"cascade"`` (OpenCV Haar cascade) or ``"hog"`` (OpenCV HOG
+        people detector).
+    input : str
+        Its input convention, in words.
+    max_side : int
+        Images whose longer side is larger are reduced to this for
+        detection; boxes are mapped back to full resolution.
+    weights : str
+        Where the weights come from: ``"bundled"`` (inside an installed
+        package) or ``"download"``.
+    source : str
+        The file inside its package, or the KerasHub preset name.
+    size_mb : float
+        Size of the weights in MB (for downloads, what the user waits for).
+    licence : str
+        The licence of the model and its weights.
+    score : str
+        What the score means for this detector.
+    options : dict
+        Parameters of the backend (cascade file, scale step, ...).
+    order : int
+        Position in lists shown to the user.
+    """
+    key: str
+    name: str
+    description: str
+    classes: Tuple[str, ...]
+    kind: str
+    input: str
+    max_side: int
+    weights: str
+    source: str
+    size_mb: float
+    licence: str
+    score: str = ""
+    options: Dict[str, object] = field(default_factory=dict)
+    order: int = 0
+
+    @property
+    def offline(self) -> bool:
+        """True when the weights come with an installed package."""
+        return self.weights == "bundled"
+
+    def availability(self) -> str:
+        """A short phrase for the user: offline, or the download's size."""
+        if self.offline:
+            return "works offline"
+        return f"downloads {self.size_mb:.0f} MB"
+
+
+_CASCADE_SCORE = ("the logistic function of the cascade's last-stage sum "
+                  "(OpenCV's level weight): above 0.5 the last stage votes "
+                  "'object'; overlapping windows are first grouped as "
+                  "OpenCV does (min_neighbors)")
+_OPENCV_LICENCE = ("OpenCV (Apache-2.0); the cascade file carries the Intel "
+                   "open-source licence (BSD-style) in its header")
+DETECTORS: Dict[str, DetectorSpec] = {spec.key: spec for spec in [
+    DetectorSpec(
+        key="faces", name="Faces (OpenCV cascade)",
+        description="Frontal faces, upright, at least 24 pixels wide after "
+                    "reduction; profiles and tilted faces are missed.",
+        classes=("face",), kind="cascade",
+        input="grey, histogram-equalised; 24×24 window over a pyramid",
+        max_side=1280, weights="bundled",
+        source="haarcascade_frontalface_default.xml", size_mb=0.9,
+        licence=_OPENCV_LICENCE, score=_CASCADE_SCORE,
+        options={"scale_factor": 1.1, "min_neighbors": 5,
+                 "min_size": (24, 24), "equalize": True},
+        order=0),
+    DetectorSpec(
+        key="people", name="People (OpenCV HOG)",
+        description="Whole people standing upright, at least about 128 "
+                    "pixels tall after reduction; sitting or partly hidden "
+                    "people are often missed.",
+        classes=("person",), kind="hog",
+        input="colour; 64×128 window of gradient histograms over a pyramid",
+        max_side=960, weights="bundled",
+        source="cv2.HOGDescriptor_getDefaultPeopleDetector()", size_mb=0.02,
+        licence="OpenCV (Apache-2.0); Dalal–Triggs detector trained on "
+                "INRIA Person",
+        score="the logistic function of the linear SVM's margin",
+        options={"win_stride": (8, 8), "padding": (8, 8), "scale": 1.05,
+                 "upscale_below": 400},
+        order=1),
+    DetectorSpec(
+        key="number-plates", name="Number plates (OpenCV cascade)",
+        description="Car number plates of the Russian format, seen from the "
+                    "front; other formats, tilted or blurred plates are "
+                    "often missed.",
+        classes=("number plate",), kind="cascade",
+        input="grey; 60×20 window over a pyramid",
+        max_side=1600, weights="bundled",
+        source="haarcascade_russian_plate_number.xml", size_mb=0.08,
+        licence=_OPENCV_LICENCE, score=_CASCADE_SCORE,
+        options={"scale_factor": 1.1, "min_neighbors": 5,
+                 "min_size": (60, 20), "equalize": False},
+        order=2),
+]}
+
+
+def get_detector_spec(key: str) -> DetectorSpec:
+    """Return the registry entry `key`.
+
+    Raises
+    ------
+    InvalidInput
+        For a key that is not in :data:`DETECTORS`.
+    """
+    if key not in DETECTORS:
+        raise InvalidInput(f"Unknown detector. Received: model={key!r}; "
+                           f"the detectors are {', '.join(DETECTORS)}")
+    return DETECTORS[key]
+
+
+def cascade_file(name: str) -> str:
+    """The path of an OpenCV cascade inside the installed wheel.
+
+    Raises
+    ------
+    WeightsUnavailable
+        When the installed OpenCV does not ship it (OpenCV 5 does not).
+    """
+    import cv2
+    folder = getattr(getattr(cv2, "data", None), "haarcascades", "") or ""
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        raise WeightsUnavailable(
+            f"The installed OpenCV ({cv2.__version__}) does not ship the "
+            f"cascade {name}. OpenCV 5 removed the cascades; install the 4.x "
+            f"wheel: pip install 'opencv-python-headless>=4.5,<5'.")
+    return path
+
+
+# --- the backends ---------------------------------------------------------
+
+def _sigmoid(values) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(values, dtype=float)))
+
+
+class _CascadeBackend:
+    """An OpenCV Haar cascade."""
+
+    def __init__(self, spec: DetectorSpec):
+        import cv2
+        path = cascade_file(spec.source)
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise WeightsUnavailable(f"OpenCV cannot read the cascade {path}")
+        self.label = spec.classes[0]
+        self.options = spec.options
+
+    def __call__(self, rgb: np.ndarray) -> List[Tuple[str, float, Box]]:
+        import cv2
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        if self.options.get("equalize"):
+            grey = cv2.equalizeHist(grey)
+        min_size = tuple(self.options["min_size"])
+        if grey.shape[0] < min_size[1] or grey.shape[1] < min_size[0]:
+            return []
+        boxes, _, weights = self.cascade.detectMultiScale3(
+            grey, scaleFactor=float(self.options["scale_factor"]),
+            minNeighbors=int(self.options["min_neighbors"]),
+            minSize=min_size, outputRejectLevels=True)
+        scores = _sigmoid(np.ravel(weights))
+        return [(self.label, float(score), (x, y, x + w, y + h))
+                for (x, y, w, h), score in zip(np.reshape(boxes, (-1, 4)),
+                                               scores)]
+
+
+class _HOGBackend:
+    """OpenCV's HOG + linear SVM people detector."""
+
+    def __init__(self, spec: DetectorSpec):
+        import cv2
+        self.hog = cv2.HOGDescriptor()
+        self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self.label = spec.classes[0]
+        self.options = spec.options
+
+    def __call__(self, rgb: np.ndarray) -> List[Tuple[str, float, Box]]:
+        import cv2
+        height, width = rgb.shape[:2]
+        # People smaller than the 64×128 window are only found in an
+        # enlarged image: small photos are doubled first.
+        factor = 2.0 if max(height, width) < \
+            int(self.options["upscale_below"]) else 1.0
+        if factor != 1.0:
+            rgb = cv2.resize(rgb, (int(width * factor), int(height * factor)),
+                             interpolation=cv2.INTER_LINEAR)
+        if rgb.shape[0] < 128 or rgb.shape[1] < 64:
+            return []
+        boxes, weights = self.hog.detectMultiScale(
+            cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+            winStride=tuple(self.options["win_stride"]),
+            padding=tuple(self.options["padding"]),
+            scale=float(self.options["scale"]))
+        scores = _sigmoid(np.ravel(weights))
+        return [(self.label, float(score),
+                 (x / factor, y / factor, (x + w) / factor, (y + h) / factor))
+                for (x, y, w, h), score in zip(np.reshape(boxes, (-1, 4)),
+                                               scores)]
+
+
+def _build_backend(spec: DetectorSpec):
+    if spec.kind == "cascade":
+        return _CascadeBackend(spec)
+    if spec.kind == "hog":
+        return _HOGBackend(spec)
+    raise InvalidInput(f"Unknown detector kind. Received: kind={spec.kind!r}")
+
+
+# --- boxes ----------------------------------------------------------------
+
+def non_max_suppression(detections: Sequence[Tuple[str, float, Box]],
+                        min_score: float, overlap: float
+                        ) -> List[int]:
+    """Indices of the detections kept, class by class, best first.
+
+    A detection is dropped when its score is below `min_score`, or when it
+    overlaps a better one of its class by more than `overlap`
+    (intersection over union), as :func:`cv2.dnn.NMSBoxes` decides.
+    """
+    import cv2
+    kept = []
+    labels = sorted({label for label, _, _ in detections})
+    for label in labels:
+        indices = [i for i, (lab, _, _) in enumerate(detections)
+                   if lab == label]
+        boxes = [[float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+                 for x0, y0, x1, y1 in (detections[i][2] for i in indices)]
+        scores = [float(detections[i][1]) for i in indices]
+        chosen = cv2.dnn.NMSBoxes(boxes, scores, float(min_score),
+                                  float(overlap))
+        kept.extend(indices[int(i)] for i in np.ravel(chosen))
+    return sorted(kept, key=lambda i: -detections[i][1])
+
+
+def _reduce(rgb: np.ndarray, max_side: int) -> Tuple[np.ndarray, float]:
+    """The image reduced to fit `max_side`, and the factor to map back."""
+    import cv2
+    height, width = rgb.shape[:2]
+    longest = max(height, width)
+    if longest <= max_side:
+        return rgb, 1.0
+    scale = max_side / longest
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return small, width / size[0]
+
+
+def _to_full(box: Box, factor: float, width: int, height: int) -> Box:
+    x0, y0, x1, y1 = (float(v) * factor for v in box)
+    return (min(max(0.0, x0), width), min(max(0.0, y0), height),
+            min(max(0.0, x1), width), min(max(0.0, y1), height))
+
+
+# --- the detector ---------------------------------------------------------
+
+class ObjectDetector:
+    """Find objects with a pretrained detector from :data:`DETECTORS`.
+
+    Parameters
+    ----------
+    model : str
+        A key of :data:`DETECTORS`: ``"faces"``, ``"people"``,
+        ``"number-plates"``.
+    classes : sequence of str, optional
+        Keep only these classes (e.g. ``["person"]``); None for all.
+    min_score : float
+        Drop detections with a lower score (0 to 1).
+    overlap : float
+        Of boxes of one class that overlap by more than this (intersection
+        over union), only the best is kept.
+    max_side : int, optional
+        Reduce larger images to this longer side for detection; None for
+        the detector's own (``DetectorSpec.max_side``).
+
+    Raises
+    ------
+    InvalidInput
+        For an unknown model or class, or a score or overlap outside 0..1.
+    """
+
+    def __init__(self, model: str = "faces",
+                 classes: Optional[Sequence[str]] = None,
+                 min_score: float = 0.5, overlap: float = 0.5,
+                 max_side: Optional[int] = None):
+        self.spec = get_detector_spec(model)
+        if classes is not None:
+            classes = list(classes)
+            unknown = [cls for cls in classes if cls not in self.spec.classes]
+            if unknown:
+                raise InvalidInput(
+                    f"{self.spec.name} does not find {', '.join(unknown)}. "
+                    f"Received: classes={classes!r}; its classes are "
+                    f"{', '.join(self.spec.classes)}")
+        for name, value in (("min_score", min_score), ("overlap", overlap)):
+            if not 0 <= value <= 1:
+                raise InvalidInput(f"{name} must be between 0 and 1. "
+                                   f"Received: {name}={value!r}")
+        if max_side is not None and max_side < 32:
+            raise InvalidInput(f"max_side must be at least 32. "
+                               f"Received: max_side={max_side!r}")
+        self.model = model
+        self.classes = classes
+        self.min_score = float(min_score)
+        self.overlap = float(overlap)
+        self.max_side = int(max_side or self.spec.max_side)
+        self._backend = None
+
+    @property
+    def class_names(self) -> List[str]:
+        """The classes this detector reports (after `classes`)."""
+        return list(self.classes) if self.classes is not None \
+            else list(self.spec.classes)
+
+    def load(self) -> None:
+        """Load the detector's weights now (else on the first image).
+
+        Raises
+        ------
+        WeightsUnavailable
+            When the weights are missing and cannot be fetched.
+        """
+        if self._backend is None:
+            self._backend = _build_backend(self.spec)
+
+    def detect_array(self, rgb: np.ndarray) -> List[Detection]:
+        """Detections in one ``(height, width, 3)`` uint8 RGB array."""
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise InvalidInput(f"Expected a (height, width, 3) RGB image. "
+                               f"Received an array of shape {rgb.shape}")
+        self.load()
+        height, width = rgb.shape[:2]
+        small, factor = _reduce(rgb, self.max_side)
+        found = [item for item in self._backend(small)
+                 if self.classes is None or item[0] in self.classes]
+        masks = getattr(self._backend, "last_masks", None)
+        kept = non_max_suppression(found, self.min_score, self.overlap)
+        detections = []
+        for index in kept:
+            label, score, box = found[index][:3]
+            mask = None
+            if masks is not None and index < len(masks) \
+                    and masks[index] is not None:
+                mask = _full_mask(masks[index], width, height)
+            detections.append(Detection(
+                label, float(score), _to_full(box, factor, width, height),
+                mask))
+        return detections
+
+    def detect_paths(self, paths: Sequence[Optional[str]],
+                     progress: Progress = None
+                     ) -> Tuple[List[Optional[List[Detection]]],
+                                List[Tuple[int, str]],
+                                List[Optional[Tuple[int, int]]]]:
+        """Detections, skipped (row, reason) and (width, height) per path."""
+        self.load()
+        results, skipped, sizes = [], [], []
+        for row, path in enumerate(paths):
+            try:
+                image = load_image(path)
+            except ImageSkipped as error:
+                results.append(None)
+                sizes.append(None)
+                skipped.append((row, str(error)))
+            else:
+                results.append(self.detect_array(np.asarray(image)))
+                sizes.append(image.size)
+            if progress is not None:
+                progress((row + 1) / max(1, len(paths)))
+        return results, skipped, sizes
+
+    def __call__(self, data: Union[Table, Sequence[Optional[str]]],
+                 progress: Progress = None):
+        """Detect objects in a table's images or in a sequence of paths.
+
+        Parameters
+        ----------
+        data : Orange.data.Table or sequence of str
+            A table with an image column, or image paths or URLs.
+        progress : callable, optional
+            ``progress(fraction)`` after each image; it may raise (e.g.
+            :class:`~orangecontrib.deepimage.errors.Cancelled`) to stop.
+
+        Returns
+        -------
+        list or (Table, Table, Table)
+            For paths, one list of :class:`Detection` per path (None for an
+            image that cannot be read). For a table, ``(objects, counts,
+            skipped)`` as :func:`detection_tables` gives them.
+        """
+        if isinstance(data, Table):
+            paths = image_paths(data, require_image_column(data))
+            results, skipped, _ = self.detect_paths(paths, progress)
+            return detection_tables(data, results, skipped, self.class_names)
+        results, _, _ = self.detect_paths(list(data), progress)
+        return results
+
+
+def _full_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    import cv2
+    mask = np.asarray(mask, dtype=np.uint8)
+    if mask.shape != (height, width):
+        mask = cv2.resize(mask, (width, height),
+                          interpolation=cv2.INTER_NEAREST)
+    return mask.astype(bool)
+
+
+# --- tables ---------------------------------------------------------------
+
+SKIP_REASON = "reason skipped"
+
+
+def _count_name(label: str) -> str:
+    return f"{label} count"
+
+
+def detection_tables(table: Table,
+                     results: Sequence[Optional[List[Detection]]],
+                     skipped: Sequence[Tuple[int, str]],
+                     class_names: Sequence[str]
+                     ) -> Tuple[Optional[Table], Optional[Table],
+                                Optional[Table]]:
+    """The tables of :meth:`ObjectDetector.__call__` for a table.
+
+    Parameters
+    ----------
+    table : Orange.data.Table
+        The input, with an image column.
+    results : list
+        Per row, its detections, or None for a row that was skipped.
+    skipped : list of (int, str)
+        Skipped rows and their reasons.
+    class_names : sequence of str
+        The classes that are counted (a column each, zeros included).
+
+    Returns
+    -------
+    (objects, counts, skipped) : Orange tables, or None where empty
+        *objects*: a row per object, with its image (an image column with
+        the input's origin), class, score, box ``x0, y0, x1, y1`` and area
+        in full-resolution pixels. *counts*: the input's rows whose image
+        was read, with a count per class (0 where nothing was found).
+        *skipped*: the input's rows that were not read, with the reason.
+    """
+    image_var = require_image_column(table)
+    values = table.get_column(image_var)
+    rows = [row for row, found in enumerate(results) if found is not None]
+
+    source = StringVariable(get_unique_names([], image_var.name))
+    source.attributes = dict(image_var.attributes)
+    class_var = DiscreteVariable("class", values=tuple(class_names))
+    names = ["score", "x0", "y0", "x1", "y1", "area"]
+    numeric = [ContinuousVariable("score", number_of_decimals=3)] + [
+        ContinuousVariable(name, number_of_decimals=0) for name in names[1:]]
+    row_var = ContinuousVariable("image row", number_of_decimals=0)
+    object_rows = [(row, det) for row in rows for det in results[row]
+                   if det.label in class_names]
+    objects = None
+    if object_rows:
+        domain = Domain(numeric, metas=[source, class_var, row_var])
+        x = np.array([[det.score, *det.box, det.area]
+                      for _, det in object_rows], dtype=float)
+        metas = np.array(
+            [[_value(image_var, values[row]),
+              float(class_names.index(det.label)), float(row)]
+             for row, det in object_rows], dtype=object)
+        objects = Table.from_numpy(domain, x, metas=metas)
+        objects.name = "Objects"
+
+    counts = None
+    if rows:
+        count_names = get_unique_names(table.domain,
+                                       [_count_name(c) for c in class_names])
+        count_vars = [ContinuousVariable(name, number_of_decimals=0)
+                      for name in count_names]
+        domain = Domain(table.domain.attributes + tuple(count_vars),
+                        table.domain.class_vars, table.domain.metas)
+        counts = table[rows].transform(domain)
+        matrix = np.array([[sum(det.label == cls for det in results[row])
+                            for cls in class_names] for row in rows],
+                          dtype=float).reshape(len(rows), len(class_names))
+        with counts.unlocked(counts.X):
+            counts.X[:, -len(class_names):] = matrix
+        counts.name = "Counts"
+
+    skipped_table = None
+    if skipped:
+        reason = StringVariable(get_unique_names(table.domain, SKIP_REASON))
+        domain = Domain(table.domain.attributes, table.domain.class_vars,
+                        table.domain.metas + (reason,))
+        skipped_table = table[[row for row, _ in skipped]].transform(domain)
+        with skipped_table.unlocked(skipped_table.metas):
+            skipped_table.metas[:, -1] = [text for _, text in skipped]
+        skipped_table.name = "Skipped images"
+    return objects, counts, skipped_table
+
+
+def _value(var, value) -> str:
+    if var.is_discrete:
+        return "" if np.isnan(value) else var.values[int(value)]
+    return "" if value is None else str(value)
+
+
+# --- masks ----------------------------------------------------------------
+
+def boxes_to_labels(detections: Sequence[Detection], width: int, height: int,
+                    class_names: Sequence[str]) -> np.ndarray:
+    """A class-index label image of the detections (0 = background).
+
+    Boxes are rounded outwards to whole pixels so that they cover the
+    object; where a detection has its own mask, the mask is used. Where
+    objects overlap, the better-scoring one is drawn last and wins.
+    """
+    labels = np.zeros((height, width), np.uint8 if len(class_names) < 255
+                      else np.uint16)
+    for det in sorted(detections, key=lambda d: d.score):
+        if det.label not in class_names:
+            continue
+        index = class_names.index(det.label) + 1
+        if det.mask is not None:
+            labels[det.mask] = index
+            continue
+        x0, y0, x1, y1 = det.box
+        x0, y0 = max(0, math.floor(x0)), max(0, math.floor(y0))
+        x1, y1 = min(width, math.ceil(x1)), min(height, math.ceil(y1))
+        labels[y0:y1, x0:x1] = index
+    return labels
+
+
+def detections_to_masks(table: Table,
+                        results: Sequence[Optional[List[Detection]]],
+                        sizes: Sequence[Optional[Tuple[int, int]]],
+                        class_names: Sequence[str], out_dir: str,
+                        progress: Progress = None) -> Optional[Table]:
+    """Write a mask per image and return the images with a mask column.
+
+    The masks are class-index PNGs (0 background, 1 the first class, ...)
+    of the images' size, named ``<stem>-objects.png`` in `out_dir` (a
+    number is added rather than overwrite a file), and the new column
+    follows the mask-column convention (``type=image``, ``origin`` =
+    `out_dir`, ``mask=class``, ``classes`` = "background" and
+    `class_names`), so Edit Images, Measure and Segmentation Preview read
+    it as they read a trained model's masks.
+
+    Parameters
+    ----------
+    table : Orange.data.Table
+        The input with its image column.
+    results : list
+        Per row, its detections, or None for a skipped row.
+    sizes : list
+        Per row, the image's (width, height), or None for a skipped row.
+    class_names : sequence of str
+        The classes, in the order of their mask values.
+    out_dir : str
+        An existing, writable folder.
+    progress : callable, optional
+        ``progress(fraction)`` after each mask.
+
+    Returns
+    -------
+    Orange.data.Table or None
+        The rows whose image was read, with the new mask column; None when
+        no image was read.
+
+    Raises
+    ------
+    UnwritableFolder
+        When `out_dir` is missing or read-only.
+    """
+    from PIL import Image
+    from orangecontrib.deepimage.errors import UnwritableFolder
+    from orangecontrib.deepimage.files import (
+        check_output_folder, create_new_file)
+    try:
+        check_output_folder(out_dir)
+    except OSError as error:
+        raise UnwritableFolder(str(error)) from None
+    out_dir = os.path.abspath(out_dir)
+    image_var = require_image_column(table)
+    paths = image_paths(table, image_var)
+    rows = [row for row, found in enumerate(results) if found is not None]
+    if not rows:
+        return None
+    names = []
+    for done, row in enumerate(rows):
+        width, height = sizes[row]
+        labels = boxes_to_labels(results[row], width, height,
+                                 list(class_names))
+        stem = os.path.splitext(os.path.basename(
+            (paths[row] or "image").rstrip("/").split("?")[0]))[0] or "image"
+        file, written = create_new_file(
+            os.path.join(out_dir, f"{stem}-objects.png"))
+        with file:
+            Image.fromarray(labels).save(file, format="PNG")
+        names.append(os.path.basename(written))
+        if progress is not None:
+            progress((done + 1) / len(rows))
+    mask_var = StringVariable(get_unique_names(table.domain, "objects mask"))
+    mask_var.attributes.update({
+        "type": "image", "origin": out_dir, "mask": "class",
+        "classes": ",".join(["background", *class_names])})
+    domain = Domain(table.domain.attributes, table.domain.class_vars,
+                    table.domain.metas + (mask_var,))
+    result = table[rows].transform(domain)
+    with result.unlocked(result.metas):
+        result.metas[:, -1] = names
+    result.name = "Images with masks"
+    return result
