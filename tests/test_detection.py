@@ -19,7 +19,7 @@ from Orange.data import Domain, StringVariable, Table
 from orangecontrib.deepimage import detection
 from orangecontrib.deepimage.detection import (
     DETECTORS, Detection, ObjectDetector, boxes_to_labels,
-    detections_to_masks, non_max_suppression)
+    detections_to_masks, non_max_suppression, select_detections)
 from orangecontrib.deepimage.errors import (
     Cancelled, InvalidInput, WeightsUnavailable)
 
@@ -156,14 +156,32 @@ class TestFaces(unittest.TestCase):
 
 class TestNonMaxSuppression(unittest.TestCase):
     def test_keeps_the_best_of_overlapping_boxes_per_class(self):
-        found = [("face", 0.9, (0, 0, 10, 10)),
-                 ("face", 0.8, (1, 1, 11, 11)),     # overlaps the first
-                 ("face", 0.7, (50, 50, 60, 60)),   # apart
-                 ("person", 0.6, (0, 0, 10, 10)),   # other class: kept
-                 ("face", 0.3, (80, 80, 90, 90))]   # below min_score
+        found = [Detection("face", 0.9, (0, 0, 10, 10)),
+                 Detection("face", 0.8, (1, 1, 11, 11)),    # overlaps the 1st
+                 Detection("face", 0.7, (50, 50, 60, 60)),  # apart
+                 Detection("person", 0.6, (0, 0, 10, 10)),  # other class
+                 Detection("face", 0.3, (80, 80, 90, 90))]  # below min_score
         self.assertEqual(non_max_suppression(found, 0.5, 0.5), [0, 2, 3])
         # With overlap 1, no box suppresses another.
         self.assertEqual(non_max_suppression(found, 0.5, 1.0), [0, 1, 2, 3])
+        self.assertEqual(select_detections(found, 0.5, 0.5, ["person"]),
+                         [found[3]])
+
+    def test_threshold_after_suppression_is_the_same(self):
+        # Random overlapping boxes: suppress at 0 then threshold, or
+        # suppress at the threshold: the same boxes.
+        rng = np.random.default_rng(0)
+        found = []
+        for _ in range(60):
+            x, y = rng.uniform(0, 100, 2)
+            w, h = rng.uniform(5, 30, 2)
+            found.append(Detection("face", float(rng.uniform()),
+                                   (x, y, x + w, y + h)))
+        everything = select_detections(found, 0.0, 0.4)
+        for threshold in (0.2, 0.5, 0.8):
+            self.assertEqual(
+                [det for det in everything if det.score >= threshold],
+                select_detections(found, threshold, 0.4))
 
 
 class TestTables(unittest.TestCase):
@@ -225,6 +243,14 @@ class TestTables(unittest.TestCase):
         self.assertIsNone(objects)
         self.assertIsNone(skipped)
         self.assertEqual(list(counts.get_column("face count")), [0])
+
+    def test_no_classes_kept_gives_counts_without_count_columns(self):
+        found = [[Detection("face", 0.9, (0, 0, 5, 5))], [], None, None]
+        objects, counts, _ = detection.detection_tables(
+            self.table, found, [(2, "bad"), (3, "gone")], [])
+        self.assertIsNone(objects)
+        self.assertEqual(len(counts), 2)
+        self.assertEqual(len(counts.domain.attributes), 0)
 
     def test_cancel_through_the_progress_callback(self):
         def cancel(_):

@@ -47,8 +47,9 @@ from orangecontrib.deepimage.images import (
     ImageSkipped, image_paths, load_image, require_image_column)
 
 __all__ = ["Detection", "DetectorSpec", "DETECTORS", "get_detector_spec",
-           "ObjectDetector", "non_max_suppression", "detections_to_masks",
-           "detection_tables", "cascade_file"]
+           "ObjectDetector", "non_max_suppression", "select_detections",
+           "detections_to_masks", "detection_tables", "boxes_to_labels",
+           "cascade_file"]
 
 Box = Tuple[float, float, float, float]
 Progress = Optional[Callable[[float], None]]
@@ -172,18 +173,19 @@ DETECTORS: Dict[str, DetectorSpec] = {spec.key: spec for spec in [
         order=0),
     DetectorSpec(
         key="people", name="People (OpenCV HOG)",
-        description="Whole people standing upright, at least about 128 "
-                    "pixels tall after reduction; sitting or partly hidden "
-                    "people are often missed.",
+        description="Whole people standing upright, at least about 50 "
+                    "pixels tall in a photo of 640 pixels (a twelfth of its "
+                    "height); sitting, partly hidden or cut-off people are "
+                    "often missed.",
         classes=("person",), kind="hog",
         input="colour; 64×128 window of gradient histograms over a pyramid",
-        max_side=960, weights="bundled",
+        max_side=1600, weights="bundled",
         source="cv2.HOGDescriptor_getDefaultPeopleDetector()", size_mb=0.02,
         licence="OpenCV (Apache-2.0); Dalal–Triggs detector trained on "
                 "INRIA Person",
         score="the logistic function of the linear SVM's margin",
         options={"win_stride": (8, 8), "padding": (8, 8), "scale": 1.05,
-                 "upscale_below": 400},
+                 "enlarge_to": 1600, "max_enlarge": 3.0},
         order=1),
     DetectorSpec(
         key="number-plates", name="Number plates (OpenCV cascade)",
@@ -284,12 +286,16 @@ class _HOGBackend:
         import cv2
         height, width = rgb.shape[:2]
         # People smaller than the 64×128 window are only found in an
-        # enlarged image: small photos are doubled first.
-        factor = 2.0 if max(height, width) < \
-            int(self.options["upscale_below"]) else 1.0
-        if factor != 1.0:
-            rgb = cv2.resize(rgb, (int(width * factor), int(height * factor)),
-                             interpolation=cv2.INTER_LINEAR)
+        # enlarged image: smaller photos are enlarged (at most
+        # max_enlarge times) until their longer side is enlarge_to.
+        factor = min(float(self.options["max_enlarge"]),
+                     float(self.options["enlarge_to"]) / max(height, width))
+        if factor > 1.0:
+            rgb = cv2.resize(rgb, (round(width * factor),
+                                   round(height * factor)),
+                             interpolation=cv2.INTER_CUBIC)
+        else:
+            factor = 1.0
         if rgb.shape[0] < 128 or rgb.shape[1] < 64:
             return []
         boxes, weights = self.hog.detectMultiScale(
@@ -314,28 +320,41 @@ def _build_backend(spec: DetectorSpec):
 
 # --- boxes ----------------------------------------------------------------
 
-def non_max_suppression(detections: Sequence[Tuple[str, float, Box]],
-                        min_score: float, overlap: float
-                        ) -> List[int]:
+def non_max_suppression(detections: Sequence[Detection], min_score: float,
+                        overlap: float) -> List[int]:
     """Indices of the detections kept, class by class, best first.
 
     A detection is dropped when its score is below `min_score`, or when it
     overlaps a better one of its class by more than `overlap`
     (intersection over union), as :func:`cv2.dnn.NMSBoxes` decides.
+    Greedy suppression and the score threshold commute: suppressing at
+    ``min_score=0`` and then dropping the scores below a threshold keeps
+    the same boxes as suppressing at that threshold, which is what lets a
+    widget show the count for any threshold at once.
     """
     import cv2
     kept = []
-    labels = sorted({label for label, _, _ in detections})
-    for label in labels:
-        indices = [i for i, (lab, _, _) in enumerate(detections)
-                   if lab == label]
+    for label in sorted({det.label for det in detections}):
+        indices = [i for i, det in enumerate(detections) if det.label == label]
         boxes = [[float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
-                 for x0, y0, x1, y1 in (detections[i][2] for i in indices)]
-        scores = [float(detections[i][1]) for i in indices]
+                 for x0, y0, x1, y1 in (detections[i].box for i in indices)]
+        scores = [float(detections[i].score) for i in indices]
         chosen = cv2.dnn.NMSBoxes(boxes, scores, float(min_score),
                                   float(overlap))
         kept.extend(indices[int(i)] for i in np.ravel(chosen))
-    return sorted(kept, key=lambda i: -detections[i][1])
+    return sorted(kept, key=lambda i: -detections[i].score)
+
+
+def select_detections(candidates: Sequence[Detection], min_score: float,
+                      overlap: float,
+                      classes: Optional[Sequence[str]] = None
+                      ) -> List[Detection]:
+    """The candidates of the chosen `classes` (None: all) that pass the
+    score threshold and non-max suppression, best first."""
+    if classes is not None:
+        candidates = [det for det in candidates if det.label in classes]
+    return [candidates[i] for i in
+            non_max_suppression(candidates, min_score, overlap)]
 
 
 def _reduce(rgb: np.ndarray, max_side: int) -> Tuple[np.ndarray, float]:
@@ -428,8 +447,10 @@ class ObjectDetector:
         if self._backend is None:
             self._backend = _build_backend(self.spec)
 
-    def detect_array(self, rgb: np.ndarray) -> List[Detection]:
-        """Detections in one ``(height, width, 3)`` uint8 RGB array."""
+    def candidates(self, rgb: np.ndarray) -> List[Detection]:
+        """Every detection of the chosen classes in one ``(height, width,
+        3)`` uint8 RGB array, before the score threshold and non-max
+        suppression (see :func:`select_detections`)."""
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise InvalidInput(f"Expected a (height, width, 3) RGB image. "
@@ -437,28 +458,43 @@ class ObjectDetector:
         self.load()
         height, width = rgb.shape[:2]
         small, factor = _reduce(rgb, self.max_side)
-        found = [item for item in self._backend(small)
-                 if self.classes is None or item[0] in self.classes]
-        masks = getattr(self._backend, "last_masks", None)
-        kept = non_max_suppression(found, self.min_score, self.overlap)
-        detections = []
-        for index in kept:
-            label, score, box = found[index][:3]
-            mask = None
-            if masks is not None and index < len(masks) \
-                    and masks[index] is not None:
-                mask = _full_mask(masks[index], width, height)
-            detections.append(Detection(
-                label, float(score), _to_full(box, factor, width, height),
-                mask))
-        return detections
+        return [Detection(label, float(score),
+                          _to_full(box, factor, width, height))
+                for label, score, box in self._backend(small)
+                if self.classes is None or label in self.classes]
+
+    def select(self, candidates: Sequence[Detection]) -> List[Detection]:
+        """The `candidates` that pass this detector's `min_score` and
+        `overlap`, best first."""
+        return select_detections(candidates, self.min_score, self.overlap)
+
+    def detect_array(self, rgb: np.ndarray) -> List[Detection]:
+        """Detections in one ``(height, width, 3)`` uint8 RGB array."""
+        return self.select(self.candidates(rgb))
 
     def detect_paths(self, paths: Sequence[Optional[str]],
-                     progress: Progress = None
+                     progress: Progress = None, candidates: bool = False
                      ) -> Tuple[List[Optional[List[Detection]]],
                                 List[Tuple[int, str]],
                                 List[Optional[Tuple[int, int]]]]:
-        """Detections, skipped (row, reason) and (width, height) per path."""
+        """Detect objects in the images at `paths`, one by one.
+
+        Parameters
+        ----------
+        paths : sequence of str or None
+        progress : callable, optional
+            ``progress(fraction)`` after each image; it may raise to stop.
+        candidates : bool
+            Return every candidate (:meth:`candidates`) instead of the
+            selected detections.
+
+        Returns
+        -------
+        (list, list, list)
+            Per path its detections (None when it could not be read); the
+            (position, reason) of each path that could not be read; per
+            path the image's (width, height), or None.
+        """
         self.load()
         results, skipped, sizes = [], [], []
         for row, path in enumerate(paths):
@@ -469,7 +505,8 @@ class ObjectDetector:
                 sizes.append(None)
                 skipped.append((row, str(error)))
             else:
-                results.append(self.detect_array(np.asarray(image)))
+                found = self.candidates(np.asarray(image))
+                results.append(found if candidates else self.select(found))
                 sizes.append(image.size)
             if progress is not None:
                 progress((row + 1) / max(1, len(paths)))
@@ -500,15 +537,6 @@ class ObjectDetector:
             return detection_tables(data, results, skipped, self.class_names)
         results, _, _ = self.detect_paths(list(data), progress)
         return results
-
-
-def _full_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
-    import cv2
-    mask = np.asarray(mask, dtype=np.uint8)
-    if mask.shape != (height, width):
-        mask = cv2.resize(mask, (width, height),
-                          interpolation=cv2.INTER_NEAREST)
-    return mask.astype(bool)
 
 
 # --- tables ---------------------------------------------------------------
@@ -585,8 +613,9 @@ def detection_tables(table: Table,
         matrix = np.array([[sum(det.label == cls for det in results[row])
                             for cls in class_names] for row in rows],
                           dtype=float).reshape(len(rows), len(class_names))
-        with counts.unlocked(counts.X):
-            counts.X[:, -len(class_names):] = matrix
+        if class_names:  # (-0 would be every column)
+            with counts.unlocked(counts.X):
+                counts.X[:, -len(class_names):] = matrix
         counts.name = "Counts"
 
     skipped_table = None
