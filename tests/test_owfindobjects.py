@@ -86,6 +86,32 @@ class TestOWFindObjects(WidgetTest):
         self.assertEqual(int(mask.sum()), (x1 - x0) * (y1 - y0))
         self.assertTrue(self.widget.Information.written.is_shown())
 
+    def test_edit_images_pixelates_the_found_faces_unchanged(self):
+        from orangecontrib.deepimage.widgets.oweditimages import OWEditImages
+        self.run_widget()
+        images = self.get_output(self.widget.Outputs.images)
+        objects = self.get_output(self.widget.Outputs.objects)
+        edited_dir = tempfile.mkdtemp(dir=self.tempdir.name)
+        editor = self.create_widget(OWEditImages, stored_settings={
+            "output_folder": edited_dir, "operation": "pixelate",
+            "dilate": 0})
+        self.send_signal(editor.Inputs.data, images, widget=editor)
+        self.assertFalse(editor.Error.no_mask_column.is_shown())
+        editor.commit.now()
+        self.wait_until_finished(widget=editor, timeout=TIMEOUT)
+        edited = self.get_output(editor.Outputs.edited_images, widget=editor)
+        self.assertEqual(len(edited), 2)
+        photo = skimage.data.astronaut()
+        name = edited.get_column("edited image")[0]
+        pixels = np.asarray(Image.open(os.path.join(edited_dir, name)))
+        changed = (pixels != photo).any(axis=2)
+        x0, y0, x1, y1 = (int(objects.get_column(name)[0])
+                          for name in ("x0", "y0", "x1", "y1"))
+        inside = np.zeros_like(changed)
+        inside[y0:y1, x0:x1] = True
+        self.assertGreater(changed[inside].mean(), 0.8)
+        self.assertFalse(changed[~inside].any())
+
     def test_score_threshold_counts_live_without_detecting_again(self):
         self.run_widget()
         candidates = self.widget.candidates
