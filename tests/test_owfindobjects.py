@@ -186,6 +186,22 @@ class TestOWFindObjects(WidgetTest):
         counts = self.get_output(widget.Outputs.counts, widget=widget)
         self.assertEqual(list(counts.get_column("face count")), [1, 0])
 
+    def test_missing_folder_is_shown_and_detection_still_counts(self):
+        widget = self.create_widget(OWFindObjects, stored_settings={
+            "output_folder": os.path.join(self.out, "no", "such")})
+        self.send_signal(widget.Inputs.data, self.data, widget=widget)
+        self.wait_until_finished(widget, timeout=TIMEOUT)
+        self.assertTrue(widget.Error.folder.is_shown())
+        self.assertIn("does not exist", str(widget.Error.folder))
+        self.assertIn("1 object(s)", widget.count_label.text())
+        self.assertIsNone(self.get_output(widget.Outputs.images,
+                                          widget=widget))
+        widget.set_output_folder(self.out)
+        self.wait_until_finished(widget, timeout=TIMEOUT)
+        self.assertFalse(widget.Error.folder.is_shown())
+        self.assertEqual(len(self.get_output(widget.Outputs.images,
+                                             widget=widget)), 2)
+
     def test_no_image_column(self):
         table = Table.from_numpy(Domain([], metas=[StringVariable("text")]),
                                  np.empty((1, 0)),

@@ -12,7 +12,8 @@ or removes what was found, and Measure and Segmentation Preview show it::
     >>> from orangecontrib.deepimage import ObjectDetector
     >>> detector = ObjectDetector("faces")
     >>> detector(["astronaut.jpg"])      # one list of detections per path
-    [[Detection(label='face', score=0.999..., box=(177.0, 66.0, 272.0, 161.0))]]
+    [[Detection(label='face', score=0.999...,
+                box=(177.0, 66.0, 272.0, 161.0))]]
     >>> objects, counts, skipped = detector(table)   # Orange tables
 
 The detectors that work offline ship inside the ``opencv-python-headless``

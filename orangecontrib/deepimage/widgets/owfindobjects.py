@@ -30,7 +30,8 @@ from Orange.widgets.widget import Input, Msg, Output, OWWidget
 from orangecontrib.deepimage.detection import (
     DETECTORS, Detection, ObjectDetector, detection_tables,
     detections_to_masks, select_detections)
-from orangecontrib.deepimage.errors import DeepImageError, UnwritableFolder
+from orangecontrib.deepimage.errors import Cancelled, DeepImageError
+from orangecontrib.deepimage.files import check_output_folder
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_paths, load_image)
 from orangecontrib.deepimage.widgets.utils.masks import to_qimage
@@ -251,6 +252,7 @@ class OWFindObjects(OWWidget, TaskButtonsMixin, OutputFolderMixin):
     class Error(OWWidget.Error):
         no_image_column = Msg("The data has no image column.")
         user_error = Msg("{}")
+        folder = Msg("{}")
 
     class Warning(OWWidget.Warning):
         skipped = Msg("{} image(s) could not be read, e.g. {}")
@@ -335,7 +337,7 @@ class OWFindObjects(OWWidget, TaskButtonsMixin, OutputFolderMixin):
 
         self._show_model()
 
-    # --- the detector ----------------------------------------------------------
+    # --- the detector -------------------------------------------------------
 
     @staticmethod
     def _model_label(key: str) -> str:
@@ -428,9 +430,12 @@ class OWFindObjects(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         # With Apply Automatically, the same task makes the outputs (a
         # widget may not start a task from on_done).
         keep = self.current_filter() if self.auto_apply else None
+        folder = self._output_folder()
+        if folder is None:
+            keep = None  # detect; the outputs wait for a usable folder
         self._started_with = keep
         self.start(run_detection, self.model_key, self.data,
-                   list(self.paths), keep, self._output_folder())
+                   list(self.paths), keep, folder or "")
 
     # --- the result ----------------------------------------------------------
 
@@ -516,14 +521,26 @@ class OWFindObjects(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         if self.result is not None:
             self._send(self.result)
             return
+        folder = self._output_folder()
+        if folder is None:
+            self._send(None)
+            return
         self.start(run_outputs, self.data, self.selected(),
                    self.candidates.skipped, self.candidates.sizes,
-                   self.kept_classes(), self._output_folder())
+                   self.kept_classes(), folder)
 
-    def _output_folder(self) -> str:
+    def _output_folder(self) -> Optional[str]:
+        """The folder for the masks, or None (and an error) when it cannot
+        be used."""
+        self.Error.folder.clear()
         folder = self.folder()
-        if not self.output_folder:
-            os.makedirs(folder, exist_ok=True)
+        try:
+            if not self.output_folder:
+                os.makedirs(folder, exist_ok=True)
+            check_output_folder(folder)
+        except OSError as error:
+            self.Error.folder(str(error))
+            return None
         return folder
 
     def on_done(self, result):
@@ -558,7 +575,7 @@ class OWFindObjects(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         self._refresh()
 
     def on_exception(self, ex: Exception):
-        if isinstance(ex, UnwritableFolder):
+        if not isinstance(ex, Cancelled):
             self._send(None)
         super().on_exception(ex)
 
