@@ -258,9 +258,28 @@ class TestOWFindObjects(WidgetTest):
 
     def test_models_listed_with_availability(self):
         combo = self.widget.model_combo
-        texts = [combo.itemText(i) for i in range(combo.count())]
-        self.assertEqual(len(texts), len(owfindobjects.MODEL_KEYS))
-        self.assertTrue(all("works offline" in text for text in texts))
+        texts = dict(zip(owfindobjects.MODEL_KEYS,
+                         (combo.itemText(i) for i in range(combo.count()))))
+        for key in ("faces", "people", "number-plates"):
+            self.assertIn("works offline", texts[key])
+        self.assertIn("downloads 136 MB", texts["coco-retinanet"])
+        # The preset folder is asked for only where there is one.
+        self.assertFalse(self.widget.preset_edit.isEnabled())
+        index = owfindobjects.MODEL_KEYS.index("coco-retinanet")
+        self.widget.controls.model_index.setCurrentIndex(index)
+        self.widget.controls.model_index.activated.emit(index)
+        self.assertTrue(self.widget.preset_edit.isEnabled())
+
+    def test_kerashub_without_weights_shows_how_to_provide_them(self):
+        index = owfindobjects.MODEL_KEYS.index("coco-retinanet")
+        self.widget.preset_location = os.path.join(self.out, "no-preset")
+        self.widget.controls.model_index.setCurrentIndex(index)
+        self.widget.controls.model_index.activated.emit(index)
+        self.run_widget()
+        self.assertTrue(self.widget.Error.user_error.is_shown())
+        text = str(self.widget.Error.user_error)
+        self.assertIn("retinanet_resnet50_fpn_coco", text)
+        self.assertIn("save_to_preset", text)
 
     def test_report(self):
         self.run_widget()

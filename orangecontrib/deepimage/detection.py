@@ -21,9 +21,9 @@ The detectors that work offline ship inside the ``opencv-python-headless``
 ``setup.py``): Viola–Jones Haar cascades for frontal faces and for
 (Russian) number plates, and the Dalal–Triggs HOG people detector. They are
 classics, far weaker than modern COCO detectors, but they need no network.
-Entries are data (:class:`DetectorSpec`): a detector with downloaded
-weights declares ``weights="download"`` and its size, and lists show it as
-such.
+KerasHub's RetinaNet trained on COCO (80 classes) is listed too: it needs
+the ``keras-hub`` package and its weights, downloaded on first use or read
+from a preset folder (``save_to_preset``) on disk or on a web server.
 
 Boxes are ``(x0, y0, x1, y1)`` in the pixels of the upright image at full
 resolution (x to the right, y downwards, the maxima exclusive). Large
@@ -50,7 +50,7 @@ from orangecontrib.deepimage.images import (
 __all__ = ["Detection", "DetectorSpec", "DETECTORS", "get_detector_spec",
            "ObjectDetector", "non_max_suppression", "select_detections",
            "detections_to_masks", "detection_tables", "boxes_to_labels",
-           "cascade_file"]
+           "cascade_file", "preset_folder", "keras_hub_message", "COCO_90"]
 
 Box = Tuple[float, float, float, float]
 Progress = Optional[Callable[[float], None]]
@@ -103,8 +103,9 @@ class DetectorSpec:
     classes : tuple of str
         What it finds.
     kind : str
-        ``"cascade"`` (OpenCV Haar cascade) or ``"hog"`` (OpenCV HOG
-        people detector).
+        ``"cascade"`` (OpenCV Haar cascade), ``"hog"`` (OpenCV HOG people
+        detector) or ``"keras-hub"`` (a KerasHub object detector, loaded
+        from a preset).
     input : str
         Its input convention, in words.
     max_side : int
@@ -114,7 +115,7 @@ class DetectorSpec:
         Where the weights come from: ``"bundled"`` (inside an installed
         package) or ``"download"``.
     source : str
-        The file inside its package, or the KerasHub preset name.
+        The file inside its package, or the KerasHub preset's name.
     size_mb : float
         Size of the weights in MB (for downloads, what the user waits for).
     licence : str
@@ -159,6 +160,30 @@ _CASCADE_SCORE = ("the logistic function of the cascade's last-stage sum "
                   "OpenCV does (min_neighbors)")
 _OPENCV_LICENCE = ("OpenCV (Apache-2.0); the cascade file carries the Intel "
                    "open-source licence (BSD-style) in its header")
+#: COCO category ids (1 to 90, with the gaps of the original annotations)
+#: and their names, as KerasHub's RetinaNet COCO preset predicts them (the
+#: mapping of keras-io's guide "Object Detection with KerasHub").
+COCO_90 = {
+    1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane",
+    6: "bus", 7: "train", 8: "truck", 9: "boat", 10: "traffic light",
+    11: "fire hydrant", 13: "stop sign", 14: "parking meter", 15: "bench",
+    16: "bird", 17: "cat", 18: "dog", 19: "horse", 20: "sheep", 21: "cow",
+    22: "elephant", 23: "bear", 24: "zebra", 25: "giraffe", 27: "backpack",
+    28: "umbrella", 31: "handbag", 32: "tie", 33: "suitcase", 34: "frisbee",
+    35: "skis", 36: "snowboard", 37: "sports ball", 38: "kite",
+    39: "baseball bat", 40: "baseball glove", 41: "skateboard",
+    42: "surfboard", 43: "tennis racket", 44: "bottle", 46: "wine glass",
+    47: "cup", 48: "fork", 49: "knife", 50: "spoon", 51: "bowl",
+    52: "banana", 53: "apple", 54: "sandwich", 55: "orange", 56: "broccoli",
+    57: "carrot", 58: "hot dog", 59: "pizza", 60: "donut", 61: "cake",
+    62: "chair", 63: "couch", 64: "potted plant", 65: "bed",
+    67: "dining table", 70: "toilet", 72: "tv", 73: "laptop", 74: "mouse",
+    75: "remote", 76: "keyboard", 77: "cell phone", 78: "microwave",
+    79: "oven", 80: "toaster", 81: "sink", 82: "refrigerator", 84: "book",
+    85: "clock", 86: "vase", 87: "scissors", 88: "teddy bear",
+    89: "hair drier", 90: "toothbrush",
+}
+
 DETECTORS: Dict[str, DetectorSpec] = {spec.key: spec for spec in [
     DetectorSpec(
         key="faces", name="Faces (OpenCV cascade)",
@@ -201,6 +226,25 @@ DETECTORS: Dict[str, DetectorSpec] = {spec.key: spec for spec in [
         options={"scale_factor": 1.1, "min_neighbors": 5,
                  "min_size": (60, 20), "equalize": False},
         order=2),
+    DetectorSpec(
+        key="coco-retinanet", name="COCO objects (RetinaNet, KerasHub)",
+        description="80 everyday classes (person, car, bus, truck, "
+                    "bicycle, dog ...), far better than the classics; needs "
+                    "the keras-hub package and its weights (a download, or "
+                    "a preset folder).",
+        classes=tuple(COCO_90.values()), kind="keras-hub",
+        input="colour; padded to a square and resized to the preset's "
+              "800×800; the preset's own scaling",
+        max_side=800, weights="download",
+        source="retinanet_resnet50_fpn_coco",
+        # 34,121,239 float32 parameters (KerasHub's preset metadata)
+        size_mb=136.5,
+        licence="Apache-2.0 (KerasHub); the weights under the terms of "
+                "their KerasHub model page on Kaggle",
+        score="the class probability (sigmoid) of the box",
+        options={"task": "RetinaNetObjectDetector",
+                 "label_ids": tuple(COCO_90.items())},
+        order=10),
 ]}
 
 
@@ -311,11 +355,173 @@ class _HOGBackend:
                                                scores)]
 
 
-def _build_backend(spec: DetectorSpec):
+#: Candidates below this probability are not kept from KerasHub detectors.
+CANDIDATE_SCORE = 0.05
+#: The files ``save_to_preset`` writes for an object detector; the first two
+#: must be there.
+PRESET_FILES = ("config.json", "metadata.json", "task.json",
+                "preprocessor.json", "image_converter.json",
+                "model.weights.h5", "task.weights.h5")
+_REQUIRED_PRESET_FILES = 2
+_PRESET_TIMEOUT = 30
+
+
+def keras_hub_message(spec: DetectorSpec, reason: str = "") -> str:
+    """What a user reads when a KerasHub detector cannot be loaded."""
+    why = f" ({reason})" if reason else ""
+    task = spec.options.get("task", "ObjectDetector")
+    return (
+        f"{spec.name} could not be loaded{why}. It needs the keras-hub "
+        f"package (pip install keras-hub) and the KerasHub preset "
+        f"{spec.source} (about {spec.size_mb:.0f} MB), which is downloaded "
+        f"on first use when the computer is online. Offline: on a computer "
+        f"with a network run keras_hub.models.{task}.from_preset("
+        f"'{spec.source}').save_to_preset('<folder>'), then copy the folder "
+        f"here, or serve it on a web server, and give the folder or its URL "
+        f"as the preset.")
+
+
+def _is_url(text: str) -> bool:
+    return text.split("://", 1)[0].lower() in ("http", "https") \
+        and "://" in text
+
+
+def preset_folder(spec: DetectorSpec, preset: str) -> str:
+    """A local folder holding `preset`: a folder as it is, a URL fetched.
+
+    The files of a preset served over HTTP (the folder ``save_to_preset``
+    wrote) are downloaded once into ``$KERAS_HOME/deepimage-presets``.
+
+    Raises
+    ------
+    WeightsUnavailable
+        When the folder has no preset, or the URL cannot be fetched.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+    import urllib.error
+    import urllib.request
+    from orangecontrib.deepimage.weights import keras_cache_dir
+    if not _is_url(preset):
+        if not os.path.isfile(os.path.join(preset, PRESET_FILES[0])):
+            raise WeightsUnavailable(keras_hub_message(
+                spec, f"{preset} is not a KerasHub preset folder"))
+        return preset
+    digest = hashlib.sha1(preset.encode("utf-8")).hexdigest()[:12]
+    folder = os.path.join(os.path.dirname(keras_cache_dir()),
+                          "deepimage-presets", f"{spec.key}-{digest}")
+    if os.path.isfile(os.path.join(folder, ".complete")):
+        return folder
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=".preset-", dir=os.path.dirname(folder))
+    try:
+        for index, name in enumerate(PRESET_FILES):
+            url = preset.rstrip("/") + "/" + name
+            try:
+                with urllib.request.urlopen(
+                        url, timeout=_PRESET_TIMEOUT) as response, \
+                        open(os.path.join(partial, name), "wb") as out:
+                    shutil.copyfileobj(response, out, 1 << 20)
+            except urllib.error.HTTPError as error:
+                if error.code == 404 and index >= _REQUIRED_PRESET_FILES:
+                    continue  # an optional file of the preset
+                raise WeightsUnavailable(keras_hub_message(
+                    spec, f"{url}: HTTP {error.code} {error.reason}")) \
+                    from None
+            except OSError as error:  # URLError, timeouts, a full disk
+                reason = getattr(error, "reason", error)
+                raise WeightsUnavailable(keras_hub_message(
+                    spec, f"{url}: {reason}")) from None
+        open(os.path.join(partial, ".complete"), "w").close()
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
+    finally:
+        if os.path.isdir(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+    return folder
+
+
+class _KerasHubBackend:
+    """A KerasHub object detector (e.g. RetinaNet) loaded from a preset.
+
+    Each image is padded (right and bottom) to the preset's aspect ratio and
+    resized to its input size, so that the preset's own resizing changes
+    nothing and its boxes map back by one factor.
+    """
+
+    def __init__(self, spec: DetectorSpec, preset: Optional[str] = None):
+        try:
+            import keras_hub
+        except ImportError:
+            raise WeightsUnavailable(keras_hub_message(
+                spec, "the keras-hub package is not installed")) from None
+        source = preset_folder(spec, preset) if preset else spec.source
+        task = getattr(keras_hub.models, spec.options.get("task",
+                                                          "ObjectDetector"))
+        try:
+            model = task.from_preset(source)
+        except (OSError, ValueError) as error:
+            # No network, no such preset, or a folder of another model.
+            raise WeightsUnavailable(keras_hub_message(spec, str(error))) \
+                from error
+        decoder = model.prediction_decoder
+        config = decoder.get_config()
+        if "confidence_threshold" in config:
+            # Keep the candidates: the threshold and the suppression are
+            # ObjectDetector's (per class, and changeable at once).
+            config.update(confidence_threshold=CANDIDATE_SCORE,
+                          iou_threshold=0.95)
+            model.prediction_decoder = type(decoder).from_config(config)
+        self.model = model
+        converter = getattr(model.preprocessor, "image_converter", None)
+        size = getattr(converter, "image_size", None)
+        self.input_size = tuple(size) if size else None  # (height, width)
+        self.format = model.bounding_box_format
+        label_ids = spec.options.get("label_ids")
+        self.names = dict(label_ids) if label_ids \
+            else dict(enumerate(spec.classes))
+
+    def __call__(self, rgb: np.ndarray) -> List[Tuple[str, float, Box]]:
+        import cv2
+        import keras
+        height, width = rgb.shape[:2]
+        scale = 1.0
+        if self.input_size is not None:
+            in_height, in_width = self.input_size
+            scale = min(in_height / height, in_width / width)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            resized = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA
+                                 if scale < 1 else cv2.INTER_LINEAR)
+            canvas = np.zeros((in_height, in_width, 3), np.uint8)
+            canvas[:size[1], :size[0]] = resized
+            rgb = canvas
+        out = self.model.predict(rgb[None].astype(np.float32), verbose=0)
+        boxes = np.asarray(keras.utils.bounding_boxes.convert_format(
+            out["boxes"], source=self.format, target="xyxy",
+            height=rgb.shape[0], width=rgb.shape[1]))[0]
+        scores = np.asarray(out["confidence"])[0]
+        labels = np.asarray(out["labels"])[0]
+        count = int(np.asarray(out["num_detections"]).ravel()[0])
+        found = []
+        for box, score, label in zip(boxes[:count], scores[:count],
+                                     labels[:count]):
+            if int(label) not in self.names or not score > 0:
+                continue
+            x0, y0, x1, y1 = (float(v) / scale for v in box)
+            found.append((self.names[int(label)], float(score),
+                          (x0, y0, x1, y1)))
+        return found
+
+
+def _build_backend(spec: DetectorSpec, preset: Optional[str] = None):
     if spec.kind == "cascade":
         return _CascadeBackend(spec)
     if spec.kind == "hog":
         return _HOGBackend(spec)
+    if spec.kind == "keras-hub":
+        return _KerasHubBackend(spec, preset)
     raise InvalidInput(f"Unknown detector kind. Received: kind={spec.kind!r}")
 
 
@@ -384,9 +590,10 @@ class ObjectDetector:
 
     Parameters
     ----------
-    model : str
+    model : str or DetectorSpec
         A key of :data:`DETECTORS`: ``"faces"``, ``"people"``,
-        ``"number-plates"``.
+        ``"number-plates"`` (offline) or ``"coco-retinanet"`` (KerasHub);
+        or a :class:`DetectorSpec` of one's own.
     classes : sequence of str, optional
         Keep only these classes (e.g. ``["person"]``); None for all.
     min_score : float
@@ -397,6 +604,9 @@ class ObjectDetector:
     max_side : int, optional
         Reduce larger images to this longer side for detection; None for
         the detector's own (``DetectorSpec.max_side``).
+    preset : str, optional
+        For KerasHub detectors: a preset folder (from ``save_to_preset``)
+        or the URL of one on a web server, instead of the download.
 
     Raises
     ------
@@ -404,11 +614,13 @@ class ObjectDetector:
         For an unknown model or class, or a score or overlap outside 0..1.
     """
 
-    def __init__(self, model: str = "faces",
+    def __init__(self, model: Union[str, DetectorSpec] = "faces",
                  classes: Optional[Sequence[str]] = None,
                  min_score: float = 0.5, overlap: float = 0.5,
-                 max_side: Optional[int] = None):
-        self.spec = get_detector_spec(model)
+                 max_side: Optional[int] = None,
+                 preset: Optional[str] = None):
+        self.spec = model if isinstance(model, DetectorSpec) \
+            else get_detector_spec(model)
         if classes is not None:
             classes = list(classes)
             unknown = [cls for cls in classes if cls not in self.spec.classes]
@@ -424,7 +636,8 @@ class ObjectDetector:
         if max_side is not None and max_side < 32:
             raise InvalidInput(f"max_side must be at least 32. "
                                f"Received: max_side={max_side!r}")
-        self.model = model
+        self.model = self.spec.key
+        self.preset = preset or None
         self.classes = classes
         self.min_score = float(min_score)
         self.overlap = float(overlap)
@@ -446,7 +659,7 @@ class ObjectDetector:
             When the weights are missing and cannot be fetched.
         """
         if self._backend is None:
-            self._backend = _build_backend(self.spec)
+            self._backend = _build_backend(self.spec, self.preset)
 
     def candidates(self, rgb: np.ndarray) -> List[Detection]:
         """Every detection of the chosen classes in one ``(height, width,

@@ -93,12 +93,14 @@ class Filter:
 
 
 def run_detection(model: str, data: Table, paths: List[Optional[str]],
-                  keep: Optional[Filter], folder: str, state: TaskState
+                  keep: Optional[Filter], folder: str, state: TaskState,
+                  preset: str = ""
                   ) -> Tuple[Candidates, Optional["FoundObjects"]]:
     """Detect the candidates in every image and, with `keep`, make the
-    outputs too (runs in a worker thread)."""
+    outputs too (runs in a worker thread). `preset` is a KerasHub preset
+    folder or URL ("" for the download)."""
     state.set_status("Loading the detector…")
-    detector = ObjectDetector(model)
+    detector = ObjectDetector(model, preset=preset or None)
     detector.load()
     state.set_status("Finding objects…")
     share = 100 * DETECT_SHARE if keep is not None else 100
@@ -265,6 +267,8 @@ class OWFindObjects(OWWidget, TaskButtonsMixin, OutputFolderMixin):
     hidden_classes: List[str] = Setting([])  # names of unticked classes
     min_score: float = Setting(0.5)
     overlap: float = Setting(0.5)
+    # A KerasHub preset folder or URL; "" for the download.
+    preset_location: str = Setting("")
     output_folder: str = Setting("")  # "" for default_output_folder()
     auto_apply: bool = Setting(True)
 
@@ -290,6 +294,13 @@ class OWFindObjects(OWWidget, TaskButtonsMixin, OutputFolderMixin):
             callback=self._on_model_changed)
         self.description_label = gui.widgetLabel(box, "")
         self.description_label.setWordWrap(True)
+        self.preset_edit = gui.lineEdit(
+            box, self, "preset_location", label="Preset folder or URL:",
+            callback=self._on_preset_changed,
+            placeholderText="empty: download on first use",
+            tooltip="A folder saved with KerasHub's save_to_preset, or the "
+                    "URL of such a folder on a web server; empty to "
+                    "download the weights on first use.")
 
         box = gui.vBox(self.controlArea, "Classes to keep")
         self.class_list = QListWidget()
@@ -367,6 +378,11 @@ class OWFindObjects(OWWidget, TaskButtonsMixin, OutputFolderMixin):
                                else Qt.CheckState.Checked)
             self.class_list.addItem(item)
         self.class_list.blockSignals(False)
+        self.preset_edit.setEnabled(spec.kind == "keras-hub")
+
+    def _on_preset_changed(self):
+        if self.spec.kind == "keras-hub":
+            self._detect()
 
     def _on_model_changed(self):
         self.model_key = MODEL_KEYS[self.model_index]
@@ -435,7 +451,9 @@ class OWFindObjects(OWWidget, TaskButtonsMixin, OutputFolderMixin):
             keep = None  # detect; the outputs wait for a usable folder
         self._started_with = keep
         self.start(run_detection, self.model_key, self.data,
-                   list(self.paths), keep, folder or "")
+                   list(self.paths), keep, folder or "",
+                   preset=self.preset_location.strip()
+                   if self.spec.kind == "keras-hub" else "")
 
     # --- the result ----------------------------------------------------------
 
@@ -593,8 +611,11 @@ class OWFindObjects(OWWidget, TaskButtonsMixin, OutputFolderMixin):
 
     def send_report(self):
         spec = self.spec
+        preset = (("Preset", self.preset_location or "download"),) \
+            if spec.kind == "keras-hub" else ()
         self.report_items("Settings", (
             ("Detector", f"{spec.name} ({spec.availability()})"),
+            *preset,
             ("Classes", ", ".join(self.kept_classes()) or "none"),
             ("Minimum score", f"{self.min_score:.2f}"),
             ("Overlap", f"{self.overlap:.2f}"),
