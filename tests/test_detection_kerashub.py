@@ -20,7 +20,7 @@ import pytest
 keras_hub = pytest.importorskip("keras_hub")
 
 from orangecontrib.deepimage.detection import (  # noqa: E402
-    DETECTORS, DetectorSpec, ObjectDetector, preset_folder)
+    DETECTORS, DetectorSpec, ObjectDetector, boxes_to_labels, preset_folder)
 from orangecontrib.deepimage.errors import WeightsUnavailable  # noqa: E402
 
 CLASSES = ("ant", "bee", "cat")
@@ -58,6 +58,37 @@ def tiny_retinanet():
         backbone=backbone, num_classes=len(CLASSES),
         preprocessor=preprocessor, pre_logits_num_conv_layers=1,
         classification_head_prior_probability=0.5)
+
+
+SEGMENTER_SPEC = DetectorSpec(
+    key="tiny-deeplab", name="Tiny DeepLabV3+", description="A test.",
+    classes=CLASSES, kind="keras-hub", input="colour, 64×64",
+    max_side=10_000, weights="download", source="tiny_deeplab_test",
+    size_mb=1.0, licence="none",
+    options={"task": "DeepLabV3ImageSegmenter", "segmenter": True})
+
+
+def tiny_deeplab():
+    """A DeepLabV3+ on the same small ResNet: background and 3 classes."""
+    from keras_hub.layers import DeepLabV3ImageConverter
+    from keras_hub.models import (
+        DeepLabV3Backbone, DeepLabV3ImageSegmenter,
+        DeepLabV3ImageSegmenterPreprocessor, ResNetBackbone)
+    encoder = ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 16, 16], stackwise_num_blocks=[1, 1, 1],
+        stackwise_num_strides=[1, 2, 2], block_type="basic_block",
+        use_pre_activation=False, image_shape=(None, None, 3))
+    backbone = DeepLabV3Backbone(
+        image_encoder=encoder, spatial_pyramid_pooling_key="P4",
+        upsampling_size=4, dilation_rates=[2, 4], low_level_feature_key="P2",
+        projection_filters=8, image_shape=(None, None, 3))
+    preprocessor = DeepLabV3ImageSegmenterPreprocessor(
+        image_converter=DeepLabV3ImageConverter(image_size=(INPUT, INPUT),
+                                                scale=1 / 255))
+    return DeepLabV3ImageSegmenter(backbone=backbone,
+                                   num_classes=len(CLASSES) + 1,
+                                   preprocessor=preprocessor)
 
 
 def photo(width, height, seed=0):
@@ -161,6 +192,58 @@ class TestKerasHub(unittest.TestCase):
         self.assertIn(f"about {spec.size_mb:.0f} MB", text)
         self.assertIn("save_to_preset", text)
         self.assertIn("pip install keras-hub", text)
+
+
+class TestKerasHubSegmenter(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp()
+        cls.folder = os.path.join(cls.root, "deeplab")
+        tiny_deeplab().save_to_preset(cls.folder)
+        cls.detector = ObjectDetector(SEGMENTER_SPEC, min_score=0.0,
+                                      overlap=1.0, preset=cls.folder)
+        cls.detector.load()
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    def test_regions_have_masks_inside_their_boxes(self):
+        image = photo(INPUT, 48, seed=5)
+        found = self.detector.detect_array(image)
+        self.assertTrue(found)
+        covered = np.zeros((48, INPUT), bool)
+        for det in found:
+            self.assertIn(det.label, CLASSES)
+            self.assertEqual(det.mask.shape, (48, INPUT))
+            self.assertEqual(det.mask.dtype, bool)
+            ys, xs = np.nonzero(det.mask)
+            x0, y0, x1, y1 = det.box
+            self.assertEqual((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1),
+                             (x0, y0, x1, y1))
+            self.assertFalse((covered & det.mask).any())  # regions apart
+            covered |= det.mask
+        # The label image of the masks is the masks, not their boxes.
+        labels = boxes_to_labels(found, INPUT, 48, list(CLASSES))
+        np.testing.assert_equal(labels > 0, covered)
+
+    def test_masks_and_boxes_map_back_to_full_resolution(self):
+        small = photo(INPUT, 48, seed=6)
+        large = cv2.resize(small, (3 * INPUT, 3 * 48),
+                           interpolation=cv2.INTER_NEAREST)
+        found_small = self.detector.detect_array(small)
+        found_large = self.detector.detect_array(large)
+        self.assertTrue(found_small)
+        self.assertEqual(len(found_small), len(found_large))
+        key = lambda det: (det.label, det.box)  # noqa: E731
+        for a, b in zip(sorted(found_small, key=key),
+                        sorted(found_large, key=key)):
+            self.assertEqual(a.label, b.label)
+            np.testing.assert_allclose(np.array(b.box), 3 * np.array(a.box),
+                                       atol=0.05)
+            self.assertEqual(b.mask.shape, (3 * 48, 3 * INPUT))
+            np.testing.assert_equal(
+                b.mask, np.kron(a.mask, np.ones((3, 3), bool)))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ from orangecontrib.deepimage.images import (
 __all__ = ["Detection", "DetectorSpec", "DETECTORS", "get_detector_spec",
            "ObjectDetector", "non_max_suppression", "select_detections",
            "detections_to_masks", "detection_tables", "boxes_to_labels",
-           "cascade_file", "preset_folder", "keras_hub_message", "COCO_90"]
+           "cascade_file", "preset_folder", "keras_hub_message", "COCO_90",
+           "VOC_CLASSES"]
 
 Box = Tuple[float, float, float, float]
 Progress = Optional[Callable[[float], None]]
@@ -184,6 +185,13 @@ COCO_90 = {
     89: "hair drier", 90: "toothbrush",
 }
 
+#: Pascal VOC's classes; in segmentation masks 0 is the background and
+#: these are 1 to 20.
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "dining table", "dog", "horse", "motorbike", "person",
+    "potted plant", "sheep", "sofa", "train", "tv monitor")
+
 DETECTORS: Dict[str, DetectorSpec] = {spec.key: spec for spec in [
     DetectorSpec(
         key="faces", name="Faces (OpenCV cascade)",
@@ -245,6 +253,26 @@ DETECTORS: Dict[str, DetectorSpec] = {spec.key: spec for spec in [
         options={"task": "RetinaNetObjectDetector",
                  "label_ids": tuple(COCO_90.items())},
         order=10),
+    DetectorSpec(
+        key="voc-deeplab", name="VOC pixel masks (DeepLabV3+, KerasHub)",
+        description="Pixel masks of 20 Pascal VOC classes (person, car, "
+                    "bus, cat, dog ...); each connected region is an "
+                    "object, masked to its outline; needs the keras-hub "
+                    "package and its weights (a download, or a preset "
+                    "folder).",
+        classes=VOC_CLASSES, kind="keras-hub",
+        input="colour; padded to a square and resized to the preset's "
+              "512×512; the preset's own scaling",
+        max_side=512, weights="download",
+        source="deeplab_v3_plus_resnet50_pascalvoc",
+        # 39,190,656 float32 parameters (KerasHub's preset metadata)
+        size_mb=156.8,
+        licence="Apache-2.0 (KerasHub); the weights under the terms of "
+                "their KerasHub model page on Kaggle",
+        score="the mean class probability over the region",
+        options={"task": "DeepLabV3ImageSegmenter", "segmenter": True,
+                 "min_area": 0.0005},
+        order=11),
 ]}
 
 
@@ -466,6 +494,10 @@ class _KerasHubBackend:
             # No network, no such preset, or a folder of another model.
             raise WeightsUnavailable(keras_hub_message(spec, str(error))) \
                 from error
+        self.model = model
+        self._configure(model, spec)
+
+    def _configure(self, model, spec: DetectorSpec):
         decoder = model.prediction_decoder
         config = decoder.get_config()
         if "confidence_threshold" in config:
@@ -474,7 +506,6 @@ class _KerasHubBackend:
             config.update(confidence_threshold=CANDIDATE_SCORE,
                           iou_threshold=0.95)
             model.prediction_decoder = type(decoder).from_config(config)
-        self.model = model
         converter = getattr(model.preprocessor, "image_converter", None)
         size = getattr(converter, "image_size", None)
         self.input_size = tuple(size) if size else None  # (height, width)
@@ -483,20 +514,25 @@ class _KerasHubBackend:
         self.names = dict(label_ids) if label_ids \
             else dict(enumerate(spec.classes))
 
-    def __call__(self, rgb: np.ndarray) -> List[Tuple[str, float, Box]]:
+    def _letterbox(self, rgb: np.ndarray):
+        """(input, scale, (width, height) of the photo in the input)."""
         import cv2
-        import keras
         height, width = rgb.shape[:2]
-        scale = 1.0
-        if self.input_size is not None:
-            in_height, in_width = self.input_size
-            scale = min(in_height / height, in_width / width)
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            resized = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA
-                                 if scale < 1 else cv2.INTER_LINEAR)
-            canvas = np.zeros((in_height, in_width, 3), np.uint8)
-            canvas[:size[1], :size[0]] = resized
-            rgb = canvas
+        if self.input_size is None:
+            return rgb, 1.0, (width, height)
+        in_height, in_width = self.input_size
+        scale = min(in_height / height, in_width / width)
+        size = (max(1, min(in_width, round(width * scale))),
+                max(1, min(in_height, round(height * scale))))
+        resized = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA
+                             if scale < 1 else cv2.INTER_LINEAR)
+        canvas = np.zeros((in_height, in_width, 3), np.uint8)
+        canvas[:size[1], :size[0]] = resized
+        return canvas, scale, size
+
+    def __call__(self, rgb: np.ndarray) -> List[Tuple[str, float, Box]]:
+        import keras
+        rgb, scale, _ = self._letterbox(rgb)
         out = self.model.predict(rgb[None].astype(np.float32), verbose=0)
         boxes = np.asarray(keras.utils.bounding_boxes.convert_format(
             out["boxes"], source=self.format, target="xyxy",
@@ -515,11 +551,59 @@ class _KerasHubBackend:
         return found
 
 
+class _KerasHubSegmenterBackend(_KerasHubBackend):
+    """A KerasHub segmenter (DeepLabV3+): each connected region of a class
+    is an object, with its box and its mask."""
+
+    def _configure(self, model, spec):
+        converter = getattr(model.preprocessor, "image_converter", None)
+        size = getattr(converter, "image_size", None)
+        self.input_size = tuple(size) if size else None
+        self.softmax = getattr(model, "activation", None) is None
+        self.min_area = float(spec.options.get("min_area", 0.0))
+        # Class index 0 is the background.
+        self.names = dict(enumerate(spec.classes, start=1))
+
+    def __call__(self, rgb: np.ndarray):
+        import cv2
+        height, width = rgb.shape[:2]
+        canvas, scale, (used_width, used_height) = self._letterbox(rgb)
+        out = np.asarray(self.model.predict(
+            canvas[None].astype(np.float32), verbose=0))[0]
+        out = out[:used_height, :used_width].astype(np.float64)
+        if self.softmax:
+            out = np.exp(out - out.max(axis=-1, keepdims=True))
+            out /= out.sum(axis=-1, keepdims=True)
+        labels = out.argmax(axis=-1)
+        min_area = max(1, self.min_area * used_width * used_height)
+        found = []
+        for index in np.unique(labels):
+            if int(index) not in self.names:
+                continue
+            binary = (labels == index).astype(np.uint8)
+            count, regions, stats, _ = cv2.connectedComponentsWithStats(
+                binary, connectivity=8)
+            for region in range(1, count):
+                x, y, w, h, area = stats[region]
+                if area < min_area:
+                    continue
+                mask = regions == region
+                score = float(out[..., index][mask].mean())
+                mask = cv2.resize(mask.view(np.uint8), (width, height),
+                                  interpolation=cv2.INTER_NEAREST)
+                found.append((self.names[int(index)], score,
+                              (x / scale, y / scale, (x + w) / scale,
+                               (y + h) / scale), mask.astype(bool)))
+        return found
+
+
 def _build_backend(spec: DetectorSpec, preset: Optional[str] = None):
     if spec.kind == "cascade":
         return _CascadeBackend(spec)
     if spec.kind == "hog":
         return _HOGBackend(spec)
+    if spec.kind == "keras-hub" and spec.options.get("segmenter"):
+        return _KerasHubSegmenterBackend(spec, preset)
     if spec.kind == "keras-hub":
         return _KerasHubBackend(spec, preset)
     raise InvalidInput(f"Unknown detector kind. Received: kind={spec.kind!r}")
@@ -672,10 +756,24 @@ class ObjectDetector:
         self.load()
         height, width = rgb.shape[:2]
         small, factor = _reduce(rgb, self.max_side)
-        return [Detection(label, float(score),
-                          _to_full(box, factor, width, height))
-                for label, score, box in self._backend(small)
-                if self.classes is None or label in self.classes]
+        found = []
+        for item in self._backend(small):
+            label, score, box = item[:3]
+            if self.classes is not None and label not in self.classes:
+                continue
+            mask = None
+            if len(item) > 3 and item[3] is not None:
+                # A mask over the whole (reduced) image, at full size.
+                mask = item[3]
+                if mask.shape != (height, width):
+                    import cv2
+                    mask = cv2.resize(mask.view(np.uint8), (width, height),
+                                      interpolation=cv2.INTER_NEAREST
+                                      ).astype(bool)
+            found.append(Detection(label, float(score),
+                                   _to_full(box, factor, width, height),
+                                   mask))
+        return found
 
     def select(self, candidates: Sequence[Detection]) -> List[Detection]:
         """The `candidates` that pass this detector's `min_score` and
