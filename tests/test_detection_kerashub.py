@@ -245,6 +245,25 @@ class TestKerasHubSegmenter(unittest.TestCase):
             np.testing.assert_equal(
                 b.mask, np.kron(a.mask, np.ones((3, 3), bool)))
 
+    def test_masks_of_a_reduced_image_are_kept_small(self):
+        small = photo(INPUT, 48, seed=7)
+        large = cv2.resize(small, (3 * INPUT, 3 * 48),
+                           interpolation=cv2.INTER_NEAREST)
+        reducing = ObjectDetector(SEGMENTER_SPEC, min_score=0.0, overlap=1.0,
+                                  max_side=INPUT, preset=self.folder)
+        found = reducing.detect_array(large)
+        expected = self.detector.detect_array(small)
+        self.assertEqual(len(found), len(expected))
+        self.assertTrue(found)
+        key = lambda det: (det.label, det.box)  # noqa: E731
+        for a, b in zip(sorted(expected, key=key), sorted(found, key=key)):
+            self.assertEqual(b.mask.shape, (48, INPUT))
+            np.testing.assert_equal(
+                b.full_mask(3 * INPUT, 3 * 48),
+                np.kron(a.mask, np.ones((3, 3), bool)))
+            np.testing.assert_allclose(np.array(b.box), 3 * np.array(a.box),
+                                       atol=0.05)
+
 
 if __name__ == "__main__":
     unittest.main()

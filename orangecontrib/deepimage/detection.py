@@ -71,8 +71,9 @@ class Detection:
         ``(x0, y0, x1, y1)`` in full-resolution pixels of the upright
         image; x1 and y1 are exclusive.
     mask : numpy.ndarray or None
-        A boolean ``(height, width)`` mask of the object in the whole image,
-        for models that give one.
+        For models that give one, a boolean mask of the object over the
+        whole image, at the resolution the image was detected at (large
+        images are reduced): :meth:`full_mask` gives it at full resolution.
     """
     label: str
     score: float
@@ -85,6 +86,15 @@ class Detection:
         """The box's area in pixels."""
         x0, y0, x1, y1 = self.box
         return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+    def full_mask(self, width: int, height: int) -> Optional[np.ndarray]:
+        """The mask at the image's full ``width`` × ``height`` (None when
+        the model gives no mask)."""
+        if self.mask is None or self.mask.shape == (height, width):
+            return self.mask
+        import cv2
+        return cv2.resize(self.mask.view(np.uint8), (width, height),
+                          interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
 # --- the registry ---------------------------------------------------------
@@ -761,15 +771,9 @@ class ObjectDetector:
             label, score, box = item[:3]
             if self.classes is not None and label not in self.classes:
                 continue
-            mask = None
-            if len(item) > 3 and item[3] is not None:
-                # A mask over the whole (reduced) image, at full size.
-                mask = item[3]
-                if mask.shape != (height, width):
-                    import cv2
-                    mask = cv2.resize(mask.view(np.uint8), (width, height),
-                                      interpolation=cv2.INTER_NEAREST
-                                      ).astype(bool)
+            # A mask stays at the reduced size: a widget holds the
+            # candidates of many images (Detection.full_mask enlarges it).
+            mask = item[3] if len(item) > 3 else None
             found.append(Detection(label, float(score),
                                    _to_full(box, factor, width, height),
                                    mask))
@@ -965,7 +969,7 @@ def boxes_to_labels(detections: Sequence[Detection], width: int, height: int,
             continue
         index = class_names.index(det.label) + 1
         if det.mask is not None:
-            labels[det.mask] = index
+            labels[det.full_mask(width, height)] = index
             continue
         x0, y0, x1, y1 = det.box
         x0, y0 = max(0, math.floor(x0)), max(0, math.floor(y0))
