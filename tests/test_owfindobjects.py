@@ -1,6 +1,7 @@
 """Tests of the Find Objects widget, on scikit-image's sample photos."""
 import os
 import tempfile
+import threading
 import unittest
 from unittest import mock
 
@@ -201,6 +202,29 @@ class TestOWFindObjects(WidgetTest):
         self.assertFalse(widget.Error.folder.is_shown())
         self.assertEqual(len(self.get_output(widget.Outputs.images,
                                              widget=widget)), 2)
+
+    def test_cancel_stops_detection_without_outputs(self):
+        started, release = threading.Event(), threading.Event()
+        real = owfindobjects.ObjectDetector.detect_paths
+
+        def slow(detector, paths, progress=None, candidates=False):
+            def waiting(fraction):
+                started.set()
+                release.wait(5)
+                progress(fraction)
+            return real(detector, paths, waiting, candidates)
+
+        with mock.patch.object(owfindobjects.ObjectDetector, "detect_paths",
+                               slow):
+            self.send_signal(self.widget.Inputs.data, self.data)
+            self.assertTrue(started.wait(TIMEOUT / 1000))
+            self.assertTrue(self.widget.cancel_button.isEnabled())
+            self.widget.cancel_button.click()
+            release.set()
+            self.wait_until_finished(timeout=TIMEOUT)
+        self.assertIsNone(self.widget.candidates)
+        self.assertFalse(self.widget.cancel_button.isEnabled())
+        self.assertIsNone(self.get_output(self.widget.Outputs.counts))
 
     def test_no_image_column(self):
         table = Table.from_numpy(Domain([], metas=[StringVariable("text")]),
