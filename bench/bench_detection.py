@@ -14,6 +14,9 @@ enlarged four times with a 20-pixel replicated border (the cascade's
 window needs some room around a face). A crop counts as found when the
 detector reports anything in it.
 
+MTCNN (``faces-mtcnn``) is measured when the optional ``mtcnn`` package
+is installed.
+
 No photo with a number plate ships with these packages, so the plate
 detector's recall is not measured; only its false detections on the
 photos are.
@@ -183,11 +186,11 @@ def bench_detector(key, photos):
     return results
 
 
-def bench_lfw():
+def bench_lfw(key):
     import cv2
     import skimage.data as data
     from orangecontrib.deepimage.detection import ObjectDetector
-    detector = ObjectDetector("faces")
+    detector = ObjectDetector(key)
     crops = data.lfw_subset()
     found = []
     for crop in crops:
@@ -229,15 +232,17 @@ def main():
     from results_io import write_results
     cv2.setNumThreads(os.cpu_count() or 1)
     photos = load_photos()
+    from orangecontrib.deepimage.detection import DETECTORS
+    keys = [key for key in ("faces", "faces-mtcnn", "people",
+                            "number-plates") if DETECTORS[key].installed]
     results = {
         "photos": sorted(photos),
         "iou for a correct detection": IOU,
-        "detectors": {key: bench_detector(key, photos)
-                      for key in ("faces", "people", "number-plates")},
-        "faces on lfw_subset": bench_lfw(),
+        "detectors": {key: bench_detector(key, photos) for key in keys},
+        "faces on lfw_subset": {
+            key: bench_lfw(key) for key in keys if key.startswith("faces")},
         "seconds for a 4000x3000 photo": {
-            key: bench_large(key)
-            for key in ("faces", "people", "number-plates")},
+            key: bench_large(key) for key in keys},
         "opencv": cv2.__version__,
         "load average (1, 5, 15 min) at the end": [
             round(v, 1) for v in os.getloadavg()],

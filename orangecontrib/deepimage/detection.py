@@ -137,6 +137,9 @@ class DetectorSpec:
         Parameters of the backend (cascade file, scale step, ...).
     order : int
         Position in lists shown to the user.
+    package : str
+        An optional package the detector needs (its import name); "" when
+        the add-on's own dependencies suffice.
     """
     key: str
     name: str
@@ -152,14 +155,24 @@ class DetectorSpec:
     score: str = ""
     options: Dict[str, object] = field(default_factory=dict)
     order: int = 0
+    package: str = ""
 
     @property
     def offline(self) -> bool:
         """True when the weights come with an installed package."""
         return self.weights == "bundled"
 
+    @property
+    def installed(self) -> bool:
+        """True when the package the detector needs is installed."""
+        import importlib.util
+        return not self.package or \
+            importlib.util.find_spec(self.package) is not None
+
     def availability(self) -> str:
         """A short phrase for the user: offline, or the download's size."""
+        if not self.installed:
+            return f"needs pip install {self.package.replace('_', '-')}"
         if self.offline:
             return "works offline"
         return f"downloads {self.size_mb:.0f} MB"
@@ -216,6 +229,20 @@ DETECTORS: Dict[str, DetectorSpec] = {spec.key: spec for spec in [
                  "min_size": (24, 24), "equalize": True},
         order=0),
     DetectorSpec(
+        key="faces-mtcnn", name="Faces (MTCNN)",
+        description="Faces, frontal and in profile, at least about 20 "
+                    "pixels wide after reduction; a small neural network "
+                    "(three cascaded CNNs), slower than the OpenCV cascade "
+                    "and much better; needs the mtcnn package.",
+        classes=("face",), kind="mtcnn",
+        input="colour; an image pyramid through three small CNNs",
+        max_side=1280, weights="bundled",
+        source="the weights inside the mtcnn package (mtcnn/assets)",
+        size_mb=2.0, licence="MIT (the mtcnn package and its weights)",
+        score="the last network's face probability; candidates below 0.7 "
+              "are dropped by MTCNN itself",
+        package="mtcnn", order=1),
+    DetectorSpec(
         key="people", name="People (OpenCV HOG)",
         description="Whole people standing upright, at least about 50 "
                     "pixels tall in a photo of 640 pixels (a twelfth of its "
@@ -230,7 +257,7 @@ DETECTORS: Dict[str, DetectorSpec] = {spec.key: spec for spec in [
         score="the logistic function of the linear SVM's margin",
         options={"win_stride": (8, 8), "padding": (8, 8), "scale": 1.05,
                  "enlarge_to": 1600, "max_enlarge": 3.0},
-        order=1),
+        order=2),
     DetectorSpec(
         key="number-plates", name="Number plates (OpenCV cascade)",
         description="Car number plates of the Russian format, seen from the "
@@ -243,7 +270,7 @@ DETECTORS: Dict[str, DetectorSpec] = {spec.key: spec for spec in [
         licence=_OPENCV_LICENCE, score=_CASCADE_SCORE,
         options={"scale_factor": 1.1, "min_neighbors": 5,
                  "min_size": (60, 20), "equalize": False},
-        order=2),
+        order=3),
     DetectorSpec(
         key="coco-retinanet", name="COCO objects (RetinaNet, KerasHub)",
         description="80 everyday classes (person, car, bus, truck, "
@@ -262,7 +289,7 @@ DETECTORS: Dict[str, DetectorSpec] = {spec.key: spec for spec in [
         score="the class probability (sigmoid) of the box",
         options={"task": "RetinaNetObjectDetector",
                  "label_ids": tuple(COCO_90.items())},
-        order=10),
+        package="keras_hub", order=10),
     DetectorSpec(
         key="voc-deeplab", name="VOC pixel masks (DeepLabV3+, KerasHub)",
         description="Pixel masks of 20 Pascal VOC classes (person, car, "
@@ -282,7 +309,7 @@ DETECTORS: Dict[str, DetectorSpec] = {spec.key: spec for spec in [
         score="the mean class probability over the region",
         options={"task": "DeepLabV3ImageSegmenter", "segmenter": True,
                  "min_area": 0.0005},
-        order=11),
+        package="keras_hub", order=11),
 ]}
 
 
@@ -607,11 +634,40 @@ class _KerasHubSegmenterBackend(_KerasHubBackend):
         return found
 
 
+class _MTCNNBackend:
+    """The MTCNN face detector of the ``mtcnn`` package (TensorFlow), on
+    the GPU when there is one."""
+
+    def __init__(self, spec: DetectorSpec):
+        try:
+            from mtcnn import MTCNN
+        except ImportError:
+            raise WeightsUnavailable(
+                f"{spec.name} needs the mtcnn package, which bundles its "
+                f"weights (about {spec.size_mb:.0f} MB): pip install mtcnn"
+            ) from None
+        import tensorflow as tf
+        device = "GPU:0" if tf.config.list_physical_devices("GPU") \
+            else "CPU:0"
+        self.mtcnn = MTCNN(device=device)
+        self.label = spec.classes[0]
+
+    def __call__(self, rgb: np.ndarray) -> List[Tuple[str, float, Box]]:
+        if min(rgb.shape[:2]) < 12:  # smaller than MTCNN's first window
+            return []
+        faces = self.mtcnn.detect_faces(rgb, box_format="xyxy")
+        return [(self.label, float(face["confidence"]),
+                 tuple(float(v) for v in face["box"]))
+                for face in faces]
+
+
 def _build_backend(spec: DetectorSpec, preset: Optional[str] = None):
     if spec.kind == "cascade":
         return _CascadeBackend(spec)
     if spec.kind == "hog":
         return _HOGBackend(spec)
+    if spec.kind == "mtcnn":
+        return _MTCNNBackend(spec)
     if spec.kind == "keras-hub" and spec.options.get("segmenter"):
         return _KerasHubSegmenterBackend(spec, preset)
     if spec.kind == "keras-hub":
