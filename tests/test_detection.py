@@ -8,6 +8,7 @@ none.
 import os
 import tempfile
 import unittest
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -95,6 +96,17 @@ class TestRegistry(unittest.TestCase):
             self.assertGreater(spec.size_mb, 0)
         self.assertTrue(DETECTORS["faces"].offline)
         self.assertEqual(DETECTORS["faces"].availability(), "works offline")
+
+    def test_an_optional_package_that_is_missing(self):
+        spec = DETECTORS["faces-mtcnn"]
+        with mock.patch.dict("sys.modules", {"mtcnn": None}), \
+                mock.patch("importlib.util.find_spec", return_value=None):
+            self.assertFalse(spec.installed)
+            self.assertEqual(spec.availability(), "needs pip install mtcnn")
+            with self.assertRaisesRegex(WeightsUnavailable,
+                                        "pip install mtcnn"):
+                ObjectDetector("faces-mtcnn").load()
+        self.assertTrue(DETECTORS["faces"].installed)  # no package needed
 
     def test_bad_arguments_name_the_value(self):
         with self.assertRaisesRegex(InvalidInput, "model='cars'"):
