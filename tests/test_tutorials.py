@@ -21,6 +21,9 @@ EXPECTED_OUTPUTS = {
                        ("Segment Images", "Objects"): 100},
     "edit-images": {("Remove Towers", "Edited Images"): 2,
                     ("Blur Flag", "Edited Images"): 2},
+    "hide-faces": {("Find Objects", "Counts"): 13,
+                   ("Find Objects", "Objects"): 1,
+                   ("Pixelate Faces", "Edited Images"): 13},
 }
 
 

@@ -166,8 +166,40 @@ def photos():
         setup=_import_folder("photos"))
 
 
+def _hide_faces_settings(widgets):
+    _import_folder("photos")(widgets)
+    widget = widgets["Pixelate Faces"]
+    widget.operation = "pixelate"
+    widget.auto_commit = True
+
+
+def hide_faces():
+    return Tutorial(
+        "hide-faces", "Hide faces before publishing photos",
+        "Find the faces in photos with OpenCV's face detector (offline, no "
+        "training), pixelate them with Edit Images and look at the result "
+        "before publishing: the classic detector finds the astronaut's "
+        "face, misses the cameraman's face in profile and takes a head on "
+        "a Greek coin for a face.",
+        nodes={
+            "Import Images": (IMPORT_IMAGES, (60, 150)),
+            "Find Objects": (OURS + "owfindobjects.OWFindObjects",
+                             (220, 150)),
+            "Pixelate Faces": (OURS + "oweditimages.OWEditImages",
+                               (380, 150)),
+            "Published": (IMAGE_VIEWER, (540, 150)),
+        },
+        links=[
+            ("Import Images", "Data", "Find Objects", "Data"),
+            ("Find Objects", "Images with Masks", "Pixelate Faces", "Data"),
+            ("Pixelate Faces", "Edited Images", "Published", "Data"),
+        ],
+        setup=_hide_faces_settings)
+
+
 ALL = {"classify-digits": classifier, "edit-images": edit,
-       "segment-nuclei": segmentation, "organise-photos": photos}
+       "segment-nuclei": segmentation, "organise-photos": photos,
+       "hide-faces": hide_faces}
 
 
 def build(tutorial: Tutorial) -> str:

@@ -4,7 +4,8 @@ Scripting entry points::
 
     from orangecontrib.deepimage import (
         ImageEmbedder, ImageClassifierLearner, SegmentationLearner,
-        cluster_embeddings, grad_cam, measure_objects, edit_images)
+        cluster_embeddings, grad_cam, measure_objects, edit_images,
+        ObjectDetector)
 
 Names are imported on first use, so that importing the package (as Orange's
 canvas does at start-up) does not load TensorFlow.
@@ -32,6 +33,9 @@ _EXPORTS = {
     "measure_objects": "orangecontrib.deepimage.measure",
     "pair_folders": "orangecontrib.deepimage.segdata",
     "edit_images": "orangecontrib.deepimage.edit",
+    "ObjectDetector": "orangecontrib.deepimage.detection",
+    "detections_to_masks": "orangecontrib.deepimage.detection",
+    "DETECTORS": "orangecontrib.deepimage.detection",
     "run_workflow": "orangecontrib.deepimage.workflow",
     "BACKBONES": "orangecontrib.deepimage.backbones",
     "get_backbone": "orangecontrib.deepimage.backbones",
