@@ -91,7 +91,7 @@ class TestOWSegmentImages(WidgetTest):
     def test_outputs_masks_counts_and_objects(self):
         images, counts, objects = self.run_widget()
         mask_var = images.domain.metas[-1]
-        self.assertEqual(mask_var.name, "mask (1)")  # the truth is "mask"
+        self.assertEqual(mask_var.name, "predicted mask")  # truth: "mask"
         self.assertEqual(mask_var.attributes["mask"], "class")
         self.assertEqual(mask_var.attributes["origin"], self.out)
         self.assertEqual(len(os.listdir(self.out)), 4)
