@@ -79,6 +79,16 @@ class TestOWSegmentImages(WidgetTest):
         self.widget = self.create_widget(
             OWSegmentImages, stored_settings={"output_folder": self.out})
 
+    def test_errors_are_wrapped_in_the_fixed_width_window(self):
+        label = self.widget.wrapped_errors
+        text = "a long reason " * 12
+        self.widget.Error.segmentation_failed(text)
+        self.assertTrue(label.isVisibleTo(self.widget))
+        self.assertTrue(label.wordWrap())
+        self.assertIn(text.strip(), label.text())
+        self.widget.Error.segmentation_failed.clear()
+        self.assertFalse(label.isVisibleTo(self.widget))
+
     def run_widget(self, data=None, model=None):
         self.send_signal(self.widget.Inputs.data,
                          self.data if data is None else data)

@@ -14,6 +14,7 @@ from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Msg, Output, OWWidget
 
 from orangecontrib.deepimage.segdata import PairingReport, pair_folders
+from orangecontrib.deepimage.widgets.utils.messages import WrappedErrors
 
 #: (setting value, combo text); settings store the value, not the index.
 KINDS = [("auto", "Automatic"), ("class", "Class masks"),
@@ -136,6 +137,9 @@ class OWSegmentationData(OWWidget, ConcurrentWidgetMixin):
         box = gui.vBox(self.controlArea, "Found")
         self.info_label = gui.widgetLabel(box, "No data.")
         self.info_label.setWordWrap(True)
+        # The window has a fixed width: errors are repeated here, wrapped.
+        self.wrapped_errors = WrappedErrors(self)
+        self.controlArea.layout().addWidget(self.wrapped_errors)
 
         gui.button(self.buttonsArea, self, "Reload", callback=self.reload,
                    autoDefault=False)
