@@ -6,6 +6,9 @@ from unittest import mock
 
 import numpy as np
 
+from AnyQt.QtCore import QRectF
+from AnyQt.QtGui import QImage
+
 from Orange.data import Domain, Table
 from Orange.widgets.tests.base import WidgetTest
 from Orange.widgets.tests.utils import simulate
@@ -238,6 +241,30 @@ class TestOWSegmentationTrainer(WidgetTest):
                 self.assertIn("12 of 30 epochs", str(warning))
                 self.assertIn("augmentation", str(warning))
             self.assertIn("nucleus IoU 0.", self.widget.scores_label.text())
+
+    def test_nothing_clipped_at_the_default_size(self):
+        self.widget.show()
+        image = QImage(64, 64, QImage.Format.Format_RGB888)
+        image.fill(0)
+        view = self.widget.preview_view
+        captions = ["Prediction (epoch 12)", "Ground truth"]
+        view.set_images([(image, caption) for caption in captions])
+        self.process_events()
+        metrics = view.fontMetrics()
+        for rect, caption in zip(view.caption_rects(), captions):
+            self.assertGreaterEqual(rect.left(), 0)
+            self.assertLessEqual(rect.right(), view.width())
+            self.assertGreaterEqual(rect.width(),
+                                    metrics.horizontalAdvance(caption))
+        for rect in view.image_rects():
+            self.assertTrue(QRectF(view.rect()).contains(rect))
+        for combo in (self.widget.encoder_combo,
+                      self.widget.architecture_combo, self.widget.loss_combo):
+            longest = max(metrics.horizontalAdvance(combo.itemText(i))
+                          for i in range(combo.count()))
+            self.assertGreaterEqual(combo.width(), combo.sizeHint().width())
+            self.assertGreater(combo.sizeHint().width(), longest)
+        self.widget.hide()
 
     def test_parameter_change_without_auto_apply(self):
         calls = []

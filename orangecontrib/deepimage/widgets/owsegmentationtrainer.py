@@ -386,12 +386,13 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
                                            "auto_apply", commit=self.commit)
 
     def _fit_combos(self):
-        # Long item texts must not make the widget wide.
+        # As wide as the longest item, so that no choice is cut ("None
+        # (train from scratc"); Orange bounds combos to 25 characters.
         for combo in (self.architecture_combo, self.encoder_combo,
                       self.loss_combo):
+            combo.setMaximumContentsLength(0)
             combo.setSizeAdjustPolicy(
-                combo.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-            combo.setMinimumContentsLength(14)
+                combo.SizeAdjustPolicy.AdjustToContents)
 
     @staticmethod
     def _form(box):
