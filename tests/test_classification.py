@@ -139,6 +139,85 @@ def test_progress_reaches_one_and_can_cancel(shapes):
             shapes, progress_callback=cancel)
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_progress_follows_the_work_done(shapes, augment):
+    """The bar never runs ahead of (or lags) the work by more than 10 %.
+
+    Work is counted in passes of the images through the network: embedding
+    them is one; with augmentation each epoch streams them once more. On
+    cached features (no augmentation) the head's epochs together take as
+    long as the embedding.
+    """
+    epochs = 3
+    events = []  # ("progress", fraction) and ("epoch", epochs completed)
+    hooks = TrainingHooks(on_epoch_end=lambda epoch, _: events.append(
+        ("epoch", epoch + 1)))
+    learner = ImageClassifierLearner(
+        augment=augment, epochs=epochs, batch_size=8, early_stopping=False,
+        validation=0, hooks=hooks)
+    learner(shapes, progress_callback=lambda p, *_: events.append(
+        ("progress", p)))
+
+    if augment:
+        def work(completed):  # passes done, of 1 + epochs
+            return (1 + completed) / (1 + epochs)
+    else:
+        def work(completed):
+            return 0.5 + 0.5 * completed / epochs
+    fractions = [value for kind, value in events if kind == "progress"]
+    assert fractions[-1] == pytest.approx(1)
+    assert all(b >= a - 1e-9 for a, b in zip(fractions, fractions[1:]))
+    completed = 0
+    training = False
+    for kind, value in events:
+        if kind == "epoch":
+            completed = value
+            continue
+        if not training and value > work(0) + 1e-9:
+            training = True  # the first batch has been trained
+        if not training:  # embedding: at most one pass is done
+            assert value <= work(0) + 0.1
+        else:  # between the epochs completed and the one running
+            assert work(completed) - 0.1 <= value <= work(completed + 1) + 0.1
+    assert completed == epochs
+
+
+def test_augmentations_by_name(shapes):
+    from orangecontrib.deepimage.classification import with_augmentation
+    import keras
+    network = keras.Sequential([keras.Input((8, 8, 3)),
+                                keras.layers.Flatten()])
+    augmented = with_augmentation(network, 0, ("rotation", "zoom"))
+    names = [type(layer).__name__ for layer in
+             augmented.get_layer("augmentation").layers]
+    assert names == ["RandomRotation", "RandomZoom"]
+    learner = ImageClassifierLearner(augmentations=("zoom", "flip"))
+    assert learner.augmentations == ("flip", "zoom")
+    with pytest.raises(ValueError, match="mirror"):
+        ImageClassifierLearner(augmentations=("mirror",))
+
+
+def test_diagnosis_of_training_curves():
+    from orangecontrib.deepimage.classification import training_diagnosis
+    good = {"val_loss": [0.9, 0.3, 0.4], "accuracy": [0.5, 0.9, 0.95],
+            "val_accuracy": [0.5, 0.88, 0.86]}
+    assert training_diagnosis(good, 100, ("a", 0.5)) == {}
+    # Judged at the best epoch (lowest validation loss), not the last one.
+    late_overfit = dict(good, accuracy=[0.5, 0.9, 1.0],
+                        val_accuracy=[0.5, 0.88, 0.6])
+    assert training_diagnosis(late_overfit, 100, ("a", 0.5)) == {}
+    overfit = dict(good, accuracy=[0.5, 1.0, 1.0])
+    overfit["val_accuracy"] = [0.5, 0.7, 0.7]
+    assert set(training_diagnosis(overfit, 100, ("a", 0.5))) == \
+        {"overfitting"}
+    chance = dict(good, accuracy=[0.5, 0.55, 0.6],
+                  val_accuracy=[0.5, 0.52, 0.5])
+    assert set(training_diagnosis(chance, 100, ("a", 0.5))) == {"at_chance"}
+    assert set(training_diagnosis(good, 10, ("a", 0.5))) == \
+        {"small_validation"}
+    assert "±0.31" in training_diagnosis(good, 10)["small_validation"]
+
+
 def test_stop_request_keeps_a_model(shapes):
     calls = []
     hooks = TrainingHooks(should_stop=lambda: bool(calls.append(1)) or

@@ -81,3 +81,50 @@ def test_overlay_and_written_files_never_overwrite(tmp_path, pasted_cats):
     assert first[0] != second[0]
     assert all(os.path.exists(p) for p in first + second)
     assert os.path.basename(second[0]) == "cat0-gradcam-1.png"
+
+
+def test_evaluated_predictions_are_found_by_the_columns_orange_adds():
+    from Orange.data import DiscreteVariable, Domain, StringVariable, Table
+    from orangecontrib.deepimage.explain import evaluated_predictions
+    shape = DiscreteVariable("shape", ("disc", "square"))
+    image = StringVariable("image")
+
+    def table(*metas):
+        domain = Domain([], shape, [image] + [var for var, _ in metas])
+        values = np.array([["a.png", "b.png", "c.png"]]
+                          + [column for _, column in metas], dtype=object).T
+        return Table.from_numpy(domain, np.empty((3, 0)),
+                                np.array([0, 1, 1]), values)
+
+    # Confusion Matrix's selected data: "<class>(<learner>)"; a NaN stays
+    # unknown.
+    predicted = DiscreteVariable("shape(Image Classifier)", shape.values)
+    found = evaluated_predictions(
+        table((predicted, [1, 0, np.nan])), ("disc", "square"),
+        "Image Classifier")
+    assert found.column == "shape(Image Classifier)"
+    assert list(found.classes) == [1, 0, -1]
+    assert not found.cross_validated
+    # Test & Score's predictions: the learner's name and a fold; the
+    # model's classes may be in another order.
+    learner = DiscreteVariable("Image Classifier", shape.values)
+    fold = DiscreteVariable("Fold", ("1", "2"))
+    found = evaluated_predictions(
+        table((learner, [0, 0, 1]), (fold, [0, 1, 0])), ("square", "disc"),
+        "Image Classifier")
+    assert list(found.classes) == [1, 1, 0]
+    assert found.cross_validated
+    # A column of the user's with the same values is not a prediction.
+    other = DiscreteVariable("guess", shape.values)
+    assert evaluated_predictions(table((other, [0, 0, 1])),
+                                 ("disc", "square"), "Image Classifier") \
+        is None
+
+
+def test_minus_one_explains_the_predicted_class(tmp_path):
+    data = shapes_table(tmp_path, per_class=2)
+    model = ImageClassifierLearner(epochs=2)(data)
+    predicted = explain_images(model, data)
+    mixed = explain_images(model, data, [-1, 2, -1, 2, -1, 2])
+    np.testing.assert_array_equal(mixed.classes[::2], predicted.classes[::2])
+    assert (mixed.classes[1::2] == 2).all()

@@ -7,6 +7,8 @@ import warnings
 from unittest import mock
 
 import numpy as np
+
+from AnyQt.QtCore import Qt
 from PIL import Image
 
 from Orange.data import ContinuousVariable, Domain, StringVariable, Table
@@ -79,6 +81,41 @@ class TestOWDeepEmbedding(WidgetTest):
         self.assertIsNone(self.get_output(self.widget.Outputs.embeddings))
         self.send_signal(self.widget.Inputs.images, None)
         self.assertFalse(self.widget.Error.no_image_column.is_shown())
+
+    def test_long_error_is_shown_whole_and_wrapped(self):
+        label = self.widget.wrapped_errors
+        self.assertFalse(label.isVisibleTo(self.widget))
+        text = ("The ImageNet weights for VGG16 could not be downloaded: "
+                "no connection. Put vgg16_weights.h5 into the Keras folder "
+                "or set a mirror.")
+        self.widget.Error.weights_unavailable(text)
+        self.assertTrue(label.isVisibleTo(self.widget))
+        self.assertTrue(label.wordWrap())
+        self.assertEqual(label.text(), text)
+        # It fits the widget's width, so it is not cut.
+        self.widget.show()
+        self.assertLessEqual(label.width(), self.widget.controlArea.width())
+        self.assertGreater(label.heightForWidth(label.width()),
+                           label.fontMetrics().height())
+        self.widget.Error.weights_unavailable.clear()
+        self.assertFalse(label.isVisibleTo(self.widget))
+        self.widget.hide()
+
+    def test_layers_have_plain_names_and_settings_keep_keys(self):
+        combo = self.widget.layer_combo
+        texts = [combo.itemText(i) for i in range(combo.count())]
+        self.assertEqual(texts, [
+            "last layer (1000 values)",
+            "image features before the last layer (512 values)"])
+        self.assertFalse(any("penultimate" in t or "fire9" in t
+                             for t in texts))
+        combo.setCurrentIndex(1)
+        combo.activated.emit(1)
+        self.assertEqual(self.widget.layer, "fire9")
+        self.assertEqual(
+            self.widget.settingsHandler.pack_data(self.widget)["layer"],
+            "fire9")
+        self.assertTrue(combo.itemData(0, Qt.ToolTipRole))
 
     def test_model_list_marks_offline_and_download(self):
         texts = [self.widget.model_combo.itemText(i)

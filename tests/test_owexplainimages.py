@@ -6,6 +6,8 @@ from unittest import mock
 import numpy as np
 from PIL import Image
 
+from AnyQt.QtCore import Qt
+
 from Orange.classification import LogisticRegressionLearner
 from Orange.data import ContinuousVariable, DiscreteVariable, Domain, Table
 from Orange.widgets.tests.base import WidgetTest
@@ -103,6 +105,83 @@ class TestOWExplainImages(WidgetTest):
         self.assertEqual(self.widget.grid.count(), len(self.sample))
         self.assertFalse(self.widget.Error.active)
         self.assertFalse(self.widget.Warning.active)
+
+    def cross_validation(self):
+        """Two-fold results of a learner too weak to be right often."""
+        from Orange.evaluation import CrossValidation
+        learner = ImageClassifierLearner(epochs=1, learning_rate=1e-5,
+                                         hidden_units=0, dropout=0)
+        learner.name = self.model.name
+        results = CrossValidation(k=2, random_state=0, store_data=True)(
+            self.data, [learner])
+        results.learner_names = [self.model.name]
+        return results
+
+    def test_misclassified_in_confusion_matrix_shows_evaluated_predictions(
+            self):
+        from Orange.widgets.evaluate.owconfusionmatrix import (
+            OWConfusionMatrix)
+        results = self.cross_validation()
+        matrix = self.create_widget(OWConfusionMatrix)
+        self.send_signal(matrix.Inputs.evaluation_results, results,
+                         widget=matrix)
+        matrix.select_wrong()
+        wrong = self.get_output(matrix.Outputs.selected_data, widget=matrix)
+        self.assertIsNotNone(wrong)
+        n_wrong = int((results.predicted[0] != results.actual).sum())
+        self.assertEqual(len(wrong), n_wrong)
+        column = f"shape({self.model.name})"
+        evaluated = wrong.get_column(column)
+
+        output = self.explain(wrong)
+        self.assertEqual(len(output), n_wrong)
+        # Each image is shown, and explained, with the prediction that made
+        # it misclassified, not the final model's.
+        np.testing.assert_array_equal(
+            output.get_column("Explained class"), evaluated)
+        np.testing.assert_array_equal(output.get_column(column), evaluated)
+        self.assertTrue((output.get_column("Correct") == 0).all())
+        self.assertTrue((evaluated != wrong.Y).all())
+        # (The final model, which trained on them, gets some right.)
+        self.assertTrue(
+            (output.get_column("Predicted class") != evaluated).any())
+        names = self.model.class_names
+        for i in range(self.widget.grid.count()):
+            item = self.widget.grid.item(i)
+            row = item.data(Qt.UserRole)
+            self.assertIn(f"✗ WRONG: Test & Score: "
+                          f"{names[int(evaluated[row])]}", item.text())
+            self.assertIn(f"actual: {names[int(wrong.Y[row])]}", item.text())
+            self.assertEqual(item.background().color(),
+                             owexplainimages.WRONG_COLOUR)
+        info = self.widget.Information.evaluated
+        self.assertTrue(info.is_shown())
+        self.assertIn("explained with the final model, which saw these "
+                      "images in training", str(info))
+
+        self.send_signal(self.widget.Inputs.data, self.sample)
+        self.assertFalse(info.is_shown())
+        output = self.get_output(self.widget.Outputs.data, wait=TIMEOUT)
+        self.assertNotIn("Correct", output.domain)
+
+    def test_test_and_score_predictions_are_cross_validated(self):
+        results = self.cross_validation()
+        predictions = results.get_augmented_data([self.model.name])
+        self.assertIn("Fold", predictions.domain)
+        output = self.explain(predictions)
+        np.testing.assert_array_equal(
+            output.get_column("Explained class"),
+            predictions.get_column(self.model.name))
+        correct = output.get_column("Correct")
+        np.testing.assert_array_equal(
+            correct, (results.predicted[0] == results.actual).astype(float))
+        self.assertIn("cross-validated",
+                      str(self.widget.Information.evaluated))
+        n_wrong = int((correct == 0).sum())
+        marked = [self.widget.grid.item(i) for i in
+                  range(self.widget.grid.count())
+                  if "✗ WRONG" in self.widget.grid.item(i).text()]
+        self.assertEqual(len(marked), n_wrong)
 
     def test_target_class_changes_explained_class(self):
         self.explain()

@@ -1,6 +1,7 @@
 import os
 import tempfile
 import unittest
+import warnings
 from types import SimpleNamespace
 from unittest import mock
 
@@ -12,7 +13,7 @@ from Orange.data import ContinuousVariable, DiscreteVariable, Domain, Table
 from Orange.evaluation import Results
 from Orange.widgets.evaluate.owpredictions import OWPredictions
 from Orange.widgets.evaluate.owtestandscore import OWTestAndScore
-from Orange.widgets.tests.base import WidgetTest
+from Orange.widgets.tests.base import WidgetLearnerTestMixin, WidgetTest
 from Orange.widgets.tests.utils import simulate
 
 from orangecontrib.deepimage.classification import (
@@ -163,7 +164,7 @@ class TestOWImageClassifier(WidgetTest):
 
     def test_new_data_cancels_running_training(self):
         calls = []
-        trained = SimpleNamespace(history={}, notes=[])
+        trained = SimpleNamespace(history={}, notes=[], validation_size=None)
 
         def slow(learner, data, state, stop):
             calls.append(len(data))
@@ -185,7 +186,7 @@ class TestOWImageClassifier(WidgetTest):
 
     def test_parameter_change_cancels_training_without_auto_apply(self):
         calls = []
-        trained = SimpleNamespace(history={}, notes=[])
+        trained = SimpleNamespace(history={}, notes=[], validation_size=None)
 
         def slow(learner, data, state, stop):
             calls.append(learner.epochs)
@@ -215,20 +216,22 @@ class TestOWImageClassifier(WidgetTest):
                    DiscreteVariable("y", ("a", "b"))),
             np.arange(4).reshape(4, 1), np.array([0, 1, 0, 1]))
         self.send_signal(self.widget.Inputs.data, data)
-        self.assertTrue(self.widget.Error.no_image_column.is_shown())
+        self.assertTrue(self.widget.Error.data_error.is_shown())
+        self.assertIn("Import Images", str(self.widget.Error.data_error))
         self.assertIsNone(self.get_output(self.widget.Outputs.model))
         self.assertIsNone(self.widget.task)
         self.send_signal(self.widget.Inputs.data, None)
-        self.assertFalse(self.widget.Error.no_image_column.is_shown())
+        self.assertFalse(self.widget.Error.data_error.is_shown())
 
     def test_single_class(self):
         data = self.data[:8]  # only discs
         self.send_signal(self.widget.Inputs.data, data)
-        self.assertTrue(self.widget.Error.single_class.is_shown())
-        self.assertIn("disc", str(self.widget.Error.single_class))
+        self.assertTrue(self.widget.Error.data_error.is_shown())
+        self.assertIn("single class ('disc')",
+                      str(self.widget.Error.data_error))
         self.assertIsNone(self.get_output(self.widget.Outputs.model))
         self.send_signal(self.widget.Inputs.data, self.data)
-        self.assertFalse(self.widget.Error.single_class.is_shown())
+        self.assertFalse(self.widget.Error.data_error.is_shown())
         self.wait_until_finished(timeout=TIMEOUT)
 
     def test_numeric_class(self):
@@ -238,9 +241,119 @@ class TestOWImageClassifier(WidgetTest):
         data = Table.from_numpy(domain, np.empty((4, 0)),
                                 np.arange(4, dtype=float), data.metas)
         self.send_signal(self.widget.Inputs.data, data)
-        self.assertTrue(self.widget.Error.not_categorical.is_shown())
-        self.assertIn("size", str(self.widget.Error.not_categorical))
+        self.assertTrue(self.widget.Error.data_error.is_shown())
+        self.assertIn("'size' is numeric", str(self.widget.Error.data_error))
         self.assertIsNone(self.get_output(self.widget.Outputs.model))
+
+    def test_unlabelled_images_say_how_to_label_them(self):
+        data = image_table(self.images, list(self.data.get_column("image")))
+        self.send_signal(self.widget.Inputs.data, data)
+        self.assertTrue(self.widget.Error.data_error.is_shown())
+        self.assertIn("one sub-folder per class",
+                      str(self.widget.Error.data_error))
+        self.assertNotIn("Select Columns", str(self.widget.Error.data_error))
+        self.assertIsNone(self.get_output(self.widget.Outputs.model))
+        self.send_signal(self.widget.Inputs.data, None)
+        self.assertFalse(self.widget.Error.data_error.is_shown())
+
+    def test_data_without_features_says_what_test_and_score_needs(self):
+        trained = SimpleNamespace(history={}, notes=[], validation_size=None)
+        with mock.patch.object(owimageclassifier, "run_training",
+                               lambda *_, **__: trained):
+            self.send_signal(self.widget.Inputs.data, self.data)
+            info = self.widget.Information.needs_features
+            self.assertTrue(info.is_shown())
+            self.assertIn("Import Images → Deep Embedding → Test & Score",
+                          str(info))
+            width = ContinuousVariable("width")
+            domain = Domain([width], self.data.domain.class_var,
+                            self.data.domain.metas)
+            embedded = Table.from_numpy(
+                domain, np.ones((len(self.data), 1)), self.data.Y,
+                self.data.metas)
+            self.send_signal(self.widget.Inputs.data, embedded)
+            self.assertFalse(info.is_shown())
+            self.wait_until_finished(timeout=TIMEOUT)
+
+    def test_learner_in_test_and_score_names_what_is_missing(self):
+        # Test & Score passes a table without images on to the learner,
+        # whose reason is shown there.
+        learner = self.get_output(self.widget.Outputs.learner)
+        reason = learner.incompatibility_reason(Domain(
+            [ContinuousVariable("x")], DiscreteVariable("y", ("a", "b"))))
+        self.assertIn("Import Images", reason)
+        self.assertIsNone(
+            learner.incompatibility_reason(self.data.domain))
+
+    def diagnose(self, history, validation_size, majority=("disc", 0.34)):
+        trained = SimpleNamespace(history=history, notes=[],
+                                  validation_size=validation_size,
+                                  majority=majority)
+        with mock.patch.object(owimageclassifier, "run_training",
+                               lambda *_, **__: trained):
+            self.send_signal(self.widget.Inputs.data, self.data)
+            self.wait_until_finished(timeout=TIMEOUT)
+
+    def test_overfitting_warning(self):
+        overfit = {"loss": [1.0, 0.1], "val_loss": [1.2, 1.0],
+                   "accuracy": [0.6, 1.0], "val_accuracy": [0.5, 0.6]}
+        self.diagnose(overfit, 40)
+        self.assertTrue(self.widget.Warning.overfitting.is_shown())
+        self.assertIn("1.00", str(self.widget.Warning.overfitting))
+        self.assertIn("0.60", str(self.widget.Warning.overfitting))
+        fine = dict(overfit, val_accuracy=[0.5, 0.95])
+        self.diagnose(fine, 40)
+        self.assertFalse(self.widget.Warning.overfitting.is_shown())
+
+    def test_small_validation_warning(self):
+        history = {"loss": [0.5], "val_loss": [0.5], "accuracy": [0.9],
+                   "val_accuracy": [0.9]}
+        self.diagnose(history, 10)
+        self.assertTrue(self.widget.Warning.small_validation.is_shown())
+        self.assertIn("Only 10 validation images",
+                      str(self.widget.Warning.small_validation))
+        self.diagnose(history, 0)
+        self.assertIn("No validation images",
+                      str(self.widget.Warning.small_validation))
+        self.diagnose(history, 60)
+        self.assertFalse(self.widget.Warning.small_validation.is_shown())
+
+    def test_accuracy_at_chance_warning(self):
+        history = {"loss": [1.0], "val_loss": [1.1], "accuracy": [0.4],
+                   "val_accuracy": [0.36]}
+        self.diagnose(history, 40, ("disc", 0.34))
+        self.assertTrue(self.widget.Warning.at_chance.is_shown())
+        self.assertIn("'disc'", str(self.widget.Warning.at_chance))
+        self.diagnose(dict(history, accuracy=[0.9], val_accuracy=[0.85]),
+                      40, ("disc", 0.34))
+        self.assertFalse(self.widget.Warning.at_chance.is_shown())
+        self.assertFalse(self.widget.Warning.overfitting.is_shown())
+
+    def test_flip_augmentation_warns_and_can_be_switched_off(self):
+        warning = self.widget.Warning.flips_change_meaning
+        self.assertFalse(warning.is_shown())  # no augmentation
+        self.assertFalse(self.widget.flips_check.isEnabled())
+        self.widget.controls.augment.click()
+        self.assertTrue(warning.is_shown())
+        self.assertIn("digits", str(warning))
+        learner = self.get_output(self.widget.Outputs.learner)
+        self.assertTrue(learner.augment)
+        self.assertIn("flip", learner.augmentations)
+        self.widget.controls.augment_flips.click()
+        self.assertFalse(warning.is_shown())
+        learner = self.get_output(self.widget.Outputs.learner)
+        self.assertNotIn("flip", learner.augmentations)
+        self.assertIn("rotation", learner.augmentations)
+        self.assertFalse(self.widget.augment_flips)
+        settings = self.widget.settingsHandler.pack_data(self.widget)
+        self.assertFalse(settings["augment_flips"])
+
+    def test_no_deferred_warning_at_start(self):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.create_widget(OWImageClassifier)
+        self.assertFalse([w for w in caught
+                          if "gui.deferred" in str(w.message)])
 
     def test_training_error_shows_its_text(self):
         def fail(learner, data, state, stop):
@@ -357,6 +470,51 @@ class TestOWImageClassifier(WidgetTest):
         self.assertEqual(len(predicted), len(self.data))
         self.assertFalse(np.isnan(predicted).any())
         self.assertFalse(predictions.Error.active)
+
+
+class TestOWImageClassifierAsLearnerWidget(WidgetTest,
+                                           WidgetLearnerTestMixin):
+    """Orange's own checks for learner widgets, on a table of images."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tempdir = tempfile.TemporaryDirectory()
+        cls.env = mock.patch.dict(os.environ, {
+            "DEEPIMAGE_CACHE_DIR": os.path.join(cls.tempdir.name, "cache")})
+        cls.env.start()
+        cls.images = cls.tempdir.name
+        cls.image_data = shapes_table(cls.images, per_class=4)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.env.stop()
+        cls.tempdir.cleanup()
+        super().tearDownClass()
+
+    def setUp(self):
+        self.widget = self.create_widget(
+            OWImageClassifier, stored_settings={
+                "epochs": 1, "validation_percent": 0, "auto_apply": False})
+        self.init()
+        numeric = Domain([], ContinuousVariable("size"),
+                         self.image_data.domain.metas)
+        # Orange's classification data (no images) and images with a
+        # numeric target are both inadequate.
+        self.inadequate_dataset = self.inadequate_dataset + (
+            Table.from_numpy(numeric, np.empty((len(self.image_data), 0)),
+                             np.arange(len(self.image_data), dtype=float),
+                             self.image_data.metas),)
+        self.data = self.image_data
+        self.valid_datasets = (self.image_data,)
+
+    def get_output(self, output=None, widget=None, wait=TIMEOUT):
+        # Training takes longer than Orange's default wait of five seconds.
+        return super().get_output(output, widget, wait)
+
+    def test_learner_is_a_classification_learner(self):
+        self.assertEqual(self.learner_class.__name__, "LearnerClassification")
+        self.assertTrue(issubclass(self.widget.LEARNER, self.learner_class))
 
 
 if __name__ == "__main__":

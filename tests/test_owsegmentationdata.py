@@ -56,6 +56,16 @@ class TestOWSegmentationData(WidgetTest):
     def setUp(self):
         self.widget = self.create_widget(OWSegmentationData)
 
+    def test_errors_are_wrapped_in_the_fixed_width_window(self):
+        label = self.widget.wrapped_errors
+        text = "a long reason " * 12
+        self.widget.Error.pairing_failed(text)
+        self.assertTrue(label.isVisibleTo(self.widget))
+        self.assertTrue(label.wordWrap())
+        self.assertIn(text.strip(), label.text())
+        self.widget.Error.pairing_failed.clear()
+        self.assertFalse(label.isVisibleTo(self.widget))
+
     def choose(self, widget=None):
         widget = widget or self.widget
         widget.set_images_dir(self.images)

@@ -239,7 +239,7 @@ class TestSegmentationWorkflow(WidgetTest):
             self.send_signal(preview.Inputs.data, images, widget=preview)
             self.wait_until_finished(widget=preview, timeout=TIMEOUT)
             self.assertEqual(preview.mask_var.name, "mask")
-            self.assertEqual(preview.compare_var.name, "mask (1)")
+            self.assertEqual(preview.compare_var.name, "predicted mask")
             self.assertEqual(len(preview.view.images), 2)
             self.assertIsNotNone(preview.loaded.iou)
             self.assertIn("IoU", preview.caption_label.text())

@@ -6,6 +6,9 @@ from unittest import mock
 
 import numpy as np
 
+from AnyQt.QtCore import QRectF
+from AnyQt.QtGui import QImage
+
 from Orange.data import Domain, Table
 from Orange.widgets.tests.base import WidgetTest
 from Orange.widgets.tests.utils import simulate
@@ -134,13 +137,17 @@ class TestOWSegmentationTrainer(WidgetTest):
         self.assertEqual(len(self.widget.preview_view.images), 2)
         self.assertEqual(self.widget.preview_epoch, 3)
         self.assertRegex(self.widget.preview_label.text(),
-                         r"cell\d\d\.png \(validation image\): IoU")
+                         r"cell\d\d\.png \(validation image\): cell IoU")
         self.assertIn("cell", self.widget.legend_label.text())
         preview = self.widget.preview
         self.assertEqual(preview.truth.shape, (32, 32, 3))
         # Final per-class scores on the validation images.
         self.assertEqual(model.validation_metrics["iou"].shape, (2,))
         self.assertIn("Dice", self.widget.scores_label.text())
+        # Each IoU says whose it is.
+        self.assertIn("background IoU", self.widget.scores_label.text())
+        self.assertIn("cell IoU", self.widget.scores_label.text())
+        self.assertNotIn("of the classes", self.widget.scores_label.text())
         self.assertFalse(self.widget.stop_button.isEnabled())
         self.assertFalse(self.widget.Error.active)
 
@@ -208,6 +215,57 @@ class TestOWSegmentationTrainer(WidgetTest):
         self.assertEqual(calls, [len(self.data), 4])
         self.assertIs(output, trained)
         self.assertFalse(self.widget.Error.active)
+
+    def test_poor_model_is_diagnosed(self):
+        def trained(iou):
+            model = fake_model({"loss": [1.0] * 12})
+            model.class_names = ("background", "nucleus")
+            model.validation_metrics = {
+                "iou": np.array([0.971, iou]), "dice": np.array([0.9, 0.1]),
+                "mean_iou": iou}
+            return model
+
+        self.widget.controls.epochs.setValue(30)
+        self.widget.controls.augment.setChecked(True)
+        for iou, shown in ((0.065, True), (0.862, False)):
+            model = trained(iou)
+            with mock.patch.object(owsegmentationtrainer, "run_training",
+                                   lambda *_, **__: model):
+                self.send_signal(self.widget.Inputs.data, self.data)
+                self.assertIs(self.get_output(self.widget.Outputs.model,
+                                              wait=TIMEOUT), model)
+            warning = self.widget.Warning.poor_model
+            self.assertEqual(warning.is_shown(), shown)
+            if shown:
+                self.assertIn("nucleus IoU 0.07", str(warning))
+                self.assertNotIn("background IoU", str(warning))
+                self.assertIn("12 of 30 epochs", str(warning))
+                self.assertIn("augmentation", str(warning))
+            self.assertIn("nucleus IoU 0.", self.widget.scores_label.text())
+
+    def test_nothing_clipped_at_the_default_size(self):
+        self.widget.show()
+        image = QImage(64, 64, QImage.Format.Format_RGB888)
+        image.fill(0)
+        view = self.widget.preview_view
+        captions = ["Prediction (epoch 12)", "Ground truth"]
+        view.set_images([(image, caption) for caption in captions])
+        self.process_events()
+        metrics = view.fontMetrics()
+        for rect, caption in zip(view.caption_rects(), captions):
+            self.assertGreaterEqual(rect.left(), 0)
+            self.assertLessEqual(rect.right(), view.width())
+            self.assertGreaterEqual(rect.width(),
+                                    metrics.horizontalAdvance(caption))
+        for rect in view.image_rects():
+            self.assertTrue(QRectF(view.rect()).contains(rect))
+        for combo in (self.widget.encoder_combo,
+                      self.widget.architecture_combo, self.widget.loss_combo):
+            longest = max(metrics.horizontalAdvance(combo.itemText(i))
+                          for i in range(combo.count()))
+            self.assertGreaterEqual(combo.width(), combo.sizeHint().width())
+            self.assertGreater(combo.sizeHint().width(), longest)
+        self.widget.hide()
 
     def test_parameter_change_without_auto_apply(self):
         calls = []

@@ -80,6 +80,16 @@ class TestOWSegmentImages(WidgetTest):
         self.widget = self.create_widget(
             OWSegmentImages, stored_settings={"output_folder": self.out})
 
+    def test_errors_are_wrapped_in_the_fixed_width_window(self):
+        label = self.widget.wrapped_errors
+        text = "a long reason " * 12
+        self.widget.Error.segmentation_failed(text)
+        self.assertTrue(label.isVisibleTo(self.widget))
+        self.assertTrue(label.wordWrap())
+        self.assertIn(text.strip(), label.text())
+        self.widget.Error.segmentation_failed.clear()
+        self.assertFalse(label.isVisibleTo(self.widget))
+
     def run_widget(self, data=None, model=None):
         self.send_signal(self.widget.Inputs.data,
                          self.data if data is None else data)
@@ -92,7 +102,7 @@ class TestOWSegmentImages(WidgetTest):
     def test_outputs_masks_counts_and_objects(self):
         images, counts, objects = self.run_widget()
         mask_var = images.domain.metas[-1]
-        self.assertEqual(mask_var.name, "mask (1)")  # the truth is "mask"
+        self.assertEqual(mask_var.name, "predicted mask")  # truth: "mask"
         self.assertEqual(mask_var.attributes["mask"], "class")
         self.assertEqual(mask_var.attributes["origin"], self.out)
         self.assertEqual(len(os.listdir(self.out)), 4)

@@ -23,7 +23,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from Orange.base import Learner, Model
+from Orange.classification.base_classification import (
+    LearnerClassification, ModelClassification)
 from Orange.data import Table
 from Orange.data.filter import HasClass
 from Orange.util import dummy_callback
@@ -37,13 +38,39 @@ from orangecontrib.deepimage.images import (
 from orangecontrib.deepimage.training import (
     NetworkModelMixin, StreamingDataset, TrainingHooks, fit)
 
-__all__ = ["ImageClassifierLearner", "ImageClassifierModel"]
+__all__ = ["ImageClassifierLearner", "ImageClassifierModel",
+           "AUGMENTATIONS", "training_diagnosis"]
 
-#: Share of the progress bar spent embedding (fast path) before training.
+#: Share of the progress bar spent embedding when only the head trains, on
+#: the cached features (the fast path): embedding the images the first time
+#: and the head's epochs take about as long.
 _EMBEDDING_SHARE = 0.5
+#: When images stream through the network every epoch, one epoch costs
+#: about as much as the embedding; the head's epochs on cached features
+#: before fine-tuning (without augmentation) are cheap.
+_CACHED_HEAD_SHARE = 0.1
+
+#: The random alterations of augmentation, by name.
+AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast", "brightness")
+
+#: Below this many validation images, validation accuracy is too rough to
+#: trust (its 95 % interval is wider than ±0.18).
+MIN_VALIDATION = 30
+#: Training accuracy this much above validation accuracy is overfitting.
+OVERFITTING_GAP = 0.2
+#: Validation accuracy at most this much above always guessing the most
+#: common class is at chance.
+CHANCE_MARGIN = 0.05
+
+NO_CLASS = ("The images have no class. Put the images in one sub-folder "
+            "per class (e.g. images/normal, images/broken) and import the "
+            "folder above them with Import Images.")
+NO_IMAGES = ("The data has no image column (a text column marked as "
+             "images). Connect Import Images, or Deep Embedding's output, "
+             "which keeps the images.")
 
 
-class ImageClassifierLearner(Learner):
+class ImageClassifierLearner(LearnerClassification):
     """Train an image classifier on a table's images and class.
 
     Parameters
@@ -62,6 +89,10 @@ class ImageClassifierLearner(Learner):
     augment : bool
         Random flips, rotations, zoom, contrast and brightness while training
         (streams images, so it is slower than the cached fast path).
+    augmentations : sequence of str
+        Which of :data:`AUGMENTATIONS` augmentation uses (default: all).
+        Leave out ``"flip"`` where a mirrored image means something else
+        (digits, letters, text).
     epochs : int
         Epochs to train the head (and again the unfrozen layers).
     batch_size : int
@@ -99,8 +130,13 @@ class ImageClassifierLearner(Learner):
                  early_stopping: bool = True, class_weights: bool = False,
                  random_state: int = 0, weights: Optional[str] = None,
                  mirror: Optional[str] = None, preprocessors=None,
-                 hooks: Optional[TrainingHooks] = None):
+                 hooks: Optional[TrainingHooks] = None,
+                 augmentations: Sequence[str] = AUGMENTATIONS):
         super().__init__(preprocessors=preprocessors)
+        unknown = set(augmentations) - set(AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"augmentations must be among {AUGMENTATIONS}. "
+                             f"Received: {sorted(unknown)}")
         get_backbone(backbone)  # fail early on an unknown key
         if unfreeze < 0 or epochs < 1 or batch_size < 1:
             raise InvalidInput(
@@ -115,6 +151,8 @@ class ImageClassifierLearner(Learner):
         self.dropout = dropout
         self.batch_norm = batch_norm
         self.augment = augment
+        self.augmentations = tuple(a for a in AUGMENTATIONS
+                                   if a in augmentations)
         self.epochs = epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -130,11 +168,17 @@ class ImageClassifierLearner(Learner):
     # --- Orange's learner protocol ---------------------------------------
 
     def incompatibility_reason(self, domain):
-        if len(domain.class_vars) != 1 or not domain.class_var.is_discrete:
-            return "Image Classifier needs a categorical target variable."
+        if not domain.class_vars:
+            return NO_CLASS
+        if len(domain.class_vars) > 1:
+            return ("Image Classifier needs a single target variable; "
+                    "choose one with Select Columns.")
+        if not domain.class_var.is_discrete:
+            return (f"Image Classifier needs a categorical target variable; "
+                    f"'{domain.class_var.name}' is numeric.")
         if not any(var.attributes.get("type") == "image" for var in
                    domain.metas) and not image_columns_of_domain(domain):
-            return "The data has no image column."
+            return NO_IMAGES
         return None
 
     def __call__(self, data, progress_callback=None):
@@ -158,8 +202,9 @@ class ImageClassifierLearner(Learner):
         backbone = get_backbone(self.backbone)
         embedder = shared_embedder(backbone.key, self.weights,
                                    backbone.transfer_layer, self.mirror)
+        embedding_end, head_end = self._progress_plan()
         result = embedder.embed_paths(
-            paths, callback=lambda f: progress(_EMBEDDING_SHARE * f,
+            paths, callback=lambda f: progress(embedding_end * f,
                                                "Embedding images..."))
         keep = np.array([v is not None for v in result.vectors], dtype=bool)
         if keep.sum() == 0:
@@ -181,7 +226,6 @@ class ImageClassifierLearner(Learner):
                          loss="sparse_categorical_crossentropy",
                          metrics=["accuracy"])
         fine_tune = self.unfreeze > 0
-        head_end = 1.0 if not (fine_tune or self.augment) else 0.75
         history = {}
         if not self.augment:
             history = fit(
@@ -191,7 +235,7 @@ class ImageClassifierLearner(Learner):
                 epochs=self.epochs,
                 class_weight=self._class_weight(y[train], class_var),
                 hooks=hooks, early_stopping=self.early_stopping,
-                start=_EMBEDDING_SHARE, end=head_end)
+                start=embedding_end, end=head_end)
         # Training through the backbone needs its own copy of it, made in
         # the strategy's scope (the embedder's network is shared).
         with strategy.scope():
@@ -208,6 +252,11 @@ class ImageClassifierLearner(Learner):
         model = ImageClassifierModel(
             data.domain, network, class_var.values, backbone.key,
             column.name, backbone.input_size, history, notes, skipped)
+        model.validation_size = len(val)
+        counts = np.bincount(y[val] if len(val) else y,
+                             minlength=len(class_var.values))
+        model.majority = (class_var.values[int(np.argmax(counts))],
+                          float(counts.max() / max(1, counts.sum())))
         if not fine_tune:
             # The backbone is untouched: predictions may reuse cached
             # embeddings of the same images (cross-validation's test folds).
@@ -215,6 +264,24 @@ class ImageClassifierLearner(Learner):
                 model=backbone.key, weights=self.weights,
                 layer=backbone.transfer_layer, mirror=self.mirror)
         return model
+
+    def _progress_plan(self):
+        """Where embedding and the head's training on cached features end
+        on the progress bar (0..1); streamed training takes the rest.
+
+        Embedding and the head's epochs on cached features share the bar
+        equally when nothing streams. When images stream every epoch, the
+        bar is split by passes over the images: the embedding is one, each
+        streamed phase `epochs`; the head's epochs on cached features
+        (before fine-tuning without augmentation) get a small share. No
+        share goes to a phase that does not run.
+        """
+        streamed_phases = int(self.augment) + int(self.unfreeze > 0)
+        if not streamed_phases:
+            return _EMBEDDING_SHARE, 1.0
+        embedding_end = 1 / (1 + streamed_phases * self.epochs)
+        head = 0.0 if self.augment else _CACHED_HEAD_SHARE
+        return embedding_end, embedding_end + head * (1 - embedding_end)
 
     def _feature_dataset(self, features, y, shuffle=False):
         """Batches of cached features: cheaper per epoch than arrays."""
@@ -272,7 +339,8 @@ class ImageClassifierLearner(Learner):
         strategy = distribution_strategy()
         with strategy.scope():
             training_network = with_augmentation(
-                network, self.random_state) if self.augment else network
+                network, self.random_state, self.augmentations) \
+                if self.augment else network
         height, width = backbone.input_size
         make = lambda idx, shuffle: StreamingDataset(  # noqa: E731
             [paths[i] for i in idx], labels=y[idx], size=(width, height),
@@ -341,6 +409,64 @@ def _notes(y, class_var, skipped: Dict[int, str]) -> List[str]:
         notes.append(f"{len(skipped)} image(s) could not be read and were "
                      f"left out of training (e.g. row {row + 1}: {reason}).")
     return notes
+
+
+def training_diagnosis(history: Dict[str, List[float]],
+                       validation_size: int,
+                       majority: Optional[tuple] = None) -> Dict[str, str]:
+    """What the training curves say about the model, in words.
+
+    Parameters
+    ----------
+    history : dict
+        Per-epoch metrics (``accuracy``, ``val_accuracy``, ``val_loss``).
+    validation_size : int
+        How many images were held out for validation.
+    majority : (str, float), optional
+        The most common class and its share of the (validation) images.
+
+    Returns
+    -------
+    dict
+        ``{"small_validation" | "overfitting" | "at_chance": text}`` for the
+        problems found, judged at the epoch whose weights the model keeps
+        (the lowest validation loss).
+    """
+    problems = {}
+    if validation_size < MIN_VALIDATION:
+        if validation_size:
+            margin = 1.96 * 0.5 / np.sqrt(validation_size)
+            problems["small_validation"] = (
+                f"Only {validation_size} validation images: the validation "
+                f"accuracy may be off by ±{margin:.2f} from the accuracy on "
+                f"new images. Use more images or a larger share for "
+                f"validation, or judge the model in Test & Score.")
+        else:
+            problems["small_validation"] = (
+                "No validation images: the accuracy shown is on the "
+                "training images and says little about new ones. Set a "
+                "share of validation images, or judge the model in "
+                "Test & Score.")
+    val_loss = history.get("val_loss") or []
+    val_acc = history.get("val_accuracy") or []
+    train_acc = history.get("accuracy") or []
+    if not (validation_size and val_loss and val_acc and train_acc):
+        return problems
+    best = int(np.nanargmin(val_loss))
+    train, valid = train_acc[best], val_acc[best]
+    if train - valid > OVERFITTING_GAP:
+        problems["overfitting"] = (
+            f"Training accuracy {train:.2f} but validation accuracy "
+            f"{valid:.2f}: the model memorises the training images "
+            f"(overfitting). Use more images, more dropout, fewer hidden "
+            f"neurons or augmentation that keeps the images' meaning.")
+    if majority is not None and valid <= majority[1] + CHANCE_MARGIN:
+        problems["at_chance"] = (
+            f"Validation accuracy {valid:.2f} is no better than always "
+            f"guessing '{majority[0]}' ({majority[1]:.2f}): the model has "
+            f"not learned to tell the classes apart. Check that the classes "
+            f"look different, add images, or try another network.")
+    return problems
 
 
 def build_head(n_features: int, n_classes: int, hidden_units: int = 128,
@@ -454,23 +580,32 @@ def set_trainable(trunk, n_top: int) -> int:
     return unfrozen
 
 
-def with_augmentation(network, seed: int):
-    """Return a model that augments pixels, then runs `network`."""
+def with_augmentation(network, seed: int,
+                      augmentations: Sequence[str] = AUGMENTATIONS):
+    """Return a model that augments pixels, then runs `network`.
+
+    `augmentations` names the alterations used, of :data:`AUGMENTATIONS`;
+    with none, the pixels pass unchanged.
+    """
     import keras
     from keras import layers
-    augmentation = keras.Sequential([
-        layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomRotation(0.05, seed=seed),
-        layers.RandomZoom(0.1, seed=seed),
-        layers.RandomContrast(0.2, seed=seed),
-        layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed),
-    ], name="augmentation")
+    make = {
+        "flip": lambda: layers.RandomFlip("horizontal", seed=seed),
+        "rotation": lambda: layers.RandomRotation(0.05, seed=seed),
+        "zoom": lambda: layers.RandomZoom(0.1, seed=seed),
+        "contrast": lambda: layers.RandomContrast(0.2, seed=seed),
+        "brightness": lambda: layers.RandomBrightness(
+            0.2, value_range=(0, 255), seed=seed),
+    }
+    augmentation = keras.Sequential(
+        [make[name]() for name in AUGMENTATIONS if name in augmentations],
+        name="augmentation")
     pixels = keras.Input(network.input_shape[1:], name="pixels")
     return keras.Model(pixels, network(augmentation(pixels)),
                        name="augmented_classifier")
 
 
-class ImageClassifierModel(NetworkModelMixin, Model):
+class ImageClassifierModel(NetworkModelMixin, ModelClassification):
     """A trained image classifier; see :class:`ImageClassifierLearner`.
 
     Attributes
@@ -587,6 +722,10 @@ class ImageClassifierModel(NetworkModelMixin, Model):
 
     #: (Models pickled before it was added have none.)
     skipped: Dict[int, str] = {}
+    #: How many images were held out for validation (None: not known).
+    validation_size: Optional[int] = None
+    #: The most common class of the validation images and its share.
+    majority: Optional[tuple] = None
 
     export_output_description = \
         "class probabilities, in the order of class_names"

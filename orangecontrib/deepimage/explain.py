@@ -13,6 +13,7 @@ and for a backbone's own ImageNet head (pass its registry key)::
 """
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -25,7 +26,8 @@ from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.images import (
     iter_image_batches, paths_of)
 
-__all__ = ["grad_cam", "explain_images", "Explanation", "overlay_heatmap"]
+__all__ = ["grad_cam", "explain_images", "Explanation", "overlay_heatmap",
+           "EvaluatedPredictions", "evaluated_predictions"]
 
 
 @dataclass
@@ -119,8 +121,9 @@ def explain_images(model, table_or_paths: Union[Table, Sequence[str]],
         A trained classifier, or a backbone key for its ImageNet head.
     table_or_paths : Orange.data.Table or sequence of str
     target : int, str or sequence, optional
-        Class (index or name) to explain, for all images or per image;
-        default: each image's predicted class.
+        Class (index or name) to explain, for all images or per image (an
+        index of -1: that image's predicted class); default: each image's
+        predicted class.
     batch_size : int
     callback : callable, optional
         ``callback(fraction)``; may raise to cancel.
@@ -162,8 +165,11 @@ def _grad_cam_batch(grad_model, pixels, targets):
         feature_map = tf.cast(feature_map, tf.float32)
         probabilities = tf.cast(probabilities, tf.float32)
         predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        explained = predicted if targets is None \
-            else tf.constant(targets, tf.int32)
+        if targets is None:
+            explained = predicted
+        else:  # -1: the predicted class
+            chosen = tf.constant(targets, tf.int32)
+            explained = tf.where(chosen >= 0, chosen, predicted)
         score = tf.gather(probabilities, explained, batch_dims=1)
     gradients = tape.gradient(score, feature_map)
     channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
@@ -174,6 +180,71 @@ def _grad_cam_batch(grad_model, pixels, targets):
     cam = tf.math.divide_no_nan(cam, top)
     return (cam.numpy(), explained.numpy(), score.numpy(),
             predicted.numpy())
+
+
+@dataclass
+class EvaluatedPredictions:
+    """Predictions that Orange's evaluation added to a table.
+
+    Attributes
+    ----------
+    column : str
+        The name of the column with the predictions.
+    classes : numpy.ndarray
+        Per row, the index of the predicted class among the model's
+        class names (-1 where unknown).
+    cross_validated : bool
+        Whether the table says they come from cross-validation (Test &
+        Score's "Fold" column).
+    """
+    column: str
+    classes: np.ndarray
+    cross_validated: bool
+
+
+def evaluated_predictions(data: Table, class_names: Sequence[str],
+                          model_name: Optional[str] = None
+                          ) -> Optional[EvaluatedPredictions]:
+    """The predictions of Test & Score that `data` carries, if any.
+
+    Test & Score's Predictions output adds a column named as the learner
+    (with the class's values) and a "Fold" column; Confusion Matrix's
+    selected data adds "<class>(<learner>)". A column named so for
+    `model_name` is taken first; else the only column that looks so.
+
+    Returns
+    -------
+    EvaluatedPredictions or None
+    """
+    domain = data.domain
+    class_var = domain.class_var
+    if class_var is None or not class_var.is_discrete:
+        return None
+    values = tuple(class_var.values)
+    candidates = [var for var in domain.metas
+                  if var.is_discrete and tuple(var.values) == values
+                  and var is not class_var]
+    folds = any(var.name == "Fold" for var in domain.metas)
+    chosen = None
+    if model_name:
+        wanted = (model_name, f"{class_var.name}({model_name})")
+        chosen = next((var for var in candidates if var.name in wanted),
+                      None)
+    if chosen is None:
+        pattern = re.compile(re.escape(class_var.name) + r"\(.+\)")
+        matching = [var for var in candidates if pattern.fullmatch(var.name)]
+        if len(matching) == 1:
+            chosen = matching[0]
+        elif folds and len(candidates) == 1:
+            chosen = candidates[0]
+    if chosen is None:
+        return None
+    names = list(class_names)
+    index = np.array([names.index(value) if value in names else -1
+                      for value in chosen.values] + [-1])
+    column = data.get_column(chosen)
+    known = np.where(np.isnan(column), -1, column).astype(int)
+    return EvaluatedPredictions(chosen.name, index[known], folds)
 
 
 def grad_cam(model, table_or_paths: Union[Table, Sequence[str]],

@@ -813,7 +813,8 @@ class SegmentationModel(NetworkModelMixin):
             written = files.write(f"{stem}-mask.png", buffer.getvalue())
             names.append(os.path.basename(written))
         out_dir = files.path
-        mask_var = StringVariable(get_unique_names(table.domain, "mask"))
+        mask_var = StringVariable(
+            get_unique_names(table.domain, "predicted mask"))
         mask_var.attributes.update({
             "type": "image", "origin": out_dir, "mask": "class",
             "classes": ",".join(self.class_names)})

@@ -24,6 +24,7 @@ from orangecontrib.deepimage.embedding import shared_embedder
 from orangecontrib.deepimage.errors import DeepImageError
 from orangecontrib.deepimage.images import image_columns
 from orangecontrib.deepimage.weights import WeightsUnavailable
+from orangecontrib.deepimage.widgets.utils.messages import WrappedErrors
 from orangecontrib.deepimage.widgets.utils.tasks import (
     TaskButtonsMixin, download_progress, task_progress)
 
@@ -179,6 +180,10 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
         self.cache_label = gui.widgetLabel(box, "")
         self._update_cache_label()
 
+        # The window has a fixed width: errors are repeated here, wrapped.
+        self.wrapped_errors = WrappedErrors(self)
+        self.controlArea.layout().addWidget(self.wrapped_errors)
+
         self.add_cancel_button(self.buttonsArea)
         gui.auto_apply(self.buttonsArea, self, "auto_commit")
 
@@ -202,8 +207,10 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
             self.layer = "penultimate"
         self.layer_combo.clear()
         for layer in backbone.layer_names():
-            self.layer_combo.addItem(
-                f"{layer} ({backbone.embedding_size_of(layer)} values)", layer)
+            self.layer_combo.addItem(layer_label(backbone, layer), layer)
+            self.layer_combo.setItemData(
+                self.layer_combo.count() - 1, LAYER_TOOLTIPS[
+                    layer == "penultimate"], Qt.ToolTipRole)
         self.layer_combo.setCurrentIndex(
             backbone.layer_names().index(self.layer))
 
@@ -351,9 +358,7 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
     def send_report(self):
         backbone = get_backbone(self.model)
         items = [("Model", backbone.name),
-                 ("Embedding", f"{self.layer} "
-                               f"({backbone.embedding_size_of(self.layer)} "
-                               "values)"),
+                 ("Embedding", layer_label(backbone, self.layer)),
                  ("Weights", self.weights_file or "ImageNet"),
                  ("Device",
                   known_device_description() or DEVICE_NOT_DETECTED),
@@ -363,6 +368,24 @@ class OWDeepEmbedding(OWWidget, TaskButtonsMixin):
         self.report_items(items)
         if self.data is not None:
             self.report_data("Images", self.data)
+
+
+#: Tooltips of the other layers [0] and of the last layer [1].
+LAYER_TOOLTIPS = (
+    "The image features before the network's last layer: shapes and "
+    "textures, not tied to the photos the network learned from; often "
+    "better for images unlike everyday photos (microscopy, drawings).",
+    "What the network computes last, from which it names the things in "
+    "everyday photos; good for photos.")
+
+
+def layer_label(backbone, layer: str) -> str:
+    """A layer's name in plain words, e.g. "last layer (1000 values)"; the
+    setting keeps the layer's key ("penultimate", "fire9")."""
+    size = backbone.embedding_size_of(layer)
+    if layer == "penultimate":
+        return f"last layer ({size} values)"
+    return f"image features before the last layer ({size} values)"
 
 
 def _megabytes(size: float) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from AnyQt.QtCore import QSize, Qt
-from AnyQt.QtGui import QIcon, QImage, QPixmap
+from AnyQt.QtGui import QBrush, QColor, QIcon, QImage, QPixmap
 from AnyQt.QtWidgets import QListView, QListWidget, QListWidgetItem
 
 from Orange.base import Model
@@ -38,7 +38,8 @@ from orangecontrib.deepimage.classification import ImageClassifierModel
 from orangecontrib.deepimage.errors import (
     Cancelled, DeepImageError, UnwritableFolder, raise_if_cancelled)
 from orangecontrib.deepimage.explain import (
-    Explanation, explain_images, overlay_heatmap, write_heatmaps)
+    EvaluatedPredictions, Explanation, evaluated_predictions, explain_images,
+    overlay_heatmap, write_heatmaps)
 from orangecontrib.deepimage.files import (
     NewFiles, OwnFolder, check_output_folder)
 from orangecontrib.deepimage.images import (
@@ -58,6 +59,8 @@ WRITE_CHUNK = 16
 REPORT_IMAGES = 6
 #: Opacity of the heatmap in the written files.
 FILE_OPACITY = 0.5
+#: Background of a wrongly predicted image in the grid.
+WRONG_COLOUR = QColor(255, 215, 215)
 
 
 @dataclass
@@ -97,8 +100,9 @@ def run_explanation(model: ImageClassifierModel, paths: List[Optional[str]],
     model : ImageClassifierModel
     paths : list of str or None
         The image of each row.
-    target : str, optional
-        The class to explain; None for each image's predicted class.
+    target : str or sequence, optional
+        The class to explain, or one per image (an index, -1 for the
+        predicted class); None for each image's predicted class.
     folder : str or OwnFolder
         Where the overlay PNGs are written: a folder (which must exist; new
         files are added) or the widget's own folder (made if missing; it
@@ -196,6 +200,10 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
                        "it looks.")
         first_shown = Msg("Showing the first {} of {} images; all of them "
                           "are on the output.")
+        evaluated = Msg(
+            "Shown are the predictions from Test & Score ('{}'){}. The "
+            "heatmaps are explained with the final model, which saw these "
+            "images in training, for the class Test & Score predicted.")
 
     settings_version = 1
     opacity: int = Setting(50)
@@ -215,6 +223,7 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         self.model: Optional[ImageClassifierModel] = None
         self.paths: List[Optional[str]] = []
         self.result: Optional[ExplainResult] = None
+        self.evaluated: Optional[EvaluatedPredictions] = None
         self._stored_target = self.target_class
 
         box = gui.vBox(self.controlArea, "Explain")
@@ -274,11 +283,20 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         self.cancel()
         self.result = None
         self.paths = []
+        self.evaluated = None
         if self.data is not None and self.model is not None:
             column = find_image_column(self.data, self.model.image_column) \
                 or find_image_column(self.data)
             if column is not None:
                 self.paths = image_paths(self.data, column)
+            self.evaluated = evaluated_predictions(
+                self.data, self.model.class_names,
+                getattr(self.model, "name", None))
+        evaluated = self.evaluated
+        self.Information.evaluated(
+            evaluated.column if evaluated else "",
+            ", cross-validated" if evaluated and evaluated.cross_validated
+            else "", shown=evaluated is not None)
         self.Information.no_model(
             shown=self.data is not None and self.model is None
             and not self.Error.wrong_model.is_shown())
@@ -338,8 +356,10 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
             return
         folder = OwnFolder(self.folder()) if self.writes_own_folder() \
             else self.folder()
-        self.start(run_explanation, self.model, self.paths,
-                   self.target_class or None, folder, previous=self.result)
+        target = self.target_class or (
+            self.evaluated.classes if self.evaluated is not None else None)
+        self.start(run_explanation, self.model, self.paths, target, folder,
+                   previous=self.result)
 
     def on_partial_result(self, result):
         pass
@@ -374,9 +394,10 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         data = self.data
         explanation = result.explanation
         class_names = list(explanation.class_names)
+        evaluated = self.evaluated is not None
         names = get_unique_names(
             data.domain, ["Grad-CAM", "Explained class", "Predicted class",
-                          "Probability"])
+                          "Probability"] + ["Correct"] * evaluated)
         image_var = StringVariable(names[0])
         image_var.attributes.update({"type": "image",
                                      "origin": result.folder})
@@ -384,6 +405,9 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         predicted_var = DiscreteVariable(names[2], values=class_names)
         probability_var = ContinuousVariable(names[3])
         new_vars = (image_var, explained_var, predicted_var, probability_var)
+        if evaluated:
+            # Whether Test & Score's prediction (shown) is right.
+            new_vars += (DiscreteVariable(names[4], values=("no", "yes")),)
         domain = Domain(data.domain.attributes, data.domain.class_vars,
                         data.domain.metas + new_vars)
         table = data.transform(domain)
@@ -393,11 +417,20 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
 
         files = np.array([os.path.relpath(f, result.folder) if f else ""
                           for f in result.files], dtype=object)
+        first = len(data.domain.metas)
         with table.unlocked(table.metas):
-            table.metas[:, -4] = files
-            table.metas[:, -3] = index_or_nan(explanation.classes)
-            table.metas[:, -2] = index_or_nan(explanation.predicted)
-            table.metas[:, -1] = explanation.probabilities
+            table.metas[:, first] = files
+            table.metas[:, first + 1] = index_or_nan(explanation.classes)
+            table.metas[:, first + 2] = index_or_nan(explanation.predicted)
+            table.metas[:, first + 3] = explanation.probabilities
+            if evaluated:
+                correct = [np.nan if shown < 0 or actual is None
+                           else float(shown == actual)
+                           for shown, actual in (
+                               (self._shown_prediction(row),
+                                self._actual(row))
+                               for row in range(len(data)))]
+                table.metas[:, first + 4] = correct
         return table
 
     # --- grid --------------------------------------------------------------
@@ -413,23 +446,55 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
             yield row, overlay_heatmap(thumbnail, explanation.heatmaps[row],
                                        self.opacity / 100)
 
+    def _actual(self, row: int) -> Optional[int]:
+        """The row's true class as an index of the model's classes."""
+        class_var = self.data.domain.class_var
+        if class_var is None or not class_var.is_discrete:
+            return None
+        actual = self.data.Y[row] if self.data.Y.ndim == 1 \
+            else self.data.Y[row, 0]
+        if np.isnan(actual):
+            return None
+        name = class_var.values[int(actual)]
+        names = list(self.result.explanation.class_names)
+        return names.index(name) if name in names else -1
+
+    def _shown_prediction(self, row: int) -> int:
+        """Test & Score's prediction where the data has it, else the
+        final model's (-1: none)."""
+        if self.evaluated is not None:
+            return int(self.evaluated.classes[row])
+        return int(self.result.explanation.predicted[row])
+
+    def _is_wrong(self, row: int) -> bool:
+        actual, shown = self._actual(row), self._shown_prediction(row)
+        return actual is not None and shown >= 0 and shown != actual
+
     def _caption(self, row: int) -> str:
         explanation = self.result.explanation
         names = explanation.class_names
         predicted = explanation.predicted[row]
         explained = explanation.classes[row]
         probability = explanation.probabilities[row]
-        if explained == predicted:
-            lines = [f"{names[predicted]} ({probability:.0%})"]
+        wrong = "✗ WRONG: " if self._is_wrong(row) else ""
+        if self.evaluated is not None:
+            shown = self._shown_prediction(row)
+            lines = [f"{wrong}Test & Score: "
+                     f"{names[shown] if shown >= 0 else '?'}",
+                     f"final model: {names[predicted]}"]
+            if explained != shown or self.target_class:
+                lines.append(f"{names[explained]}: {probability:.0%}")
+        elif explained == predicted:
+            lines = [f"{wrong}{names[predicted]} ({probability:.0%})"]
         else:
-            lines = [f"predicted: {names[predicted]}",
+            lines = [f"{wrong}predicted: {names[predicted]}",
                      f"{names[explained]}: {probability:.0%}"]
-        class_var = self.data.domain.class_var
-        if class_var is not None and class_var.is_discrete:
-            actual = self.data.Y[row] if self.data.Y.ndim == 1 \
+        actual = self._actual(row)
+        if actual is not None:
+            class_var = self.data.domain.class_var
+            actual_value = self.data.Y[row] if self.data.Y.ndim == 1 \
                 else self.data.Y[row, 0]
-            if not np.isnan(actual):
-                lines.append(f"actual: {class_var.values[int(actual)]}")
+            lines.append(f"actual: {class_var.values[int(actual_value)]}")
         return "\n".join(lines)
 
     def _draw_grid(self):
@@ -443,6 +508,8 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
                 self._caption(row))
             item.setToolTip(self.paths[row] or "")
             item.setData(Qt.UserRole, row)
+            if self._is_wrong(row):
+                item.setBackground(QBrush(WRONG_COLOUR))
             self.grid.addItem(item)
         n_explained = sum(h is not None
                           for h in self.result.explanation.heatmaps)

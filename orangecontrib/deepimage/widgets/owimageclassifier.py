@@ -11,6 +11,7 @@ loss and accuracy curves are drawn.
 """
 import os
 import threading
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -30,7 +31,8 @@ from Orange.widgets.widget import Msg
 
 from orangecontrib.deepimage.backbones import BACKBONES, get_backbone
 from orangecontrib.deepimage.classification import (
-    ImageClassifierLearner, ImageClassifierModel)
+    AUGMENTATIONS, NO_CLASS, NO_IMAGES, ImageClassifierLearner,
+    ImageClassifierModel, training_diagnosis)
 from orangecontrib.deepimage.device import (
     DEVICE_NOT_DETECTED, known_device_description)
 from orangecontrib.deepimage.errors import Cancelled
@@ -95,19 +97,27 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
 
     LEARNER = ImageClassifierLearner
 
+    # What is wrong with the data goes to Orange's Error.data_error, with
+    # the learner's own words, as in Orange's learner widgets.
     class Error(OWBaseLearner.Error):
-        no_image_column = Msg("The data has no image column (a text column "
-                              "marked as images, e.g. from Import Images).")
-        not_categorical = Msg("Image Classifier needs a categorical class; "
-                              "'{}' is numeric.")
-        single_class = Msg("All images are of a single class ('{}'); "
-                           "at least two classes are needed.")
         training_failed = Msg("{}")
 
     class Warning(OWBaseLearner.Warning):
         notes = Msg("{}")
+        small_validation = Msg("{}")
+        overfitting = Msg("{}")
+        at_chance = Msg("{}")
+        flips_change_meaning = Msg(
+            "Augmentation mirrors the images: switch 'Mirror images' off if "
+            "a mirrored image means something else (digits, letters, text).")
 
     class Information(OWBaseLearner.Information):
+        needs_features = Msg(
+            "Test & Score refuses data without features (\"Data has no "
+            "features to learn from\"): connect Import Images → Deep "
+            "Embedding → Test & Score, and this learner to Test & Score. "
+            "Image Classifier reads the images themselves, so here the "
+            "data may stay as it is.")
         stopped = Msg("Training was stopped after {} epoch(s); the model "
                       "has the best weights found so far.")
         stopped_before_training = Msg("Training was stopped before it "
@@ -120,6 +130,7 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
     dropout: float = Setting(0.3)
     batch_norm: bool = Setting(True)
     augment: bool = Setting(False)
+    augment_flips: bool = Setting(True)
     epochs: int = Setting(50)
     batch_size: int = Setting(32)
     learning_rate: float = Setting(0.001)
@@ -213,9 +224,17 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
         form.addRow(gui.checkBox(
             None, self, "augment", "Augment images (flips, rotation, zoom, "
                                    "contrast)",
-            callback=self.settings_changed,
+            callback=self._on_augment_changed,
             tooltip="Show the network altered copies of the images; "
                     "slower, as images are read from disk every epoch."))
+        self.flips_check = gui.checkBox(
+            None, self, "augment_flips", "Mirror images",
+            callback=self._on_augment_changed,
+            tooltip="Flip images left to right while augmenting; switch it "
+                    "off where a mirrored image means something else "
+                    "(digits, letters, text).")
+        self.flips_check.setEnabled(self.augment)
+        form.addRow("", self.flips_check)
         form.addRow(gui.checkBox(
             None, self, "early_stopping",
             "Stop early when validation stops improving",
@@ -238,6 +257,7 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
         # device is shown once a training has run.
         self.device_label = gui.widgetLabel(
             box, known_device_description() or DEVICE_NOT_DETECTED)
+        self._show_augmentation_warning()
 
         self._setup_plots()
 
@@ -261,13 +281,29 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
 
     def add_bottom_buttons(self):
         self.add_stop_button(self.buttonsArea)
-        super().add_bottom_buttons()
+        # OWBaseLearner's apply is called directly (not through
+        # gui.deferred) by OWBaseLearner itself, so it cannot be decorated
+        # here; its warning about that is Orange's, not the user's.
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=f"decorate {type(self).__name__}.apply "
+                                  f"with @gui.deferred")
+            super().add_bottom_buttons()
 
     # --- parameters --------------------------------------------------------
 
     def _on_backbone_changed(self):
         self.backbone = self.backbone_combo.currentData()
         self.settings_changed()
+
+    def _on_augment_changed(self):
+        self.flips_check.setEnabled(self.augment)
+        self._show_augmentation_warning()
+        self.settings_changed()
+
+    def _show_augmentation_warning(self):
+        self.Warning.flips_change_meaning(
+            shown=self.augment and self.augment_flips)
 
     def _on_hidden_units_changed(self):
         self.batch_norm_check.setEnabled(bool(self.hidden_units))
@@ -288,12 +324,17 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
             backbone=self.backbone, unfreeze=self.unfreeze,
             hidden_units=self.hidden_units, dropout=self.dropout,
             batch_norm=self.batch_norm, augment=self.augment,
-            epochs=self.epochs, batch_size=self.batch_size,
+            augmentations=self._augmentations(), epochs=self.epochs,
+            batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             validation=self.validation_percent / 100,
             early_stopping=self.early_stopping,
             class_weights=self.class_weights, random_state=self.random_seed,
             preprocessors=self.preprocessors)
+
+    def _augmentations(self):
+        return tuple(name for name in AUGMENTATIONS
+                     if name != "flip" or self.augment_flips)
 
     def get_learner_parameters(self):
         backbone = get_backbone(self.backbone)
@@ -305,7 +346,8 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
             ("Dropout", f"{self.dropout:.2f}"),
             ("Batch normalisation",
              bool_str(self.batch_norm and bool(self.hidden_units))),
-            ("Augmentation", bool_str(self.augment)),
+            ("Augmentation", ", ".join(self._augmentations())
+             if self.augment else bool_str(False)),
             ("Epochs", self.epochs),
             ("Batch size", self.batch_size),
             ("Learning rate", f"{self.learning_rate:g}"),
@@ -316,30 +358,42 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
 
     # --- data and training ---------------------------------------------------
 
+    @OWBaseLearner.Inputs.data
+    def set_data(self, data):
+        super().set_data(data)
+        # Orange's "Data has no target variable" does not say where a class
+        # of images comes from.
+        if data is not None and not data.domain.class_vars:
+            self.Error.data_error(NO_CLASS)
+        self.Information.needs_features(
+            shown=data is not None and self.data is not None
+            and not data.domain.attributes)
+
     def check_data(self):
+        # As OWBaseLearner's, but the images are the features: a table
+        # without any (straight from Import Images) is fine.
         self.valid_data = False
-        for msg in (self.Error.no_image_column, self.Error.not_categorical,
-                    self.Error.single_class, self.Error.sparse_not_supported):
-            msg.clear()
+        self.Error.sparse_not_supported.clear()
         data = self.data
         if data is None or self.learner is None:
             return False
         self.Error.data_error.clear()
-        class_var = data.domain.class_var
-        if class_var is not None and not class_var.is_discrete:
-            self.Error.not_categorical(class_var.name)
-        if find_image_column(data) is None:
-            self.Error.no_image_column()
-        if self.Error.not_categorical.is_shown() \
-                or self.Error.no_image_column.is_shown():
+        reason = self.learner.incompatibility_reason(data.domain)
+        if reason is None and find_image_column(data) is None:
+            reason = NO_IMAGES
+        if reason is not None:
+            self.Error.data_error(reason)
             return False
         if not len(data):
             self.Error.data_error("Dataset is empty.")
             return False
+        class_var = data.domain.class_var
         present = np.unique(data.Y[~np.isnan(data.Y)]).astype(int)
         if len(present) < 2:
             only = class_var.values[present[0]] if len(present) else "none"
-            self.Error.single_class(only)
+            self.Error.data_error(
+                f"All images are of a single class ('{only}'); at least two "
+                f"classes are needed.")
             return False
         self.valid_data = True
         return True
@@ -349,6 +403,7 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
         self.show_fitting_failed(None)
         self.clear_training_messages()
         self.Warning.notes.clear()
+        self._show_diagnosis({})
         self.model = None
         self.training_curves.clear()
         self._send_model()
@@ -370,7 +425,18 @@ class OWImageClassifier(OWBaseLearner, StoppableTrainingMixin):
                 self.Warning.notes("\n".join(model.notes))
         self.model = model
         self.show_if_stopped(model, len(self.training_curves.epochs))
+        if model is not None and model.validation_size is not None:
+            self._show_diagnosis(training_diagnosis(
+                model.history, model.validation_size, model.majority))
         self._send_model()
+
+    def _show_diagnosis(self, problems):
+        for key in ("small_validation", "overfitting", "at_chance"):
+            msg = getattr(self.Warning, key)
+            if key in problems:
+                msg(problems[key])
+            else:
+                msg.clear()
 
     def on_exception(self, ex: Exception):
         self.model = None

@@ -16,6 +16,7 @@ from Orange.widgets.widget import Msg, Output, OWWidget
 from orangecontrib.deepimage.errors import DeepImageError, InvalidInput
 from orangecontrib.deepimage.segdata import (
     FolderNotFound, PairingReport, pair_folders)
+from orangecontrib.deepimage.widgets.utils.messages import WrappedErrors
 from orangecontrib.deepimage.widgets.utils.tasks import (
     TaskButtonsMixin, task_progress)
 
@@ -130,6 +131,9 @@ class OWSegmentationData(OWWidget, TaskButtonsMixin):
         box = gui.vBox(self.controlArea, "Found")
         self.info_label = gui.widgetLabel(box, "No data.")
         self.info_label.setWordWrap(True)
+        # The window has a fixed width: errors are repeated here, wrapped.
+        self.wrapped_errors = WrappedErrors(self)
+        self.controlArea.layout().addWidget(self.wrapped_errors)
 
         gui.button(self.buttonsArea, self, "Reload", callback=self.reload,
                    autoDefault=False)

@@ -71,7 +71,12 @@ LOSS_TIPS = {
              "for rare classes.",
 }
 #: Plots: history key, axis title, name in the text.
-CURVES = (("loss", "Loss", "loss"), ("iou", "Mean IoU", "mean IoU"))
+CURVES = (("loss", "Loss", "loss"),
+          ("iou", "Mean IoU (with background)",
+           "mean IoU of all classes, background included"))
+
+#: Below this validation IoU of a class the model is not worth using.
+POOR_IOU = 0.5
 #: The preview is shown at most this large.
 PREVIEW_SIDE = 384
 
@@ -106,6 +111,40 @@ def preview_picture(preview: EpochPreview, n_classes: int
                           overlay_mask(image, labels, colours, 0.5),
                           overlay_mask(image, truth, colours, 0.5), iou,
                           preview.held_out)
+
+
+def foreground_iou_name(names) -> str:
+    """What the IoU of the foreground classes is called: "nucleus IoU",
+    or "mean IoU of nucleus, cell" for several."""
+    foreground = list(names)[1:]
+    if len(foreground) == 1:
+        return f"{foreground[0]} IoU"
+    return f"mean IoU of {', '.join(foreground)}"
+
+
+def poor_model_text(metrics, names, epochs_run: int, epochs: int,
+                    augment: bool) -> Optional[str]:
+    """A warning when a foreground class's validation IoU is below
+    :data:`POOR_IOU`, with what to try; None for a usable model."""
+    if not metrics:
+        return None
+    poor = [(name, iou) for name, iou in zip(list(names)[1:],
+                                             metrics["iou"][1:])
+            if np.isfinite(iou) and iou < POOR_IOU]
+    if not poor:
+        return None
+    scores = ", ".join(f"{name} IoU {iou:.2f}" for name, iou in poor)
+    text = (f"The model is poor: {scores} on the validation images "
+            f"({POOR_IOU:.2f} or more is usable).")
+    if epochs_run < epochs:
+        text += f" Training ended after {epochs_run} of {epochs} epochs."
+    if augment:
+        text += (" With augmentation a small set learns slowly: train for "
+                 "more epochs without early stopping, or without "
+                 "augmentation.")
+    else:
+        text += " Train for more epochs, or with more images."
+    return text
 
 
 def class_names(data: Table) -> List[str]:
@@ -183,6 +222,7 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
 
     class Warning(OWWidget.Warning):
         outdated = Msg("Press Apply to train with the changed parameters.")
+        poor_model = Msg("{}")
 
     class Information(OWWidget.Information):
         stopped = Msg("Training was stopped after {} epoch(s); the model "
@@ -346,12 +386,13 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
                                            "auto_apply", commit=self.commit)
 
     def _fit_combos(self):
-        # Long item texts must not make the widget wide.
+        # As wide as the longest item, so that no choice is cut ("None
+        # (train from scratc"); Orange bounds combos to 25 characters.
         for combo in (self.architecture_combo, self.encoder_combo,
                       self.loss_combo):
+            combo.setMaximumContentsLength(0)
             combo.setSizeAdjustPolicy(
-                combo.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-            combo.setMinimumContentsLength(14)
+                combo.SizeAdjustPolicy.AdjustToContents)
 
     @staticmethod
     def _form(box):
@@ -502,6 +543,7 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
         self.cancel()
         self.clear_training_messages()
         self.Warning.outdated.clear()
+        self.Warning.poor_model.clear()
         self._set_model(None)
         self.curves.clear()
         self._clear_preview()
@@ -524,6 +566,11 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
                 self.curves.set_history(result.history, best=True)
             self.scores_label.setText(self._scores_html(result))
         self.show_if_stopped(result, len(self.curves.epochs))
+        poor = None if result is None else poor_model_text(
+            result.validation_metrics, result.class_names,
+            len(self.curves.epochs), self.learner.epochs
+            if self.learner is not None else self.epochs, self.augment)
+        self.Warning.poor_model(poor, shown=poor is not None)
         self._set_model(result)
 
     def on_exception(self, ex: Exception):
@@ -557,9 +604,9 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
         iou = f"{preview.iou:.3f}" if np.isfinite(preview.iou) else "–"
         held_out = "validation image" if preview.held_out \
             else "training image"
-        self.preview_label.setText(f"{preview.name} ({held_out}): "
-                                   f"IoU {iou}")
         names = self._class_names or list(INSTANCE_CLASSES)
+        self.preview_label.setText(f"{preview.name} ({held_out}): "
+                                   f"{foreground_iou_name(names)} {iou}")
         self.legend_label.setText(legend_html(names,
                                               class_colours(len(names))))
 
@@ -573,8 +620,10 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
             f"<td align='right'>{_score(dice)}</td></tr>"
             for name, iou, dice in zip(model.class_names, metrics["iou"],
                                        metrics["dice"]))
-        return ("<b>Validation images</b> (whole images): mean IoU of the "
-                f"classes {_score(metrics['mean_iou'])}"
+        each = ", ".join(f"{name} IoU {_score(iou)}" for name, iou in
+                         zip(model.class_names, metrics["iou"]))
+        return ("<b>Validation images</b> (whole images): "
+                f"{each}"
                 "<table cellspacing='6'><tr><th align='left'>Class</th>"
                 f"<th>IoU</th><th>Dice</th></tr>{rows}</table>")
 

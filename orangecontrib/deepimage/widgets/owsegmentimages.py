@@ -36,6 +36,7 @@ from orangecontrib.deepimage.segmentation import SegmentationModel
 # Registers the summaries of segmentation models on links.
 from orangecontrib.deepimage.widgets.utils import (  # noqa: F401
     summaries)  # pylint: disable=unused-import
+from orangecontrib.deepimage.widgets.utils.messages import WrappedErrors
 from orangecontrib.deepimage.widgets.utils.outputfolder import (
     OutputFolderMixin)
 from orangecontrib.deepimage.widgets.utils.tasks import (
@@ -174,6 +175,9 @@ class OWSegmentImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
                             "data folder, which keeps the last result's "
                             "masks only)")
         self.folder_label.setMinimumWidth(260)
+        # The window has a fixed width: errors are repeated here, wrapped.
+        self.wrapped_errors = WrappedErrors(self)
+        self.controlArea.layout().addWidget(self.wrapped_errors)
 
         self.add_cancel_button(self.buttonsArea)
         gui.auto_apply(self.buttonsArea, self, "auto_apply",

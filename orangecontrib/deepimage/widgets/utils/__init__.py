@@ -15,5 +15,7 @@
   captions, overlays and selection, and a list of its groups;
 * :mod:`.embeddingmap`: images on a 2-D map (a dot each, thumbnails where
   there is room);
-* :mod:`.silhouette`: bars of the mean silhouette per number of clusters.
+* :mod:`.silhouette`: bars of the mean silhouette per number of clusters;
+* :mod:`.messages`: the full text of a widget's errors, wrapped, for
+  narrow widgets whose status bar cuts it.
 """

@@ -154,7 +154,11 @@ def report_image_html(images: Sequence[np.ndarray], height: int = 240,
 
 
 class MaskView(QWidget):
-    """Images side by side, each scaled to fit, with a caption above it."""
+    """Images side by side, each scaled to fit, with a caption above it.
+
+    In a view taller than wide the images are stacked instead, so that
+    each gets the whole width (and its caption room).
+    """
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -177,24 +181,42 @@ class MaskView(QWidget):
     def clear(self, message: str = ""):
         self.set_images([], message)
 
+    _GAP = 8
+
+    def _cells(self) -> List[QRectF]:
+        """Each image's share of the view: a caption line and the image."""
+        n, gap = len(self.images), self._GAP
+        if not n:
+            return []
+        if self.height() > self.width() and n > 1:  # stacked
+            height = (self.height() - gap * (n + 1)) / n
+            return [QRectF(gap, gap + i * (height + gap),
+                           self.width() - 2 * gap, height) for i in range(n)]
+        width = (self.width() - gap * (n + 1)) / n
+        return [QRectF(gap + i * (width + gap), gap, width,
+                       self.height() - 2 * gap) for i in range(n)]
+
     def image_rects(self) -> List[QRectF]:
         """Where each image is drawn (for tests and clicks)."""
-        if not self.images:
-            return []
-        gap, caption = 8, self.fontMetrics().height() + 4
-        cell_width = (self.width() - gap * (len(self.images) + 1)) \
-            / len(self.images)
-        cell_height = self.height() - caption - 2 * gap
+        caption = self.fontMetrics().height() + 4
         rects = []
-        for index, (image, _) in enumerate(self.images):
-            scale = max(1e-3, min(cell_width / max(1, image.width()),
+        for cell, (image, _) in zip(self._cells(), self.images):
+            cell_height = cell.height() - caption
+            scale = max(1e-3, min(cell.width() / max(1, image.width()),
                                   cell_height / max(1, image.height())))
             width, height = image.width() * scale, image.height() * scale
-            left = gap + index * (cell_width + gap) \
-                + (cell_width - width) / 2
-            top = gap + caption + (cell_height - height) / 2
+            left = cell.left() + (cell.width() - width) / 2
+            top = cell.top() + caption + (cell_height - height) / 2
             rects.append(QRectF(left, top, width, height))
         return rects
+
+    def caption_rects(self) -> List[QRectF]:
+        """Where each caption is drawn: above its image, as wide as the
+        image's share of the view (never beyond the view's edges)."""
+        height = self.fontMetrics().height()
+        return [QRectF(cell.left(), rect.top() - height - 4,
+                       max(1.0, cell.width()), height)
+                for cell, rect in zip(self._cells(), self.image_rects())]
 
     def paintEvent(self, _event):
         painter = QPainter(self)
@@ -207,14 +229,12 @@ class MaskView(QWidget):
         # Masks are label images: show their pixels, do not smooth them.
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform,
                               False)
-        height = self.fontMetrics().height()
-        for rect, (image, caption) in zip(self.image_rects(), self.images):
+        for rect, text_rect, (image, caption) in zip(
+                self.image_rects(), self.caption_rects(), self.images):
             painter.drawImage(rect, image)
             painter.setPen(QColor(128, 128, 128))
             painter.drawRect(rect.adjusted(-0.5, -0.5, 0.5, 0.5))
             painter.setPen(self.palette().color(self.foregroundRole()))
-            text_rect = QRectF(rect.left() - 40, rect.top() - height - 4,
-                               rect.width() + 80, height)
             painter.drawText(text_rect, Qt.AlignmentFlag.AlignHCenter
                              | Qt.AlignmentFlag.AlignBottom,
                              painter.fontMetrics().elidedText(
