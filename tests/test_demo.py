@@ -93,7 +93,8 @@ def test_demo_report_shows_clusters_as_thumbnails(tmp_path):
                         ["grass.jpg", 0]], dtype=object))
     result = WorkflowResult(
         "photos.ows", [NodeReport("Image Clusters", "Image Clusters",
-                                  results=["Data: 3 rows, 2 clusters"])],
+                                  results=["Data: 3 rows, 2 clusters"],
+                                  key_results=["Data: 3 rows, 2 clusters"])],
         4.2, {("Image Clusters", "Data"): table}, "<html><body><h1>x</h1>"
         "<section><h2>Image Clusters</h2><p>3 images</p></section>"
         "</body></html>")

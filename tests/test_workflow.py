@@ -183,3 +183,21 @@ def test_startup_noise_filter_keeps_errors():
         b"ValueError: bad value",
     ]
     assert all(noise.keep(line) for line in kept)
+
+
+def test_busy_widgets_and_their_progress():
+    from types import SimpleNamespace
+    from orangecontrib.deepimage.workflow import _busy_widgets
+
+    class Widget:
+        def __init__(self, busy, progress):
+            self.busy, self.progressBarValue = busy, progress
+
+        def isInvalidated(self):
+            return self.busy
+    widgets = {"Embed": Widget(True, 40.0), "Table": Widget(False, 0),
+               "Train": Widget(True, -1)}
+    nodes = [SimpleNamespace(title=title) for title in widgets]
+    scheme = SimpleNamespace(
+        nodes=nodes, widget_for_node=lambda node: widgets[node.title])
+    assert _busy_widgets(scheme) == [("Embed", 40.0), ("Train", None)]

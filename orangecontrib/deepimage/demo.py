@@ -148,7 +148,7 @@ def run_tutorials(paths: List[str], timeout: float = 1800,
         for node in result.nodes:
             for line in node.errors:
                 log(f"    {node.title}: error: {line}")
-            for line in node.results:
+            for line in node.key_results:
                 log(f"    {node.title}: {line}")
     return runs
 
@@ -210,7 +210,7 @@ def _summary(photos: Optional[dict], runs: List[TutorialRun],
             figures = [run.error or ""]
         else:
             figures = [f"{node.title}: {line}" for node in run.result.nodes
-                       for line in node.errors + node.results]
+                       for line in node.errors + node.key_results]
         rows.append(
             f"<tr><td>{html.escape(run.name)}</td>"
             f"<td class='{'error' if run.failures else 'ok'}'>{status}</td>"

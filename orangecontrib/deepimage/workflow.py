@@ -50,8 +50,11 @@ class NodeReport:
     errors: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     information: List[str] = field(default_factory=list)
-    #: Key results, one line each (see :func:`describe_output`).
+    #: Results, one line each (see :func:`describe_output`), and the
+    #: files written.
     results: List[str] = field(default_factory=list)
+    #: Those of `results` that are news: not the rows of an input passed on.
+    key_results: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -168,8 +171,9 @@ def _busy_widgets(scheme) -> List[Tuple[str, Optional[float]]]:
         if widget is None:
             continue
         if widget.isInvalidated() or getattr(widget, "task", None):
-            value = widget.progressBarValue() \
-                if hasattr(widget, "progressBarValue") else -1
+            # a Qt property of Orange's widgets (a method on some)
+            value = getattr(widget, "progressBarValue", -1)
+            value = value() if callable(value) else value
             busy.append((node.title, value if value is not None
                          and value >= 0 else None))
     return busy
@@ -217,7 +221,8 @@ def _node_reports(scheme, sent=None) -> List[NodeReport]:
     for node in scheme.nodes:
         report = NodeReport(node.title, node.description.name)
         if sent is not None:
-            report.results = _node_results(scheme, node, sent)
+            report.results, report.key_results = _node_results(
+                scheme, node, sent)
         for message in node.state_messages():
             text = message.contents
             if not text:
@@ -287,7 +292,7 @@ def _describe_table(table) -> str:
     class_var = table.domain.class_var
     if class_var is not None and class_var.is_discrete:
         values = class_var.values
-        parts.append(f"{len(values)} classes" + (
+        parts.append(f"{len(values)} class{'es' * (len(values) != 1)}" + (
             f" ({', '.join(values)})" if len(values) <= _MAX_LISTED else ""))
     for var in table.domain.metas:
         if var.is_discrete and var.name.startswith("Cluster") and len(table):
@@ -349,20 +354,30 @@ def _files_written(table, inputs) -> List[str]:
     return lines
 
 
-def _node_results(scheme, node, sent) -> List[str]:
+def _node_results(scheme, node, sent) -> Tuple[List[str], List[str]]:
+    """All result lines of a node, and the key ones among them: all but
+    tables that are a row-for-row copy of an input (same number of rows,
+    no clusters added)."""
     from Orange.data import Table
     inputs = [sent.get((link.source_node.title, link.source_channel.name))
               for link in scheme.links if link.sink_node is node]
     inputs = [value for value in inputs if isinstance(value, Table)]
-    lines, written = [], []
+    lengths = {len(value) for value in inputs}
+    clustered = any("Cluster" in value.domain for value in inputs)
+    lines, key, written = [], [], []
     for (title, name), value in sent.items():
         if title != node.title:
             continue
-        lines += describe_output(name, value)
+        described = describe_output(name, value)
+        lines += described
+        if not isinstance(value, Table) or not inputs \
+                or len(value) not in lengths \
+                or ("Cluster" in value.domain and not clustered):
+            key += described
         if inputs and isinstance(value, Table):
             written += [line for line in _files_written(value, inputs)
                         if line not in written]
-    return lines + written
+    return lines + written, key + written
 
 
 # --- report ----------------------------------------------------------------
