@@ -10,7 +10,7 @@ absl's Python logging at warnings are set before TensorFlow loads, and the
 lines TensorFlow writes to the standard error before its logging is set up
 are filtered (:class:`StartupNoiseFilter`). Everything else on the standard
 error, Python's tracebacks and warnings and TensorFlow's own errors, passes.
-Set ``TF_CPP_MIN_LOG_LEVEL`` yourself (e.g. to 0) to see every line.
+Set ``TF_CPP_MIN_LOG_LEVEL`` to 0 or 1 to see every line.
 """
 import argparse
 import os
@@ -72,13 +72,16 @@ class StartupNoiseFilter:
 def quiet_tensorflow_startup():
     """Hide TensorFlow's start-up lines from this process' standard error.
 
-    Nothing is changed when ``TF_CPP_MIN_LOG_LEVEL`` is already set (the
-    user chose what to see) or the standard error has no file descriptor.
+    Nothing is changed when ``TF_CPP_MIN_LOG_LEVEL`` is set below 2 (the
+    user asked for TensorFlow's information and warnings) or the standard
+    error has no file descriptor.
     """
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "")
+    if level.strip().isdigit() and int(level) < 2:
         yield
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = level if level.strip().isdigit() \
+        else "2"
     try:
         import absl.logging
         absl.logging.set_verbosity(absl.logging.WARNING)
@@ -175,7 +178,7 @@ def parser() -> argparse.ArgumentParser:
         prog="deepimage", description="Orange3-DeepImage from the command "
                                       "line. TensorFlow's start-up messages "
                                       "are hidden unless TF_CPP_MIN_LOG_LEVEL "
-                                      "is set.")
+                                      "is 0 or 1.")
     commands = main_parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
