@@ -101,7 +101,8 @@ def gallery_section(groups: Sequence[Tuple[str, Sequence[Tuple[str, str]]]],
         figures = "".join(
             f'<figure style="display:inline-block;margin:2px">'
             f'<img src="{html.escape(thumbnails_url)}/{html.escape(thumb)}" '
-            f'style="max-width:96px;max-height:96px" alt="{html.escape(name)}">'
+            f'style="max-width:96px;max-height:96px" '
+            f'alt="{html.escape(name)}">'
             f'<figcaption>{html.escape(name)}</figcaption></figure>'
             for thumb, name in images)
         parts.append(f"<p><b>{html.escape(caption)}</b> "
