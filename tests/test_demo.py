@@ -95,7 +95,8 @@ def test_demo_report_shows_clusters_as_thumbnails(tmp_path):
         "photos.ows", [NodeReport("Image Clusters", "Image Clusters",
                                   results=["Data: 3 rows, 2 clusters"],
                                   key_results=["Data: 3 rows, 2 clusters"])],
-        4.2, {("Image Clusters", "Data"): table}, "<html><body><h1>x</h1>"
+        4.2, {("Image Clusters", "Data"): table,
+              ("Image Viewer", "Data"): table}, "<html><body><h1>x</h1>"
         "<section><h2>Image Clusters</h2><p>3 images</p></section>"
         "</body></html>")
     path = demo_report(str(tmp_path / "report.html"), str(tmp_path), None,
@@ -105,6 +106,8 @@ def test_demo_report_shows_clusters_as_thumbnails(tmp_path):
     headings, empty, images = outline(page)
     assert not empty
     assert (3, "Image Clusters: the clusters (Data)") in headings
+    # the viewer passes the same clusters on: shown once
+    assert (3, "Image Viewer: the clusters (Data)") not in headings
     assert (3, "Image Clusters") in headings  # the widget, below h2
     shown = [entry["alt"] for entry in images]
     assert shown == ["cat-chelsea.jpg", "grass.jpg", "coffee.jpg"]

@@ -175,6 +175,11 @@ def _cluster_galleries(result, out_dir: str, first_index: int
         cluster = table.domain["Cluster"]
         labels = table.get_column(cluster)
         paths = image_paths(table, column)
+        # widgets downstream pass the same clusters on: show them once
+        shown = (tuple(cluster.values), tuple(paths), labels.tobytes())
+        if shown in done:
+            continue
+        done.add(shown)
         groups = []
         for value, caption in enumerate(cluster.values):
             images = []
