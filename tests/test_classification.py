@@ -377,3 +377,22 @@ def test_streaming_skips_an_image_unreadable_after_embedding(tmp_path,
     assert "not an image file" in model.skipped[0]
     assert any(note.startswith("2 image(s) could not be read")
                for note in model.notes)
+
+
+def test_a_class_value_without_images_is_never_predicted(shapes):
+    # "triangle" is a value of the class variable that no image has.
+    phantom = image_table(shapes.domain.metas[0].attributes["origin"],
+                          list(shapes.metas[:, 0]), shapes.Y,
+                          ["disc", "square", "stripes", "triangle"], "shape")
+    model = ImageClassifierLearner(epochs=2, batch_size=8)(phantom)
+    assert model.class_names[-1] == "triangle"  # the domain is kept
+    values, probs = model(phantom, ret=model.ValueProbs)
+    assert not np.any(values == 3)
+    assert np.all(probs[:, 3] == 0)
+    assert np.allclose(probs.sum(axis=1), 1)
+    # The whole network (no cached embeddings) says the same.
+    by_network, _ = model.predict_paths(
+        [os.path.join(phantom.domain.metas[0].attributes["origin"], name)
+         for name in phantom.metas[:, 0]])
+    assert np.all(by_network[:, 3] == 0)
+    assert np.allclose(by_network[:, :3], probs[:, :3], atol=1e-4)

@@ -573,5 +573,102 @@ class TestRealImages(unittest.TestCase):
         cat_labels = job.names()[cat_cluster].split(": ")[1].split(", ")
         self.assertTrue(CAT_CLASSES & set(cat_labels), job.names())
 
+
+def near_copies(photo, folder):
+    """Copies of one photo: re-encoded, resized, cropped and retouched."""
+    import io
+    image = Image.open(photo).convert("RGB")
+    width, height = image.size
+    stem = os.path.splitext(os.path.basename(photo))[0]
+    encoded = io.BytesIO()
+    image.save(encoded, "JPEG", quality=60)
+    dx, dy = width // 20, height // 20
+    copies = {
+        "q60": Image.open(io.BytesIO(encoded.getvalue())),
+        "half": image.resize((width // 2, height // 2),
+                             Image.Resampling.LANCZOS),
+        "crop90": image.crop((dx, dy, width - dx, height - dy)),
+        "crop90corner": image.crop((0, 0, width - 2 * dx, height - 2 * dy)),
+        "brighter": ImageEnhance.Brightness(image).enhance(1.1),
+        "darker": ImageEnhance.Brightness(image).enhance(0.9),
+    }
+    paths = []
+    for name, copy in copies.items():
+        paths.append(os.path.join(folder, f"{stem}-{name}.png"))
+        copy.save(paths[-1])
+    return paths
+
+
+class TestNearCopies(unittest.TestCase):
+    """The tutorial photos and copies of some of them."""
+
+    @classmethod
+    def setUpClass(cls):
+        from orangecontrib.deepimage.demo import PHOTOS_DIR
+        from orangecontrib.deepimage.embedding import ImageEmbedder
+        cls.tempdir = tempfile.TemporaryDirectory()
+        photos = sorted(os.path.join(PHOTOS_DIR, name)
+                        for name in os.listdir(PHOTOS_DIR)
+                        if name.endswith(".jpg"))
+        # Grass and gravel are different photos at a cosine distance of
+        # 0.035-0.04; bricks, Hubble's field and the retina are textures
+        # and smooth images with few distinct features.
+        copied = [p for p in photos if os.path.basename(p)[:-4] in
+                  ("grass", "gravel", "bricks", "hubble-deep-field",
+                   "retina", "coffee")]
+        cls.paths, cls.photo = list(photos), list(range(len(photos)))
+        for photo in copied:
+            copies = near_copies(photo, cls.tempdir.name)
+            cls.paths += copies
+            cls.photo += [photos.index(photo)] * len(copies)
+        embedder = ImageEmbedder("squeezenet", cache_dir=cls.tempdir.name)
+        cls.X = np.vstack(embedder.embed_paths(cls.paths).vectors)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tempdir.cleanup()
+
+    def test_every_copy_pair_and_no_different_photos(self):
+        copies = {(i, j) for i in range(len(self.paths))
+                  for j in range(i + 1, len(self.paths))
+                  if self.photo[i] == self.photo[j]}
+        self.assertEqual(len(copies), 6 * 21)
+        progress = []
+        pairs = near_duplicates(self.X, images=self.paths,
+                                callback=progress.append)
+        self.assertEqual({(i, j) for i, j, _ in pairs}, copies)
+        self.assertEqual(progress[-1], 1)
+        self.assertEqual(progress, sorted(progress))
+        # The embedding alone pairs grass with gravel.
+        alone = {(i, j) for i, j, _ in near_duplicates(self.X)}
+        self.assertTrue(alone - copies)
+        named = {frozenset(os.path.basename(self.paths[k])[:5]
+                           for k in pair) for pair in alone - copies}
+        self.assertIn(frozenset({"grass", "grave"}), named)
+
+    def test_a_table_or_unreadable_images(self):
+        column = StringVariable("image")
+        column.attributes["type"] = "image"
+        table = Table.from_numpy(
+            Domain([], metas=[column]), np.empty((len(self.paths), 0)),
+            metas=np.array(self.paths, dtype=object)[:, None])
+        by_table = near_duplicates(self.X, images=table)
+        self.assertEqual(by_table, near_duplicates(self.X, images=self.paths))
+        # A pair with an image that cannot be read is judged by the
+        # embedding alone: gravel's original pairs with grass again.
+        gravel = next(k for k, p in enumerate(self.paths)
+                      if os.path.basename(p) == "gravel.jpg")
+        missing = list(self.paths)
+        missing[gravel] = None
+        pairs = near_duplicates(self.X, images=missing)
+        alone, confirmed = set(near_duplicates(self.X)), set(by_table)
+        self.assertTrue(set(pairs) <= alone)
+        self.assertTrue(all(gravel in pair[:2] for pair in
+                            set(pairs) - confirmed))
+        self.assertTrue(set(pairs) - confirmed)
+        with self.assertRaisesRegex(ValueError, "an image for each row"):
+            near_duplicates(self.X, images=self.paths[:3])
+
+
 if __name__ == "__main__":
     unittest.main()

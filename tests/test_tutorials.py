@@ -1,13 +1,23 @@
 """Every tutorial opens with all its widgets found and runs headless."""
+import ast
+import base64
+import csv
 import os
+import pickle
+import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
 
 import pytest
 
-from orangecontrib.deepimage.__main__ import main
+from Orange.data import Table
+
 from orangecontrib.deepimage.demo import tutorial_paths
 from orangecontrib.deepimage.workflow import (
     _application, _registry, format_result, run_workflow)
+
+from reportcheck import longest_list, outline
 
 TUTORIALS = {os.path.splitext(os.path.basename(path))[0]: path
              for path in tutorial_paths()}
@@ -27,11 +37,76 @@ EXPECTED_OUTPUTS = {
 }
 
 
+FOLDER = os.path.dirname(next(iter(TUTORIALS.values())))
+
+# The classes each tutorial's folders must import with, and how many images.
+IMPORTED_CLASSES = {
+    "classify-digits": ([str(digit) for digit in range(10)], 200),
+    "organise-photos": (None, 13),  # one folder: no class variable
+}
+PAIRED_CLASSES = {
+    "segment-nuclei": (["background", "nucleus"], 16),
+    "edit-images": (["background", "rocket", "tower", "flag", "shuttle",
+                     "helmet"], 2),
+}
+
+
 def test_all_tutorials_are_there():
     assert set(TUTORIALS) == set(EXPECTED_OUTPUTS)
-    folder = os.path.dirname(next(iter(TUTORIALS.values())))
-    for name in ("photos", "digits", "nuclei", "edit"):
-        assert os.path.exists(os.path.join(folder, name, "README.md"))
+    # Import Images reads every file in its folder: the credits of its
+    # folders lie beside them. Segmentation Data reads sub-folders only.
+    for name in ("photos", "digits"):
+        assert os.path.exists(os.path.join(FOLDER, f"README-{name}.md"))
+    for name in ("nuclei", "edit"):
+        assert os.path.exists(os.path.join(FOLDER, name, "README.md"))
+
+
+def node_settings(name, widget):
+    """The saved settings of the node of class `widget` in a tutorial."""
+    root = ElementTree.parse(TUTORIALS[name]).getroot()
+    node_id = next(node.get("id") for node in root.iter("node")
+                   if node.get("qualified_name").endswith("." + widget))
+    properties = next(prop for prop in root.iter("properties")
+                      if prop.get("node_id") == node_id)
+    if properties.get("format") == "pickle":
+        return pickle.loads(base64.b64decode(properties.text))
+    return ast.literal_eval(properties.text)
+
+
+@pytest.mark.parametrize("name", sorted(IMPORTED_CLASSES))
+def test_import_images_finds_exactly_the_classes(name):
+    # As the workflow does: Import Images' own import of its saved folder.
+    from orangecontrib.imageanalytics.import_images import ImportImages
+    _application()  # Import Images reads headers with Qt's image reader
+    path = node_settings(name, "OWImportImages")["recent_paths"][0]
+    assert path.prefix == "basedir"
+    table, n_skipped = ImportImages()(os.path.join(FOLDER, path.relpath))
+    classes, n_images = IMPORTED_CLASSES[name]
+    assert n_skipped == 0
+    assert len(table) == n_images
+    if classes is None:
+        assert table.domain.class_var is None
+    else:
+        assert list(table.domain.class_var.values) == classes
+        # Every value has images: no phantom class.
+        assert set(table.Y.astype(int)) == set(range(len(classes)))
+
+
+@pytest.mark.parametrize("name", sorted(PAIRED_CLASSES))
+def test_segmentation_data_pairs_every_file(name):
+    import numpy as np
+    from orangecontrib.deepimage.segdata import load_mask, pair_folders
+    settings = node_settings(name, "OWSegmentationData")
+    masks_dir = os.path.join(FOLDER, settings["masks_relative"])
+    table, report = pair_folders(
+        os.path.join(FOLDER, settings["images_relative"]), masks_dir)
+    classes, n_pairs = PAIRED_CLASSES[name]
+    assert report.n_left_out == 0 and not report.unpaired_images
+    assert report.n_pairs == n_pairs and report.classes == classes
+    values = set()
+    for mask in table.get_column("mask"):
+        values |= set(np.unique(load_mask(os.path.join(masks_dir, mask))))
+    assert values == set(range(len(classes)))
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_OUTPUTS))
@@ -44,23 +119,145 @@ def test_tutorial_widgets_are_installed(name):
             node.get("qualified_name")
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_OUTPUTS))
-def test_tutorial_runs_headless(name, tmp_path):
-    report = tmp_path / "report.html"
-    result = run_workflow(TUTORIALS[name], report=str(report))
-    assert not result.failed, format_result(result)
-    assert report.stat().st_size > 1000
+# organise-photos runs from the command line, in its own process.
+IN_PROCESS = sorted(set(EXPECTED_OUTPUTS) - {"organise-photos"})
+_RUNS = {}
+
+
+def tutorial_run(name, folder):
+    """Run a tutorial once per test session (its report in `folder`)."""
+    if name not in _RUNS:
+        _RUNS[name] = run_workflow(TUTORIALS[name],
+                                   report=str(folder / f"{name}.html"))
+    return _RUNS[name]
+
+
+def check_outputs(name, values):
     for (title, output), minimum in EXPECTED_OUTPUTS[name].items():
-        value = result.outputs.get((title, output))
+        value = values.get((title, output))
         assert value is not None, (title, output)
         rows = len(value.actual) if hasattr(value, "actual") else len(value)
         assert rows >= minimum, (title, output, rows)
 
 
-def test_command_line_runs_a_tutorial(tmp_path, capsys):
-    output = tmp_path / "edited.tab"
-    code = main(["run", TUTORIALS["edit-images"], "--output",
-                 f"Blur Flag:Edited Images={output}"])
-    assert code == 0
-    assert "0 with errors" in capsys.readouterr().out
-    assert output.exists()
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    return tmp_path_factory.mktemp("reports")
+
+
+@pytest.mark.parametrize("name", IN_PROCESS)
+def test_tutorial_runs_headless(name, reports):
+    result = tutorial_run(name, reports)
+    assert not result.failed, format_result(result)
+    report = (reports / f"{name}.html").read_text()
+    headings, empty, _ = outline(report)
+    assert [level for level, _ in headings].count(1) == 1, headings
+    assert not empty, empty
+    assert longest_list(report) <= 30
+    check_outputs(name, result.outputs)
+
+
+# Key figures that `deepimage run` prints for each tutorial.
+KEY_FIGURES = {
+    "classify-digits": [r"Image Classifier: accuracy 0\.\d{3} on 200 rows "
+                        r"\(5-fold cross-validation\)",
+                        r"Data: 200 rows, 10 classes",
+                        r"\d+ files written \(.*\) to "],
+    "segment-nuclei": [r"validation IoU per class: background 0\.\d{3}, "
+                       r"nucleus 0\.\d{3}", r"Counts: 16 rows",
+                       r"16 files written \(.*\) to "],
+    "edit-images": [r"2 files written \(.*\) to "],
+}
+
+
+@pytest.mark.parametrize("name", sorted(KEY_FIGURES))
+def test_key_figures_of_each_tutorial(name, reports):
+    result = tutorial_run(name, reports)
+    summary = format_result(result)
+    for pattern in KEY_FIGURES[name]:
+        assert re.search(pattern, summary), (pattern, summary)
+
+
+def test_demo_report_of_the_tutorials(reports, tmp_path):
+    from orangecontrib.deepimage.demo import TutorialRun, demo_report
+    runs = [TutorialRun(name, tutorial_run(name, reports), seconds=1.5)
+            for name in IN_PROCESS]
+    path = demo_report(str(tmp_path / "report.html"), str(tmp_path), None,
+                       runs, 12.0)
+    page = open(path, encoding="utf-8").read()
+    headings, empty, _ = outline(page)
+    levels = [level for level, _ in headings]
+    assert levels.count(1) == 1 and levels[0] == 1
+    assert headings[1] == (2, "Summary") and headings[2] == (2, "Contents")
+    assert not empty, empty
+    # no level skipped on the way down
+    assert all(b <= a + 1 for a, b in zip(levels, levels[1:])), headings
+    assert longest_list(page) <= 30
+    summary = page[page.index("Summary"):page.index("Contents")]
+    assert re.search(r"accuracy 0\.\d{3}", summary)
+    assert re.search(r"nucleus 0\.\d{3}", summary)
+    contents = page[page.index("Contents"):]
+    for name in IN_PROCESS:
+        assert f"Tutorial: {name}</a>" in contents
+
+
+def test_command_line_prints_key_figures_and_no_tensorflow_noise(tmp_path):
+    # As a user starts it: TensorFlow's log level not set (make demo sets
+    # it to 2, which hides the same).
+    env = {key: value for key, value in os.environ.items()
+           if key != "TF_CPP_MIN_LOG_LEVEL"}
+    clusters, plain = tmp_path / "clusters.tab", tmp_path / "clusters.csv"
+    report = tmp_path / "report.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "orangecontrib.deepimage", "run",
+         TUTORIALS["organise-photos"], "--report", str(report),
+         "--output", f"Image Clusters:Data={clusters}",
+         "--output", f"Image Clusters:Data={plain}", "--plain-csv"],
+        env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "tensorflow" not in done.stderr.lower(), done.stderr
+    for noise in ("I0000", "W0000", "cuInit", "absl::InitializeLog",
+                  "cpu_feature_guard", "To enable the following"):
+        assert noise not in done.stderr, done.stderr
+    out = done.stdout
+    assert re.search(r"Data: 13 rows, \d+ clusters", out), out
+    assert "Embeddings: 13 rows" in out
+    assert f"Wrote Image Clusters: Data to {plain}" in out
+    assert f"Report written to {report}" in out
+    check_outputs("organise-photos",
+                  {("Image Clusters", "Data"): Table(str(clusters))})
+    with open(plain, newline="", encoding="utf-8") as file:
+        rows = list(csv.reader(file))
+    assert rows[0][:2] == ["image name", "image"] and "Cluster" in rows[0]
+    assert len(rows) == 14
+    headings, empty, _ = outline(report.read_text())
+    assert not empty and [level for level, _ in headings].count(1) == 1
+
+
+def test_errors_still_reach_the_terminal():
+    env = {key: value for key, value in os.environ.items()
+           if key != "TF_CPP_MIN_LOG_LEVEL"}
+    code = ("import sys; sys.argv = ['deepimage', 'run', 'x.ows']\n"
+            "from orangecontrib.deepimage import __main__ as cli\n"
+            "def broken(args):\n"
+            "    print('Deep Embedding: error: no images', file=sys.stderr)\n"
+            "    sys.stderr.flush()\n"
+            "    import os\n"
+            "    os.write(2, b'I0000 00:00:1796412461.7 1 port.cc:153] "
+            "oneDNN custom operations are on.\\n')\n"
+            "    os.write(2, b'E0000 00:00:1796412461.7 1 op_kernel.cc:1] "
+            "OP_REQUIRES failed: out of memory\\n')\n"
+            "    raise RuntimeError('a real error')\n"
+            "cli._run = broken\n"
+            "sys.exit(cli.main())\n")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    done = subprocess.run([sys.executable, "-c", code], env=env,
+                          capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 1
+    # what Python and TensorFlow's own errors write passes the filter
+    assert "Deep Embedding: error: no images" in done.stderr
+    assert "OP_REQUIRES failed: out of memory" in done.stderr
+    assert "RuntimeError: a real error" in done.stderr
+    assert "Traceback" in done.stderr
+    assert "oneDNN" not in done.stderr

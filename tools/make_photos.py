@@ -1,7 +1,7 @@
 """Write the tutorial photos (run once; output is committed).
 
 Photographs that ship with scikit-image and scikit-learn under licences that
-allow redistribution (see the README beside the photos), saved as JPEG with
+allow redistribution (see tutorials/README-photos.md), saved as JPEG with
 the longest side at most 640 pixels.
 """
 import os

@@ -257,6 +257,10 @@ class ImageClassifierLearner(LearnerClassification):
                              minlength=len(class_var.values))
         model.majority = (class_var.values[int(np.argmax(counts))],
                           float(counts.max() / max(1, counts.sum())))
+        # The head keeps an output per value of the class variable; values
+        # that no training image has are never predicted (as Orange's own
+        # models give them probability 0).
+        model.seen_classes = np.unique(y).astype(int)
         if not fine_tune:
             # The backbone is untouched: predictions may reuse cached
             # embeddings of the same images (cross-validation's test folds).
@@ -642,7 +646,19 @@ class ImageClassifierModel(NetworkModelMixin, ModelClassification):
         self.skipped = dict(sorted((skipped or {}).items()))
         self.batch_size = 32
         self.cached_features = None
+        self.seen_classes = None
         self._predict_fn = None
+
+    def _only_seen_classes(self, probs):
+        """Set the probabilities of classes absent from training to 0."""
+        seen = getattr(self, "seen_classes", None)  # older pickles lack it
+        if seen is None or len(seen) == probs.shape[1]:
+            return probs
+        unseen = np.setdiff1d(np.arange(probs.shape[1]), seen)
+        probs[:, unseen] = 0
+        known = ~np.isnan(probs).any(axis=1)
+        probs[known] /= probs[known].sum(axis=1, keepdims=True)
+        return probs
 
     def data_to_model_domain(self, data, progress_callback=dummy_callback):
         # The network reads only the images: keep the table as it is, so
@@ -691,7 +707,9 @@ class ImageClassifierModel(NetworkModelMixin, ModelClassification):
                                            self.batch_size):
             skipped.update(batch.skipped)
             if len(batch.indices):
-                probs[batch.indices] = self.predict_network(batch.pixels)
+                probs[batch.indices] = self._only_seen_classes(
+                    np.asarray(self.predict_network(batch.pixels),
+                               dtype=np.float64))
             done += len(batch.indices) + len(batch.skipped)
             if callback is not None:
                 callback(done / max(1, len(paths)))
@@ -715,9 +733,9 @@ class ImageClassifierModel(NetworkModelMixin, ModelClassification):
         if rows:
             head = self.network.get_layer("head")
             features = np.vstack([result.vectors[i] for i in rows])
-            probs[rows] = np.asarray(
+            probs[rows] = self._only_seen_classes(np.asarray(
                 head(features.astype(np.float32), training=False),
-                dtype=np.float64)
+                dtype=np.float64))
         return probs
 
     #: (Models pickled before it was added have none.)

@@ -50,13 +50,15 @@ from Orange.data.util import get_unique_names
 
 from orangecontrib.deepimage.embedding import shared_embedder
 from orangecontrib.deepimage.errors import Cancelled
-from orangecontrib.deepimage.images import find_image_column, image_paths
+from orangecontrib.deepimage.images import (
+    ImageSkipped, find_image_column, image_paths, load_image, paths_of)
 
 __all__ = [
     "METHODS", "ClusteringResult", "ClusteringPieces", "ClusteringCache",
     "normalize_rows",
     "cluster_range", "cluster_embeddings", "silhouette_samples",
-    "name_clusters", "typical_rows", "near_duplicates", "embedding_columns",
+    "name_clusters", "typical_rows", "near_duplicates", "photo_features",
+    "same_photo", "PhotoFeatures", "embedding_columns",
     "embedding_matrix", "recorded_model", "imagenet_probabilities",
     "add_cluster_columns", "duplicates_table", "cluster_table",
     "map_embeddings", "cluster_names", "unnamed_rows", "cluster_job",
@@ -83,11 +85,22 @@ SAMPLE_SIZE = 2000
 NAMING_SAMPLE = 25
 #: k-means restarts; fixed so that results do not depend on sklearn defaults.
 KMEANS_N_INIT = 3
-#: Default cosine distance below which two images are near-duplicates. The
-#: same photo re-encoded, resized or slightly retouched stays well below it
-#: with ImageNet backbones, while two different photos of the same kind of
-#: object are usually above 0.1.
-DUPLICATE_THRESHOLD = 0.05
+#: Default cosine distance below which two images may be near-duplicates.
+#: Measured on the tutorial photos (SqueezeNet) with copies of each made by
+#: JPEG quality 60, resizing to 50 %, cropping to 90 % (centred and at a
+#: corner) and brightness ±10 %: copies of one photo are at most 0.047
+#: apart, but different photos of similar things (grass and gravel) come
+#: as close as 0.035, so the embedding alone cannot tell them apart. Pairs
+#: below this threshold are therefore confirmed on the images' pixels
+#: (:data:`DUPLICATE_MIN_MATCHES`) when the images are at hand.
+DUPLICATE_THRESHOLD = 0.1
+#: Two images are one photo when at least this many of their ORB features
+#: match under one geometric transform (a rotation, scale and shift found
+#: with RANSAC) on images scaled to :data:`DUPLICATE_SIDE` pixels. Copies
+#: above gave 17 or more such matches, pairs of different photos at most 8.
+DUPLICATE_MIN_MATCHES = 12
+DUPLICATE_SIDE = 320
+DUPLICATE_FEATURES = 500
 #: Memory for one chunk of a similarity matrix, in bytes.
 CHUNK_BYTES = 64 * 2 ** 20
 #: t-SNE maps of more images run on this many principal components.
@@ -521,24 +534,34 @@ def typical_rows(result: ClusteringResult,
 
 def near_duplicates(X, threshold: float = DUPLICATE_THRESHOLD,
                     max_pairs: Optional[int] = 100_000,
-                    callback: Optional[Progress] = None
-                    ) -> List[Tuple[int, int, float]]:
-    """Return pairs of images whose embeddings point (almost) the same way.
+                    callback: Optional[Progress] = None,
+                    images=None) -> List[Tuple[int, int, float]]:
+    """Return pairs of images that are copies of one photo.
+
+    Copies, re-encodings, resizes, crops and small edits of a photo are
+    found; different photos of similar things (two lawns) are not, when
+    `images` are given: pairs whose embeddings are close are kept only when
+    their local features match (see :data:`DUPLICATE_MIN_MATCHES`).
 
     Parameters
     ----------
     X : array-like of shape (n_images, n_features)
         Embeddings.
     threshold : float
-        Pairs with cosine distance (``1 - cos``) below this are returned.
-        The default, :data:`DUPLICATE_THRESHOLD` = 0.05, keeps copies,
-        re-encodings, resizes and small edits of a photo, and leaves out
-        different photos of similar things.
+        Pairs with cosine distance (``1 - cos``) below this are candidates.
+        The default, :data:`DUPLICATE_THRESHOLD` = 0.1, keeps every copy
+        measured with ImageNet backbones.
     max_pairs : int, optional
-        Keep at most this many closest pairs (None: all); it bounds memory
-        when many images are alike.
+        Keep at most this many closest candidate pairs (None: all); it
+        bounds memory and time when many images are alike.
     callback : callable, optional
         Called with the fraction done; it may raise to stop.
+    images : Orange.data.Table or sequence of str, optional
+        The images of the rows of `X` (a table with an image column, or
+        paths and URLs, None where there is none). Without them, the
+        embedding alone decides, and close photos of similar things pair
+        too. A pair with an image that cannot be read is judged by the
+        embedding alone.
 
     Returns
     -------
@@ -550,8 +573,35 @@ def near_duplicates(X, threshold: float = DUPLICATE_THRESHOLD,
     -----
     Similarities are computed a block of rows at a time against the rows
     after them (float32 products of at most :data:`CHUNK_BYTES`), so
-    10,000 images need no 10,000 × 10,000 matrix.
+    10,000 images need no 10,000 × 10,000 matrix. Only the images of
+    candidate pairs are read, each once.
     """
+    if images is None:
+        return _close_embeddings(X, threshold, max_pairs, callback)
+    paths = paths_of(images)
+    if len(paths) != len(X):
+        raise ValueError(f"near_duplicates needs an image for each row of "
+                         f"X. Received: {len(paths)} images for {len(X)} "
+                         f"rows")
+    share = 0.2
+
+    def report(fraction):
+        if callback is not None:
+            callback(fraction)
+    candidates = _close_embeddings(X, threshold, max_pairs,
+                                   lambda f: report(share * f))
+    same = _SamePhoto(paths)
+    pairs = []
+    for done, pair in enumerate(candidates, 1):
+        if same(pair[0], pair[1]) is not False:
+            pairs.append(pair)
+        report(share + (1 - share) * done / len(candidates))
+    report(1.0)
+    return pairs
+
+
+def _close_embeddings(X, threshold, max_pairs, callback):
+    """Pairs of rows closer than `threshold` (cosine), closest first."""
     X = normalize_rows(X)
     n = len(X)
     found_i, found_j, found_d = [], [], []
@@ -582,6 +632,83 @@ def near_duplicates(X, threshold: float = DUPLICATE_THRESHOLD,
         return []
     [i], [j], [d] = _closest(found_i, found_j, found_d, max_pairs)
     return [(int(a), int(b), float(c)) for a, b, c in zip(i, j, d)]
+
+
+@dataclass
+class PhotoFeatures:
+    """What :func:`same_photo` compares of an image."""
+    points: np.ndarray       # (n, 2) float32 key point positions
+    descriptors: Optional[np.ndarray]
+    digest: bytes            # of the scaled grey pixels: identical images
+
+
+def photo_features(path: Optional[str]) -> Optional[PhotoFeatures]:
+    """ORB features of an image scaled to :data:`DUPLICATE_SIDE` pixels
+    (its longer side); None when it cannot be read."""
+    import hashlib
+    import cv2
+    try:
+        image = load_image(path)
+    except ImageSkipped:
+        return None
+    grey = np.asarray(image.convert("L"))
+    scale = DUPLICATE_SIDE / max(grey.shape)
+    grey = cv2.resize(grey, None, fx=scale, fy=scale,
+                      interpolation=cv2.INTER_AREA if scale < 1
+                      else cv2.INTER_LINEAR)
+    orb = cv2.ORB_create(nfeatures=DUPLICATE_FEATURES)
+    keypoints, descriptors = orb.detectAndCompute(grey, None)
+    points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+    digest = hashlib.blake2b(grey.tobytes() + bytes(str(grey.shape),
+                                                    "ascii")).digest()
+    return PhotoFeatures(points, descriptors, digest)
+
+
+def same_photo(a: PhotoFeatures, b: PhotoFeatures) -> bool:
+    """Whether two images' features (:func:`photo_features`) show one photo:
+    identical pixels, or at least :data:`DUPLICATE_MIN_MATCHES` matching
+    features under one rotation, scale (1/3 to 3) and shift."""
+    import cv2
+    if a.digest == b.digest:
+        return True
+    if a.descriptors is None or b.descriptors is None \
+            or min(len(a.points), len(b.points)) < DUPLICATE_MIN_MATCHES:
+        return False
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    good = [pair[0] for pair in matcher.knnMatch(a.descriptors,
+                                                 b.descriptors, k=2)
+            if len(pair) == 2 and pair[0].distance < 0.8 * pair[1].distance]
+    if len(good) < DUPLICATE_MIN_MATCHES:
+        return False
+    source = a.points[[match.queryIdx for match in good]]
+    target = b.points[[match.trainIdx for match in good]]
+    transform, inliers = cv2.estimateAffinePartial2D(
+        source, target, method=cv2.RANSAC, ransacReprojThreshold=3.0)
+    if transform is None:
+        return False
+    scale = float(np.hypot(transform[0, 0], transform[1, 0]))
+    return 1 / 3 < scale < 3 and int(inliers.sum()) >= DUPLICATE_MIN_MATCHES
+
+
+class _SamePhoto:
+    """:func:`same_photo` of rows, each image read once; None: unreadable."""
+
+    def __init__(self, paths: Sequence[Optional[str]]):
+        self.paths = paths
+        self.features: Dict[int, Optional[PhotoFeatures]] = {}
+
+    def _of(self, row: int) -> Optional[PhotoFeatures]:
+        if row not in self.features:
+            path = self.paths[row]
+            self.features[row] = None if path is None \
+                else photo_features(path)
+        return self.features[row]
+
+    def __call__(self, i: int, j: int) -> Optional[bool]:
+        a, b = self._of(i), self._of(j)
+        if a is None or b is None:
+            return None
+        return same_photo(a, b)
 
 
 def _closest(found_i, found_j, found_d, max_pairs):
@@ -783,7 +910,8 @@ def cluster_table(table: Table, n_clusters: Optional[int] = None,
         the table records (:func:`recorded_model`). With neither, clusters
         are only numbered.
     duplicate_threshold : float
-        See :func:`near_duplicates`.
+        See :func:`near_duplicates` (confirmed on the table's images when
+        it has an image column).
 
     Returns
     -------
@@ -801,7 +929,9 @@ def cluster_table(table: Table, n_clusters: Optional[int] = None,
                               imagenet_probabilities(table, model, rows=rows))
     else:
         names = name_clusters(result.labels, probabilities)
-    pairs = near_duplicates(X, duplicate_threshold)
+    pairs = near_duplicates(
+        X, duplicate_threshold,
+        images=table if find_image_column(table) is not None else None)
     return add_cluster_columns(table, result, names), \
         duplicates_table(table, pairs)
 
@@ -1008,6 +1138,7 @@ def cluster_job(X, method: str = "kmeans", n_clusters: Optional[int] = None,
                 want_map: bool = False, names_table: Optional[Table] = None,
                 names_model: Optional[str] = None,
                 known: Optional[ClusteringPieces] = None,
+                duplicate_images=None,
                 progress: Optional[Progress] = None,
                 status: Optional[Callable[[str], None]] = None,
                 partial: Optional[Callable[[str, ClusteringPieces], None]]
@@ -1039,6 +1170,9 @@ def cluster_job(X, method: str = "kmeans", n_clusters: Optional[int] = None,
     names_model : str, optional
         The backbone that gives the labels; default: the one the table
         records (:func:`recorded_model`), else :data:`NAMING_MODEL`.
+    duplicate_images : Orange.data.Table or sequence of str, optional
+        The images of the rows, to confirm near-duplicates on their pixels
+        (see :func:`near_duplicates`); without them the embedding decides.
     known : ClusteringPieces, optional
         Pieces computed before for the same `X`, with `auto` and `result`
         for this `method` and `n_clusters` (or None), as
@@ -1092,7 +1226,8 @@ def cluster_job(X, method: str = "kmeans", n_clusters: Optional[int] = None,
     if pieces.duplicates is None or pieces.threshold != duplicate_threshold:
         begin(clustering_share, 0.1, "Finding near-duplicates…")
         pieces.duplicates = near_duplicates(X, duplicate_threshold,
-                                            callback=report)
+                                            callback=report,
+                                            images=duplicate_images)
         pieces.threshold = duplicate_threshold
 
     missing = unnamed_rows(pieces.result, pieces.probabilities) \

@@ -44,14 +44,16 @@ MIN_IMAGES = 3
 def run_clustering(X: np.ndarray, method: str, n_clusters: Optional[int],
                    threshold: float, want_map: bool,
                    names_data: Optional[Table], names_model: Optional[str],
-                   known: ClusteringPieces, state: TaskState
-                   ) -> ClusteringPieces:
+                   known: ClusteringPieces, state: TaskState, *,
+                   images: Optional[Table] = None) -> ClusteringPieces:
     """:func:`~orangecontrib.deepimage.clustering.cluster_job` in a worker
-    thread; its partial results come as ``(tag, pieces)``."""
+    thread; its partial results come as ``(tag, pieces)``. `images` (a
+    table with an image column) confirm near-duplicates on their pixels."""
     return cluster_job(
         X, method, n_clusters, duplicate_threshold=threshold,
         want_map=want_map, names_table=names_data, names_model=names_model,
-        known=known, progress=task_progress(state), status=state.set_status,
+        known=known, duplicate_images=images,
+        progress=task_progress(state), status=state.set_status,
         partial=lambda tag, pieces: state.set_partial_result((tag, pieces)))
 
 
@@ -256,7 +258,9 @@ class OWImageClusters(OWWidget, TaskButtonsMixin):
         self.start(run_clustering, self.X, self.method,
                    self._asked_clusters(), self.duplicate_threshold,
                    want_map, self.data if naming else None,
-                   recorded_model(self.data) or NAMING_MODEL, known)
+                   recorded_model(self.data) or NAMING_MODEL, known,
+                   images=self.data if find_image_column(self.data)
+                   is not None else None)
 
     def on_partial_result(self, partial):
         tag, pieces = partial
