@@ -336,3 +336,69 @@ def test_predict_refuses_what_is_not_a_model(tmp_path, images, capsys):
     assert main(["predict", str(tmp_path / "none.pkl"), images, "--out",
                  str(tmp_path / "out")]) == 2
     assert "No such model file" in capsys.readouterr().err
+
+
+# --- a local Dask cluster ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("dask.distributed")
+    local = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True,
+        host="127.0.0.1", dashboard_address=None, worker_dashboard_address=None)
+    client = distributed.Client(local)
+    try:
+        yield client
+    finally:
+        client.close()
+        local.close()
+
+
+def test_cluster_run_equals_one_process(tmp_path, images, reference,
+                                        cluster):
+    out = str(tmp_path / "out")
+    job = batch.embed_job("squeezenet", use_cache=False)
+    result = batch.run_job(job, batch.list_images(images), out,
+                           shard_size=3, client=cluster, progress=False)
+    assert (result.n_done, result.n_skipped) == (2 * N_PER_CLASS, 1)
+    assert_every_image_once(out, images)
+    assert_same_vectors(vectors_of(out), reference[2])
+    # Both workers did shards, each with the network it built once.
+    import pyarrow.parquet as pq
+    assert len(pq.read_table(result.output)) == 2 * N_PER_CLASS
+    built = cluster.run(lambda: len(batch._workers))
+    assert sorted(built.values()) == [1, 1]
+
+
+def test_cluster_with_a_worker_killed_still_has_every_image_once(
+        tmp_path, images, reference, cluster):
+    out = str(tmp_path / "out")
+    job = batch.embed_job("squeezenet", use_cache=False)
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = batch.run_job(
+                job, batch.list_images(images), out, shard_size=1,
+                client=cluster, progress=False)
+        except BaseException as error:  # reported by the test below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    folder = os.path.join(out, batch.SHARDS)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and thread.is_alive():
+        if os.path.isdir(folder) and any(
+                n.endswith(".parquet") for n in os.listdir(folder)):
+            break
+        time.sleep(0.02)
+    pids = cluster.run(os.getpid)
+    n_before = len([n for n in os.listdir(folder) if n.endswith(".parquet")])
+    os.kill(sorted(pids.values())[0], signal.SIGKILL)
+    thread.join(600)
+    assert "error" not in outcome, outcome.get("error")
+    assert n_before < 2 * N_PER_CLASS + 1  # killed mid-run
+    assert outcome["result"].n_done == 2 * N_PER_CLASS
+    assert_every_image_once(out, images)
+    assert_same_vectors(vectors_of(out), reference[2])
