@@ -402,3 +402,64 @@ def test_cluster_with_a_worker_killed_still_has_every_image_once(
     assert outcome["result"].n_done == 2 * N_PER_CLASS
     assert_every_image_once(out, images)
     assert_same_vectors(vectors_of(out), reference[2])
+
+
+# --- predict -----------------------------------------------------------------------
+
+def test_predict_with_a_saved_classifier(tmp_path):
+    from imagedata import shapes_table
+    from orangecontrib.deepimage.classification import ImageClassifierLearner
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    table = shapes_table(str(folder), per_class=6)
+    model = ImageClassifierLearner(epochs=3, batch_size=8)(table)
+    model_file = tmp_path / "model.pkl"
+    model_file.write_bytes(pickle.dumps(model))
+    out = str(tmp_path / "out")
+    (folder / "broken.png").write_text("no picture")
+    assert main(["predict", str(model_file), str(folder), "--out", out,
+                 "--shard-size", "5", "--quiet"]) == 0
+    listed = batch.list_images(str(folder))
+    expected, _ = model.predict_paths(listed.paths)
+    reader = FileFormat.get_reader(os.path.join(out, "predictions.parquet"))
+    result = reader.read()
+    assert len(result) == 18
+    assert [v.name for v in result.domain.attributes] == \
+        ["disc", "square", "stripes"]
+    paths = list(result.get_column(result.domain.metas[0]))
+    rows = [listed.paths.index(p) for p in paths]
+    np.testing.assert_allclose(result.X, expected[rows], atol=1e-5)
+    predicted = result.domain["predicted"]
+    assert [predicted.values[int(v)] for v in result.get_column(predicted)] \
+        == [model.class_names[i] for i in np.argmax(expected[rows], axis=1)]
+    with open(os.path.join(out, "skipped.csv"), encoding="utf-8") as file:
+        assert "broken.png" in file.read()
+
+
+def test_predict_with_a_saved_segmentation_model(tmp_path):
+    from orangecontrib.deepimage.segmentation import SegmentationModel, \
+        build_unet
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) \
+            .save(folder / f"cell{i}.png")
+    network = build_unet(2, depth=2, base_filters=4)
+    model = SegmentationModel(network, ["background", "cell"], tile_size=32)
+    model_file = tmp_path / "unet.pkl"
+    model_file.write_bytes(pickle.dumps(model))
+    out = tmp_path / "out"
+    assert main(["predict", str(model_file), str(folder), "--out", str(out),
+                 "--shard-size", "2", "--quiet"]) == 0
+    table = FileFormat.get_reader(str(out / "predictions.parquet")).read()
+    assert len(table) == 5
+    mask_var = table.domain["mask"]
+    assert mask_var.attributes["mask"] == "class"
+    image_var = table.domain["image"]
+    for path, name in zip(table.get_column(image_var),
+                          table.get_column(mask_var)):
+        written = np.asarray(Image.open(
+            os.path.join(mask_var.attributes["origin"], name)))
+        expected = model.segment([path])[0]
+        np.testing.assert_array_equal(written, expected)
