@@ -105,11 +105,6 @@ class ImageList:
         return len(self.paths)
 
 
-def _is_url(text: str) -> bool:
-    from orangecontrib.deepimage.images import _is_url as is_url
-    return is_url(text)
-
-
 def _folder_images(folder: str) -> ImageList:
     """All images under `folder`, sorted; class = the sub-folder (as
     Import Images names it: the path of the image's folder below `folder`)."""
@@ -132,6 +127,7 @@ def _folder_images(folder: str) -> ImageList:
 def _text_images(path: str) -> ImageList:
     """One path or URL a line; relative paths start at the file's folder;
     empty lines and lines starting with ``#`` are ignored."""
+    from orangecontrib.deepimage.images import resolve_path
     base = os.path.dirname(os.path.abspath(path))
     try:
         with open(path, encoding="utf-8") as file:
@@ -144,9 +140,8 @@ def _text_images(path: str) -> ImageList:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        if not _is_url(line):
-            line = os.path.join(base, os.path.expanduser(line))
-        paths.append(line)
+        # URLs stay as they are; paths start at the list's folder.
+        paths.append(resolve_path(os.path.expanduser(line), base))
     return ImageList(paths, None, os.path.abspath(path))
 
 
@@ -324,8 +319,8 @@ class _Predictor:
                 f"{job['model_file']} holds a {type(model).__name__}; "
                 f"deepimage predict applies image classifiers and "
                 f"segmentation models.")
-        model.batch_size = job["batch_size"] if self.kind == "classify" \
-            else model.batch_size
+        if self.kind == "classify":
+            model.batch_size = job["batch_size"]
         self.model = model
         self.class_names = list(model.class_names)
 
