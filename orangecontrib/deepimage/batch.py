@@ -481,10 +481,14 @@ class TerminalProgress:
         self.shown = 0.0
 
     def update(self, done: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.done == self.start_done and done > self.done:
+            # The first images of a run wait for the network to be built:
+            # the rate is measured from then on.
+            self.started, self.start_done = now, done
         self.done = done
         if not self.enabled:
             return
-        now = time.monotonic()
         if not force and now - self.shown < (0.5 if self.tty else 10):
             return
         self.shown = now
