@@ -463,3 +463,17 @@ def test_predict_with_a_saved_segmentation_model(tmp_path):
             os.path.join(mask_var.attributes["origin"], name)))
         expected = model.segment([path])[0]
         np.testing.assert_array_equal(written, expected)
+
+
+def test_progress_line_shows_rate_and_time_left():
+    import io
+    stream = io.StringIO()
+    progress = batch.TerminalProgress(1000, 100, stream)
+    progress.update(200, force=True)  # the first images: the clock starts
+    progress.started -= 10  # as if 10 s had passed since
+    progress.update(400, force=True)
+    line = stream.getvalue().splitlines()[-1]
+    assert line.startswith("400/1,000 images")
+    rate = float(line.split()[2])
+    assert 19 < rate < 21  # 200 images in 10 s
+    assert "0:00:30 left" in line or "0:00:31 left" in line

@@ -478,14 +478,16 @@ class TerminalProgress:
         self.enabled = enabled
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.started = time.monotonic()
+        self.clock_started = False
         self.shown = 0.0
 
     def update(self, done: int, force: bool = False) -> None:
         now = time.monotonic()
-        if self.done == self.start_done and done > self.done:
+        if not self.clock_started and done > self.done:
             # The first images of a run wait for the network to be built:
             # the rate is measured from then on.
             self.started, self.start_done = now, done
+            self.clock_started = True
         self.done = done
         if not self.enabled:
             return
@@ -519,7 +521,8 @@ def _duration(seconds: float) -> str:
 
 def _replace_file(path: str, write) -> None:
     """Write one of the job's own summary files (replaced as a whole)."""
-    temp = f"{path}.{os.getpid()}.tmp"
+    folder, name = os.path.split(path)
+    temp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")  # hidden
     try:
         with open(temp, "wb") as file:
             write(file)

@@ -59,7 +59,6 @@ def _strings(column) -> np.ndarray:
 
 def _matrix(column) -> np.ndarray:
     """A fixed-size-list column as a float matrix; NaN rows for nulls."""
-    import pyarrow as pa
     column = column.combine_chunks() if hasattr(column, "combine_chunks") \
         else column
     size = column.type.list_size
