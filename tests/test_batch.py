@@ -85,7 +85,7 @@ def assert_every_image_once(out, images):
     assert len(paths) == len(set(paths))
 
 
-# --- listing ------------------------------------------------------------------
+# --- listing -----------------------------------------------------------------
 
 def test_folder_is_listed_recursively_sorted_with_sub_folder_classes(images):
     listed = batch.list_images(images)
@@ -118,7 +118,7 @@ def test_text_file_and_table_file_sources(tmp_path, images):
     assert listed.labels == ["a", "b"]
 
 
-# --- a run ------------------------------------------------------------------------
+# --- a run -------------------------------------------------------------------
 
 def test_run_equals_in_process_embedder_and_reports_skipped(images, reference):
     result, out, vectors = reference
@@ -203,7 +203,7 @@ def test_rerun_of_a_finished_job_does_nothing(images, reference):
     assert os.stat(shard).st_mtime_ns == before
 
 
-# --- killed and resumed ------------------------------------------------------------
+# --- killed and resumed ------------------------------------------------------
 
 def command(images, out, *extra):
     return [sys.executable, "-m", "orangecontrib.deepimage", "embed",
@@ -275,7 +275,7 @@ def test_killed_twice_then_finished_has_every_image_once(
     assert set(first) <= set(second)
 
 
-# --- bad inputs ----------------------------------------------------------------------
+# --- bad inputs --------------------------------------------------------------
 
 def test_missing_source_is_a_clear_error(tmp_path, capsys):
     assert main(["embed", str(tmp_path / "nowhere"), "--out",
@@ -338,14 +338,15 @@ def test_predict_refuses_what_is_not_a_model(tmp_path, images, capsys):
     assert "No such model file" in capsys.readouterr().err
 
 
-# --- a local Dask cluster ------------------------------------------------------------
+# --- a local Dask cluster ----------------------------------------------------
 
 @pytest.fixture(scope="module")
 def cluster():
     distributed = pytest.importorskip("dask.distributed")
     local = distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True,
-        host="127.0.0.1", dashboard_address=None, worker_dashboard_address=None)
+        host="127.0.0.1", dashboard_address=None,
+        worker_dashboard_address=None)
     client = distributed.Client(local)
     try:
         yield client
@@ -404,7 +405,7 @@ def test_cluster_with_a_worker_killed_still_has_every_image_once(
     assert_same_vectors(vectors_of(out), reference[2])
 
 
-# --- predict -----------------------------------------------------------------------
+# --- predict -----------------------------------------------------------------
 
 def test_predict_with_a_saved_classifier(tmp_path):
     from imagedata import shapes_table

@@ -437,7 +437,7 @@ def _shard_counts(index, path):
     return index, len(reasons), len(reasons) - reasons.null_count
 
 
-# --- the job ---------------------------------------------------------------------
+# --- the job -----------------------------------------------------------------
 
 @dataclass
 class JobResult:
@@ -728,7 +728,7 @@ def _merge(out, n_shards, job, images) -> str:
     return path
 
 
-# --- the command line ------------------------------------------------------------
+# --- the command line --------------------------------------------------------
 
 def _connect(scheduler: str, timeout: float):
     try:
