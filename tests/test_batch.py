@@ -218,27 +218,26 @@ def environment():
     return env
 
 
-def kill_at_random_point(images, out, rng):
-    """Start the command, SIGKILL it at a random moment after its first
-    shard; return the shards there were (name -> inode, mtime)."""
+def n_shards_in(folder):
+    if not os.path.isdir(folder):
+        return 0
+    return len([n for n in os.listdir(folder) if n.endswith(".parquet")])
+
+
+def kill_at_random_point(images, out, target, rng):
+    """Start the command and SIGKILL it once `target` shards are there, a
+    random few milliseconds later (between shards or in one); return the
+    shards there were (name -> inode, mtime)."""
     process = subprocess.Popen(command(images, out), env=environment(),
                                stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     folder = os.path.join(out, batch.SHARDS)
     deadline = time.monotonic() + 300
-    start = None
-    if os.path.isdir(folder):
-        start = len([n for n in os.listdir(folder)
-                     if n.endswith(".parquet")])
-    while time.monotonic() < deadline and process.poll() is None:
-        if os.path.isdir(folder):
-            count = len([n for n in os.listdir(folder)
-                         if n.endswith(".parquet")])
-            if count > (start or 0):
-                break
-        time.sleep(0.02)
+    while time.monotonic() < deadline and process.poll() is None \
+            and n_shards_in(folder) < target:
+        time.sleep(0.002)
     assert process.poll() is None, "the run ended before it was killed"
-    time.sleep(rng.uniform(0, 0.4))
+    time.sleep(rng.uniform(0, 0.03))
     process.send_signal(signal.SIGKILL)
     process.wait()
     return {name: (os.stat(os.path.join(folder, name)).st_ino,
@@ -250,11 +249,13 @@ def test_killed_twice_then_finished_has_every_image_once(
         tmp_path, images, reference):
     out = str(tmp_path / "out")
     rng = random.Random(1)
-    first = kill_at_random_point(images, out, rng)
-    second = kill_at_random_point(images, out, rng)
     n_images = reference[0].n_images  # one image a shard
-    assert 0 < len(first) < n_images
-    assert len(first) <= len(second) <= n_images
+    first_target = rng.randint(1, n_images // 3)
+    second_target = rng.randint(first_target + 1, 2 * n_images // 3)
+    first = kill_at_random_point(images, out, first_target, rng)
+    second = kill_at_random_point(images, out, second_target, rng)
+    assert first_target <= len(first) < n_images
+    assert max(len(first), second_target) <= len(second) < n_images
     # The last run also shows that a run without --scheduler needs no Dask.
     script = ("import sys; from orangecontrib.deepimage.__main__ import main;"
               f"rc = main({command(images, out)[3:]!r});"
