@@ -10,7 +10,7 @@ HEADLESS := QT_QPA_PLATFORM=offscreen TF_CPP_MIN_LOG_LEVEL=2
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test,pyqt6]'
+	$(BIN)/python -m pip install -e '.[test,pyqt6,cluster,detection]'
 	touch $(STAMP)
 
 demo: $(STAMP)

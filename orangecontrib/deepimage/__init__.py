@@ -18,6 +18,10 @@ from orangecontrib.deepimage import tfloading
 # report and help windows (QtWebEngine) without crashing; see tfloading.
 tfloading.install()
 
+# Registers the reader that lets Orange's File widget open Parquet files
+# (such as `deepimage embed`'s output); it imports pyarrow only to read.
+from orangecontrib.deepimage import parquet  # noqa: E402,F401
+
 _EXPORTS = {
     "ImageEmbedder": "orangecontrib.deepimage.embedding",
     "release_shared_embedders": "orangecontrib.deepimage.embedding",

@@ -1,4 +1,5 @@
-"""Command line: ``deepimage run WORKFLOW.ows`` and ``deepimage demo``.
+"""Command line: ``deepimage run WORKFLOW.ows``, ``deepimage demo``,
+``deepimage embed`` and ``deepimage predict`` (see batch.py).
 
 Also ``python -m orangecontrib.deepimage ...``.
 
@@ -214,6 +215,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--photos-only", action="store_true",
                       help="skip the tutorial workflows")
     demo.set_defaults(handler=_demo)
+
+    from orangecontrib.deepimage.batch import add_commands
+    add_commands(commands)
     return main_parser
 
 
