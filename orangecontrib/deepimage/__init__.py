@@ -4,7 +4,8 @@ Scripting entry points::
 
     from orangecontrib.deepimage import (
         ImageEmbedder, ImageClassifierLearner, SegmentationLearner,
-        cluster_embeddings, grad_cam, measure_objects, edit_images)
+        cluster_embeddings, grad_cam, measure_objects, edit_images,
+        AnomalyLearner)
 
 Names are imported on first use, so that importing the package (as Orange's
 canvas does at start-up) does not load TensorFlow.
@@ -26,6 +27,8 @@ _EXPORTS = {
     "pair_folders": "orangecontrib.deepimage.segdata",
     "edit_images": "orangecontrib.deepimage.edit",
     "run_workflow": "orangecontrib.deepimage.workflow",
+    "AnomalyLearner": "orangecontrib.deepimage.anomaly",
+    "AnomalyModel": "orangecontrib.deepimage.anomaly",
     "BACKBONES": "orangecontrib.deepimage.backbones",
     "get_backbone": "orangecontrib.deepimage.backbones",
 }
