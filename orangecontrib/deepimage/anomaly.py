@@ -61,7 +61,7 @@ PathsOrTable = Union[Table, Sequence[Optional[str]]]
 SMOOTHING_SIGMA = 4.0
 #: Channels of the random projection used to choose the coreset.
 CORESET_PROJECTION = 128
-#: Ridge added to PaDiM's covariances (as in the paper).
+#: PaDiM's ridge: added to its covariances, times their mean variance.
 PADIM_RIDGE = 0.01
 
 
@@ -206,6 +206,25 @@ class _PatchNetwork:
         return self._predict(pixels).numpy()
 
 
+_shared_networks: Dict[Tuple[str, Optional[str]], _PatchNetwork] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_patch_network(backbone: Backbone, weights: Optional[str] = None
+                         ) -> _PatchNetwork:
+    """The patch network of `backbone`, built once and then reused.
+
+    The network is never trained, so learners and models share it (as
+    embedders are, see
+    :func:`~orangecontrib.deepimage.embedding.shared_embedder`).
+    """
+    key = (backbone.key, weights or None)
+    with _shared_lock:
+        if key not in _shared_networks:
+            _shared_networks[key] = _PatchNetwork(backbone, weights or None)
+        return _shared_networks[key]
+
+
 def _image_size(path: str) -> Tuple[int, int]:
     """(height, width) of an upright image, from its header."""
     from PIL import Image
@@ -257,6 +276,9 @@ class AnomalyLearner:
         normal images there are.
     n_features : int
         PaDiM: how many randomly chosen feature channels the Gaussians use.
+    ridge : float
+        PaDiM: added to each covariance's diagonal, times its mean
+        variance, so that few images still give a usable Gaussian.
     normal_value : str, optional
         When the table has a class: the value of the normal images. The
         other rows are used only to choose the threshold. Without it, a
@@ -282,6 +304,7 @@ class AnomalyLearner:
     def __init__(self, backbone: str = "squeezenet",
                  method: str = "patchcore", coreset: float = 0.1,
                  memory_size: int = 20000, n_features: int = 100,
+                 ridge: float = PADIM_RIDGE,
                  normal_value: Optional[str] = None, quantile: float = 0.99,
                  calibration: float = 0.2, random_state: int = 0,
                  weights: Optional[str] = None,
@@ -307,6 +330,7 @@ class AnomalyLearner:
         self.coreset = coreset
         self.memory_size = memory_size
         self.n_features = n_features
+        self.ridge = ridge
         self.normal_value = normal_value
         self.quantile = quantile
         self.calibration = calibration
@@ -389,7 +413,7 @@ class AnomalyLearner:
         anomalous = np.flatnonzero(~is_normal)
         progress = progress_callback or (lambda fraction: None)
 
-        network = _PatchNetwork(self.backbone, self.weights)
+        network = shared_patch_network(self.backbone, self.weights)
         model = AnomalyModel(self.backbone.key, self.method, self.weights,
                              column_name, self.batch_size, self.workers)
         model._network = network
@@ -514,7 +538,11 @@ class AnomalyLearner:
         mean = total / n
         covariance = (total_outer - n * np.einsum("pi,pj->pij", mean, mean)) \
             / max(n - 1, 1)
-        covariance += PADIM_RIDGE * np.eye(len(channels))
+        # PaDiM's ridge, relative to the features' scale (SqueezeNet's
+        # activations are hundreds, ResNet's about one).
+        scale = np.trace(covariance, axis1=1, axis2=2) / len(channels)
+        covariance += (self.ridge * np.maximum(scale, 1e-12))[:, None, None] \
+            * np.eye(len(channels))
         model.set_gaussians(mean, np.linalg.inv(covariance), channels,
                             network.grid)
 
@@ -617,7 +645,7 @@ class AnomalyModel:
     @property
     def network(self) -> _PatchNetwork:
         if self._network is None:
-            self._network = _PatchNetwork(self.backbone, self.weights)
+            self._network = shared_patch_network(self.backbone, self.weights)
         return self._network
 
     # --- scoring --------------------------------------------------------
