@@ -206,7 +206,7 @@ class _PatchNetwork:
         return self._predict(pixels).numpy()
 
 
-_shared_networks: Dict[Tuple[str, Optional[str]], _PatchNetwork] = {}
+_shared_networks: Dict[Tuple, _PatchNetwork] = {}
 _shared_lock = threading.Lock()
 
 
@@ -218,7 +218,7 @@ def shared_patch_network(backbone: Backbone, weights: Optional[str] = None
     embedders are, see
     :func:`~orangecontrib.deepimage.embedding.shared_embedder`).
     """
-    key = (backbone.key, weights or None)
+    key = (backbone.key, backbone.anomaly_layers, weights or None)
     with _shared_lock:
         if key not in _shared_networks:
             _shared_networks[key] = _PatchNetwork(backbone, weights or None)
@@ -672,7 +672,8 @@ class AnomalyModel:
         return gaussian_filter(upsampled, SMOOTHING_SIGMA, mode="nearest")
 
     def evaluate(self, data: PathsOrTable, maps: bool = False,
-                 callback: Optional[Progress] = None) -> AnomalyResult:
+                 callback: Optional[Progress] = None,
+                 max_side: Optional[int] = None) -> AnomalyResult:
         """Score the images of `data`, and their anomaly maps if asked.
 
         Parameters
@@ -682,9 +683,12 @@ class AnomalyModel:
             Also return each image's anomaly map at its own size.
         callback : callable, optional
             ``callback(fraction)`` after each batch; it may raise to stop.
+        max_side : int, optional
+            Shrink the maps to fit this many pixels (keeping the image's
+            aspect ratio), e.g. for thumbnails of many large images.
         """
         from skimage.transform import resize
-        paths = self._paths(data)
+        paths = self.image_paths_of(data)
         scores = np.full(len(paths), np.nan)
         result = AnomalyResult(scores, [None] * len(paths) if maps else None)
         for indices, features, skipped in _iter_features(
@@ -703,6 +707,10 @@ class AnomalyModel:
                         result.skipped[index] = str(error)
                         scores[index] = np.nan
                         continue
+                    if max_side is not None and max(size) > max_side:
+                        scale = max_side / max(size)
+                        size = tuple(max(1, round(side * scale))
+                                     for side in size)
                     result.maps[index] = resize(
                         smooth, size, order=1, mode="edge",
                         anti_aliasing=False).astype(np.float32)
@@ -726,7 +734,7 @@ class AnomalyModel:
         with np.errstate(invalid="ignore"):
             return np.asarray(scores) > self.threshold
 
-    def _paths(self, data: PathsOrTable) -> List[Optional[str]]:
+    def image_paths_of(self, data: PathsOrTable) -> List[Optional[str]]:
         if not isinstance(data, Table):
             return list(data)
         try:
