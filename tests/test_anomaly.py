@@ -204,3 +204,13 @@ def test_bad_arguments():
         AnomalyLearner(method="knn")
     with pytest.raises(InvalidInput):
         AnomalyLearner(coreset=0)
+
+
+def test_maps_shrunk_for_thumbnails(images, patchcore):
+    folder, normal, defective, _ = images
+    full = patchcore.evaluate(paths(folder, defective[:1]), maps=True)
+    small = patchcore.evaluate(paths(folder, defective[:1]), maps=True,
+                               max_side=32)
+    assert full.maps[0].shape == (72, 96)
+    assert small.maps[0].shape == (24, 32)  # the aspect ratio is kept
+    assert small.scores[0] == full.scores[0]
