@@ -21,13 +21,16 @@ EXPECTED_OUTPUTS = {
                        ("Segment Images", "Objects"): 100},
     "edit-images": {("Remove Towers", "Edited Images"): 2,
                     ("Blur Flag", "Edited Images"): 2},
+    "find-defects": {("Image Anomalies", "Scored Data"): 12,
+                     ("Image Anomalies", "Anomalies"): 5,
+                     ("Image Anomalies", "Normal"): 5},
 }
 
 
 def test_all_tutorials_are_there():
     assert set(TUTORIALS) == set(EXPECTED_OUTPUTS)
     folder = os.path.dirname(next(iter(TUTORIALS.values())))
-    for name in ("photos", "digits", "nuclei", "edit"):
+    for name in ("photos", "digits", "nuclei", "edit", "defects"):
         assert os.path.exists(os.path.join(folder, name, "README.md"))
 
 
