@@ -1,8 +1,11 @@
 """Anomaly detection on real texture photos with synthesised defects.
 
 For each of scikit-image's texture photos (brick, grass, gravel; 512×512,
-greyscale) the top 60 % of the photo gives the normal training crops and
-the bottom 40 % the test crops, so no test pixel was ever seen in training.
+greyscale) the top and bottom thirds of the photo give the normal training
+crops and the band between them the test crops, so no test pixel was ever
+seen in training (``--split top-bottom``: the top 60 % for training, the
+bottom 40 % for testing, which also measures the photo's change of light
+and scale from top to bottom).
 Half of the test crops get one synthesised defect each, with its mask:
 
 * scratch: a line 3 px wide and 30-80 px long, 80 % of the way to nearly
@@ -112,16 +115,25 @@ def save(folder, name, pixels):
     return path
 
 
-def make_texture_set(folder, texture, n_train, n_test, seed):
+def make_texture_set(folder, texture, n_train, n_test, seed,
+                     split="band"):
     """Write the training and test crops of one texture; return paths."""
     rng = np.random.default_rng(seed)
     photo = getattr(data, texture)()
-    split = int(photo.shape[0] * 0.6)
+    height = photo.shape[0]
+    if split == "band":
+        top, bottom = int(height * 0.35), int(height * 0.65)
+        train_crops = crops(photo, (0, top), n_train // 2, rng) \
+            + crops(photo, (bottom, height), n_train - n_train // 2, rng)
+        test_rows = (top, bottom)
+    else:
+        top = int(height * 0.6)
+        train_crops = crops(photo, (0, top), n_train, rng)
+        test_rows = (top, height)
     train = [save(folder, f"{texture}-train{i:03d}.png", c) for i, c in
-             enumerate(crops(photo, (0, split), n_train, rng))]
+             enumerate(train_crops)]
     test, masks, kinds = [], [], []
-    for i, crop in enumerate(crops(photo, (split, photo.shape[0]),
-                                   2 * n_test, rng)):
+    for i, crop in enumerate(crops(photo, test_rows, 2 * n_test, rng)):
         if i % 2:
             kind = DEFECTS[(i // 2) % len(DEFECTS)]
             crop, mask = kind(crop, rng)
@@ -205,6 +217,8 @@ def main():
                         help="normal training crops per texture")
     parser.add_argument("--test", type=int, default=30,
                         help="normal and defective test crops per texture")
+    parser.add_argument("--split", choices=("band", "top-bottom"),
+                        default="band")
     parser.add_argument("--out", default=os.path.join("bench", "results"))
     args = parser.parse_args()
 
@@ -213,7 +227,7 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         for seed, texture in enumerate(TEXTURES):
             train, test, masks, kinds = make_texture_set(
-                folder, texture, args.train, args.test, seed)
+                folder, texture, args.train, args.test, seed, args.split)
             labels = np.array([kind != "normal" for kind in kinds])
             figures = {method: bench_ours(method, train, test, masks, labels)
                        for method in ("patchcore", "padim")}
@@ -236,12 +250,13 @@ def main():
                 "scratches, holes and stains (skimage brick, grass, gravel); "
                 "training on normal crops only; LOF and one-class SVM as in "
                 "Orange's Outliers widget, on SqueezeNet embeddings",
+        "split": args.split,
         "train_crops_per_texture": args.train,
         "test_crops_per_texture": 2 * args.test,
         "crop": CROP,
         "mean": summary,
         "per_texture": per_texture,
-    }, args.out, "anomaly")
+    }, args.out, "anomaly" if args.split == "band" else "anomaly-top-bottom")
 
 
 if __name__ == "__main__":
