@@ -34,6 +34,9 @@ EXPECTED_OUTPUTS = {
     "hide-faces": {("Find Objects", "Counts"): 13,
                    ("Find Objects", "Objects"): 1,
                    ("Pixelate Faces", "Edited Images"): 13},
+    "find-defects": {("Image Anomalies", "Scored Data"): 12,
+                     ("Image Anomalies", "Anomalies"): 5,
+                     ("Image Anomalies", "Normal"): 5},
 }
 
 
@@ -57,7 +60,7 @@ def test_all_tutorials_are_there():
     # folders lie beside them. Segmentation Data reads sub-folders only.
     for name in ("photos", "digits"):
         assert os.path.exists(os.path.join(FOLDER, f"README-{name}.md"))
-    for name in ("nuclei", "edit"):
+    for name in ("nuclei", "edit", "defects"):
         assert os.path.exists(os.path.join(FOLDER, name, "README.md"))
 
 

@@ -197,9 +197,38 @@ def hide_faces():
         setup=_hide_faces_settings)
 
 
+def _defect_folders(widgets):
+    widgets["Good Parts"].setCurrentPath(
+        os.path.join(TUTORIALS, "defects", "good"))
+    widgets["Parts to Check"].setCurrentPath(
+        os.path.join(TUTORIALS, "defects", "check"))
+
+
+def defects():
+    return Tutorial(
+        "find-defects", "Find the defective parts",
+        "Learn from photos of good parts only, flag the parts that look "
+        "different and see where (PatchCore on SqueezeNet, offline).",
+        nodes={
+            "Good Parts": (IMPORT_IMAGES, (60, 80)),
+            "Parts to Check": (IMPORT_IMAGES, (60, 220)),
+            "Image Anomalies": (OURS + "owimageanomalies.OWImageAnomalies",
+                                (240, 150)),
+            "Anomalies": (IMAGE_VIEWER, (420, 80)),
+            "Scores": ("Orange.widgets.data.owtable.OWTable", (420, 220)),
+        },
+        links=[
+            ("Good Parts", "Data", "Image Anomalies", "Normal Images"),
+            ("Parts to Check", "Data", "Image Anomalies", "Data"),
+            ("Image Anomalies", "Anomalies", "Anomalies", "Data"),
+            ("Image Anomalies", "Scored Data", "Scores", "Data"),
+        ],
+        setup=_defect_folders)
+
+
 ALL = {"classify-digits": classifier, "edit-images": edit,
        "segment-nuclei": segmentation, "organise-photos": photos,
-       "hide-faces": hide_faces}
+       "hide-faces": hide_faces, "find-defects": defects}
 
 
 def build(tutorial: Tutorial) -> str:

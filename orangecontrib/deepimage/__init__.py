@@ -5,7 +5,7 @@ Scripting entry points::
     from orangecontrib.deepimage import (
         ImageEmbedder, ImageClassifierLearner, SegmentationLearner,
         cluster_embeddings, grad_cam, measure_objects, edit_images,
-        ObjectDetector)
+        ObjectDetector, AnomalyLearner)
 
 Names are imported on first use, so that importing the package (as Orange's
 canvas does at start-up) does not load TensorFlow.
@@ -41,6 +41,8 @@ _EXPORTS = {
     "detections_to_masks": "orangecontrib.deepimage.detection",
     "DETECTORS": "orangecontrib.deepimage.detection",
     "run_workflow": "orangecontrib.deepimage.workflow",
+    "AnomalyLearner": "orangecontrib.deepimage.anomaly",
+    "AnomalyModel": "orangecontrib.deepimage.anomaly",
     "BACKBONES": "orangecontrib.deepimage.backbones",
     "get_backbone": "orangecontrib.deepimage.backbones",
 }

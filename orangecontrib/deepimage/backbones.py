@@ -65,6 +65,9 @@ class Backbone:
         this embedding.
     order : int
         Position in lists shown to the user.
+    anomaly_layers : (str, str)
+        Two mid-level feature maps (strides about 8 and 16) whose positions
+        are the patch features of anomaly detection (PatchCore, PaDiM).
     """
     key: str
     name: str
@@ -80,6 +83,7 @@ class Backbone:
     order: int = 0
     feature_map_layer: str = ""
     transfer_layer: str = "penultimate"
+    anomaly_layers: Tuple[str, ...] = ()
 
     @property
     def is_bundled(self) -> bool:
@@ -222,7 +226,8 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
         builder=_squeezenet, embedding_layer="pool10", embedding_size=1000,
         extra_layers={"fire9": ("fire9_concat", 512)},
         outputs_logits=True, order=0,
-        feature_map_layer="fire9_concat", transfer_layer="fire9"),
+        feature_map_layer="fire9_concat", transfer_layer="fire9",
+        anomaly_layers=("fire5_concat", "fire7_concat")),
     Backbone(
         key="inception-v3", name="Inception v3",
         description="Google's Inception v3 trained on ImageNet.",
@@ -232,7 +237,8 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
         weights=_keras_weights(
             "inception_v3/", "inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
             "9a0d58056eeedaa3f26cb7ebd46da564", 92),
-        order=1, feature_map_layer="mixed10"),
+        order=1, feature_map_layer="mixed10",
+        anomaly_layers=("mixed2", "mixed7")),
     Backbone(
         key="vgg16", name="VGG-16",
         description="16-layer image recognition network trained on ImageNet.",
@@ -243,7 +249,8 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
             "vgg16/", "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
             "64373286793e3c8b2b4e3219cbf3544b", 528),
         extra_layers={"block5_pool": ("block5_pool", 512)},
-        order=2, feature_map_layer="block5_pool", transfer_layer="block5_pool"),
+        order=2, feature_map_layer="block5_pool", transfer_layer="block5_pool",
+        anomaly_layers=("block4_conv3", "block5_conv3")),
     Backbone(
         key="vgg19", name="VGG-19",
         description="19-layer image recognition network trained on ImageNet.",
@@ -254,7 +261,8 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
             "vgg19/", "vgg19_weights_tf_dim_ordering_tf_kernels.h5",
             "cbe5617147190e668d6c5d5026f83318", 549),
         extra_layers={"block5_pool": ("block5_pool", 512)},
-        order=3, feature_map_layer="block5_pool", transfer_layer="block5_pool"),
+        order=3, feature_map_layer="block5_pool", transfer_layer="block5_pool",
+        anomaly_layers=("block4_conv4", "block5_conv4")),
     Backbone(
         key="resnet50", name="ResNet-50",
         description="50-layer residual network trained on ImageNet.",
@@ -264,7 +272,8 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
         weights=_keras_weights(
             "resnet/", "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
             "2cb95161c43110f7111970584f804107", 98),
-        order=4, feature_map_layer="conv5_block3_out"),
+        order=4, feature_map_layer="conv5_block3_out",
+        anomaly_layers=("conv3_block4_out", "conv4_block6_out")),
     Backbone(
         key="mobilenet-v2", name="MobileNet v2",
         description="Light network for phones and laptops, trained on "
@@ -277,7 +286,8 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
             f"{_KERAS_BASE}mobilenet_v2/"
             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
             "", 14),
-        order=5, feature_map_layer="out_relu"),
+        order=5, feature_map_layer="out_relu",
+        anomaly_layers=("block_6_expand_relu", "block_13_expand_relu")),
     Backbone(
         key="efficientnet-b0", name="EfficientNet-B0",
         description="Accurate and efficient network trained on ImageNet.",
@@ -287,7 +297,9 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
         weights=_keras_weights(
             "", "efficientnetb0.h5", "902e53a9f72be733fc0bcb005b3ebbac", 29,
             base="https://storage.googleapis.com/keras-applications/"),
-        order=6, feature_map_layer="top_activation"),
+        order=6, feature_map_layer="top_activation",
+        anomaly_layers=("block4a_expand_activation",
+                        "block6a_expand_activation")),
     Backbone(
         key="densenet121", name="DenseNet-121",
         description="Densely connected network trained on ImageNet.",
@@ -297,7 +309,8 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
         weights=_keras_weights(
             "densenet/", "densenet121_weights_tf_dim_ordering_tf_kernels.h5",
             "9d60b8095a5708f2dcce2bca79d332c7", 33),
-        order=7, feature_map_layer="relu"),
+        order=7, feature_map_layer="relu",
+        anomaly_layers=("pool3_conv", "pool4_conv")),
 )}
 
 
