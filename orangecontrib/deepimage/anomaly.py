@@ -169,22 +169,23 @@ class _PatchNetwork:
     def _build(self):
         import keras
         import tensorflow as tf
-        from orangecontrib.deepimage.device import (
-            dtype_policy, preferred_dtype_policy)
+        from orangecontrib.deepimage.device import preferred_dtype_policy
         from orangecontrib.deepimage.preprocessing import ImagePreprocessing
 
         backbone = self.backbone
         height, width = backbone.input_size
-        with dtype_policy(preferred_dtype_policy()):
-            network = backbone.build(self.weights)
-            maps = [network.get_layer(name).output
-                    for name in backbone.anomaly_layers]
-            trunk = keras.Model(network.input, maps)
-            pixels = keras.Input((height, width, 3), name="pixels")
-            preprocessed = ImagePreprocessing(backbone.preprocessing,
-                                              name="preprocessing")(pixels)
-            model = keras.Model(pixels, trunk(preprocessed),
-                                name=f"{backbone.key}_patches")
+        # The policy goes to each layer built, never to Keras' global one.
+        policy = preferred_dtype_policy()
+        network = backbone.build(self.weights, dtype=policy)
+        maps = [network.get_layer(name).output
+                for name in backbone.anomaly_layers]
+        trunk = keras.Model(network.input, maps)
+        pixels = keras.Input((height, width, 3), name="pixels")
+        preprocessed = ImagePreprocessing(backbone.preprocessing,
+                                          name="preprocessing",
+                                          dtype=policy)(pixels)
+        model = keras.Model(pixels, trunk(preprocessed),
+                            name=f"{backbone.key}_patches")
         shallow, deep = model.outputs
         self.grid = (int(shallow.shape[1]), int(shallow.shape[2]))
         self.n_channels = int(shallow.shape[-1]) + int(deep.shape[-1])
