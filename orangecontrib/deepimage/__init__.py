@@ -33,6 +33,12 @@ _EXPORTS = {
     "pair_folders": "orangecontrib.deepimage.segdata",
     "edit_images": "orangecontrib.deepimage.edit",
     "run_workflow": "orangecontrib.deepimage.workflow",
+    "AnnotationStore": "orangecontrib.deepimage.annotation",
+    "scribble_segmenter": "orangecontrib.deepimage.annotation",
+    "mask_from_box": "orangecontrib.deepimage.annotation",
+    "superpixel_at": "orangecontrib.deepimage.annotation",
+    "suggest_next": "orangecontrib.deepimage.annotation",
+    "image_uncertainty": "orangecontrib.deepimage.annotation",
     "BACKBONES": "orangecontrib.deepimage.backbones",
     "get_backbone": "orangecontrib.deepimage.backbones",
 }
