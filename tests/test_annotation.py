@@ -357,7 +357,9 @@ def test_superpixel_at():
 
 def blobs(n_per=30, seed=0):
     from sklearn.datasets import make_blobs
-    return make_blobs(n_samples=[n_per] * 5, n_features=8, random_state=seed)
+    # more than 32 dimensions: clustered in principal components
+    return make_blobs(n_samples=[n_per] * 5, n_features=40,
+                      random_state=seed)
 
 
 def test_suggest_next_cold_start_covers_the_clusters():
