@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 BENCHMARKS = ("bench_embedding.py", "bench_classifier.py",
-              "bench_segmentation.py", "bench_edit.py", "bench_gallery.py")
+              "bench_segmentation.py", "bench_edit.py", "bench_gallery.py",
+              "annotation.py")
 
 
 def main():
