@@ -408,3 +408,27 @@ def test_image_uncertainty_is_mean_pixel_entropy():
         [0, np.log(3), np.log(3) / 2], atol=1e-9)
     picks = suggest_next(np.stack([sure, unsure, half]), n=2)
     np.testing.assert_array_equal(picks, [1, 2])
+
+
+def test_masks_table_trains_a_segmentation_model(tmp_path):
+    # straight from the store to the learner, no step in between
+    from orangecontrib.deepimage.segmentation import SegmentationLearner
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    store = AnnotationStore(tmp_path / "store", ["background", "cell"])
+    names = []
+    for i in range(4):
+        image, truth = two_discs(i, size=32)
+        name = f"cell{i}.png"
+        Image.fromarray(image).save(folder / name)
+        store.set_mask(str(folder / name), truth)
+        names.append(name)
+    Image.fromarray(image).save(folder / "unannotated.png")
+    masks = store.masks_table(image_table(folder, names + ["unannotated.png"]))
+    assert len(masks) == 4
+    model = SegmentationLearner(depth=2, base_filters=4, tile_size=32,
+                                epochs=1, batch_size=4, validation=0.25,
+                                tiles_per_image=1)(masks)
+    assert tuple(model.class_names) == ("background", "cell")
+    labels = model.segment([str(folder / "unannotated.png")])
+    assert labels[0].shape == (32, 32)
