@@ -29,7 +29,7 @@ import hashlib
 import io
 import json
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -236,7 +236,8 @@ class AnnotationStore:
         """Write `content` at `path` all or nothing (a hidden temporary
         file in the same folder, fsync, rename)."""
         folder = os.path.dirname(path)
-        handle, temp = files._open_temp(folder)  # pylint: disable=protected-access
+        # pylint: disable=protected-access
+        handle, temp = files._open_temp(folder)
         try:
             with os.fdopen(handle, "wb") as file:
                 file.write(content)
