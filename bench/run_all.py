@@ -9,7 +9,8 @@ import sys
 
 BENCHMARKS = ("bench_embedding.py", "bench_classifier.py",
               "bench_segmentation.py", "bench_edit.py", "bench_gallery.py",
-              "bench_detection.py", "bench_batch.py", "bench_anomaly.py")
+              "bench_detection.py", "bench_batch.py", "bench_anomaly.py",
+              "annotation.py")
 
 
 def main():

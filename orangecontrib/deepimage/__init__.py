@@ -43,6 +43,12 @@ _EXPORTS = {
     "run_workflow": "orangecontrib.deepimage.workflow",
     "AnomalyLearner": "orangecontrib.deepimage.anomaly",
     "AnomalyModel": "orangecontrib.deepimage.anomaly",
+    "AnnotationStore": "orangecontrib.deepimage.annotation",
+    "scribble_segmenter": "orangecontrib.deepimage.annotation",
+    "mask_from_box": "orangecontrib.deepimage.annotation",
+    "superpixel_at": "orangecontrib.deepimage.annotation",
+    "suggest_next": "orangecontrib.deepimage.annotation",
+    "image_uncertainty": "orangecontrib.deepimage.annotation",
     "BACKBONES": "orangecontrib.deepimage.backbones",
     "get_backbone": "orangecontrib.deepimage.backbones",
 }
