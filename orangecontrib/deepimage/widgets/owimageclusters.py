@@ -2,9 +2,8 @@
 
 The computation is :func:`~orangecontrib.deepimage.clustering.cluster_job`;
 the views are the shared gallery, map and silhouette plot of
-:mod:`orangecontrib.deepimage.widgets.utils`. This module wires them to
-the widget's settings, inputs and outputs, and keeps the pieces of earlier
-runs, so that switching between methods and numbers of clusters is quick.
+:mod:`orangecontrib.deepimage.widgets.utils`. This module wires them to the
+settings, inputs and outputs, and keeps the pieces of earlier runs.
 """
 import os
 from typing import List, Optional, Sequence
@@ -56,8 +55,6 @@ def run_clustering(X: np.ndarray, method: str, n_clusters: Optional[int],
         progress=task_progress(state), status=state.set_status,
         partial=lambda tag, pieces: state.set_partial_result((tag, pieces)))
 
-
-# --- the widget --------------------------------------------------------------
 
 class OWImageClusters(OWWidget, TaskButtonsMixin):
     name = "Image Clusters"
