@@ -19,9 +19,9 @@ from typing import Dict, List, Optional
 import numpy as np
 from PIL import Image
 
-from AnyQt.QtCore import QSize, Qt
+from AnyQt.QtCore import Qt
 from AnyQt.QtGui import QBrush, QColor, QIcon, QImage, QPixmap
-from AnyQt.QtWidgets import QListView, QListWidget, QListWidgetItem
+from AnyQt.QtWidgets import QListWidgetItem
 
 from Orange.base import Model
 from Orange.data import (
@@ -46,6 +46,7 @@ from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_paths, load_image)
 from orangecontrib.deepimage.widgets.utils.outputfolder import (
     OutputFolderMixin)
+from orangecontrib.deepimage.widgets.utils.thumbnails import captioned_grid
 from orangecontrib.deepimage.widgets.utils.tasks import (
     TaskButtonsMixin, task_progress)
 
@@ -251,13 +252,7 @@ class OWExplainImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         self.add_cancel_button(self.buttonsArea)
         gui.auto_send(self.buttonsArea, self, "auto_commit")
 
-        self.grid = QListWidget(
-            viewMode=QListView.IconMode, resizeMode=QListView.Adjust,
-            movement=QListView.Static, wordWrap=True,
-            selectionMode=QListWidget.NoSelection, spacing=6)
-        self.grid.setIconSize(QSize(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        self.grid.setGridSize(QSize(THUMBNAIL_SIZE + 24,
-                                    THUMBNAIL_SIZE + 64))
+        self.grid = captioned_grid(THUMBNAIL_SIZE, 64)
         self.mainArea.layout().addWidget(self.grid)
 
     # --- inputs ------------------------------------------------------------

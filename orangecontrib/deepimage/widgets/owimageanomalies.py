@@ -11,9 +11,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import pyqtgraph as pg
-from AnyQt.QtCore import QSize, Qt
+from AnyQt.QtCore import Qt
 from AnyQt.QtGui import QIcon, QPixmap
-from AnyQt.QtWidgets import QListView, QListWidget, QListWidgetItem
+from AnyQt.QtWidgets import QListWidgetItem
 
 from Orange.data import Table
 from Orange.widgets import gui
@@ -31,6 +31,7 @@ from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, load_image)
 from orangecontrib.deepimage.widgets.utils.masks import (
     report_image_html, to_qimage)
+from orangecontrib.deepimage.widgets.utils.thumbnails import captioned_grid
 from orangecontrib.deepimage.widgets.utils.tasks import (
     TaskButtonsMixin, task_progress)
 
@@ -219,13 +220,7 @@ class OWImageAnomalies(OWWidget, TaskButtonsMixin):
             self._on_line_moved)
         self.mainArea.layout().addWidget(self.histogram)
 
-        self.grid = QListWidget(
-            viewMode=QListView.IconMode, resizeMode=QListView.Adjust,
-            movement=QListView.Static, wordWrap=True,
-            selectionMode=QListWidget.NoSelection, spacing=6)
-        self.grid.setIconSize(QSize(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        self.grid.setGridSize(QSize(THUMBNAIL_SIZE + 24,
-                                    THUMBNAIL_SIZE + 48))
+        self.grid = captioned_grid(THUMBNAIL_SIZE, 48)
         self.mainArea.layout().addWidget(self.grid)
 
     # --- inputs ------------------------------------------------------------

@@ -19,6 +19,7 @@ from PIL import Image
 from AnyQt.QtCore import QObject, QRectF, QSize, Qt, QTimer, \
     pyqtSignal as Signal
 from AnyQt.QtGui import QImage, QPainter, QPalette, QPixmap
+from AnyQt.QtWidgets import QListView, QListWidget
 
 from Orange.data import Table, Variable
 
@@ -26,7 +27,7 @@ from orangecontrib.deepimage.images import (
     ImageSkipped, decode_image, image_path, read_image_bytes)
 
 __all__ = ["THUMBNAIL_SIZE", "make_thumbnail", "RowPaths",
-           "ThumbnailLoader", "draw_thumbnail", "fit_size"]
+           "ThumbnailLoader", "draw_thumbnail", "fit_size", "captioned_grid"]
 
 THUMBNAIL_SIZE = 96
 
@@ -223,3 +224,16 @@ def _fitted(pixmap: QPixmap, rect: QRectF) -> QRectF:
     width, height = fit_size(pixmap.size(), rect.size())
     return QRectF(rect.center().x() - width / 2,
                   rect.center().y() - height / 2, width, height)
+
+
+def captioned_grid(icon_size: int, caption_height: int) -> QListWidget:
+    """A static grid of icons of `icon_size` with captions below them, for
+    a few hundred images at most (Explain Images, Image Anomalies); the
+    :class:`~.gallery.ThumbnailGallery` is for many."""
+    grid = QListWidget(
+        viewMode=QListView.IconMode, resizeMode=QListView.Adjust,
+        movement=QListView.Static, wordWrap=True,
+        selectionMode=QListWidget.NoSelection, spacing=6)
+    grid.setIconSize(QSize(icon_size, icon_size))
+    grid.setGridSize(QSize(icon_size + 24, icon_size + caption_height))
+    return grid
