@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(HEADLESS) $(BIN)/deepimage demo --out build/demo
 
 test: $(STAMP)
-	$(HEADLESS) $(BIN)/python -m pytest tests -q -p no:cacheprovider
+	$(HEADLESS) $(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=25
 
 canvas: $(STAMP)
 	$(BIN)/python -m Orange.canvas
