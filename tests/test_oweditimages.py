@@ -199,6 +199,26 @@ class TestOWEditImages(WidgetTest):
         self.widget.preview_view.grab()  # paints both halves
         self.assertEqual(os.listdir(self.out), [])  # nothing written
 
+    def test_preview_opens_on_an_image_the_classes_touch(self):
+        square_only = np.where(self.labels == 2, 0, self.labels)
+        Image.fromarray(square_only.astype(np.uint8)).save(
+            os.path.join(self.tempdir.name, "square-only.png"))
+        data = self.data.copy()
+        with data.unlocked(data.metas):
+            data.metas[0, 1] = "square-only.png"
+        widget = self.create_widget(
+            OWEditImages, stored_settings={"output_folder": self.out,
+                                           "selected_classes": ["disc"]})
+        self.send_signal(widget.Inputs.data, data, widget=widget)
+        self.assertEqual(widget.preview_row, 1)
+        self.assertEqual(widget.preview_combo.currentText(), "photo1.png")
+        before, after = self.wait_for_preview(widget)
+        self.assertFalse((before == after).all())  # the disc was removed
+        # with the square chosen too, the first image is touched
+        widget.selected_classes = ["square", "disc"]
+        self.send_signal(widget.Inputs.data, data, widget=widget)
+        self.assertEqual(widget.preview_row, 0)
+
     def test_preview_of_an_unreadable_row(self):
         self.send_signal(self.widget.Inputs.data, self.data)
         self.wait_for_preview()

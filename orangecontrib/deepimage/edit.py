@@ -54,7 +54,7 @@ from orangecontrib.deepimage.segdata import MaskError, load_mask, mask_info
 __all__ = [
     "OPERATIONS", "METHODS", "EditResult", "edit_images",
     "edit_array", "object_mask", "grow_mask", "parse_colour",
-    "default_output_folder", "preview_edit",
+    "default_output_folder", "preview_edit", "first_touched_row",
 ]
 
 
@@ -187,6 +187,26 @@ def object_mask(labels: np.ndarray,
     if classes is None or kind == "instance":
         return labels > 0
     return np.isin(labels, _class_indices(classes, class_names))
+
+
+def first_touched_row(mask_paths: Sequence[Optional[str]],
+                      classes: Optional[Sequence[Union[str, int]]] = None,
+                      class_names: Sequence[str] = (), kind: str = "class",
+                      limit: Optional[int] = None) -> Optional[int]:
+    """Return the first row whose mask has a pixel of the chosen classes.
+
+    Masks are read one at a time, up to `limit` of them, stopping at the
+    first hit; rows whose mask cannot be read are passed over. None when no
+    mask (of those read) has one.
+    """
+    for row, path in enumerate(mask_paths[:limit]):
+        try:
+            labels = _read_labels(path, kind)
+        except ImageSkipped:
+            continue
+        if object_mask(labels, classes, class_names, kind).any():
+            return row
+    return None
 
 
 def _class_indices(classes: Sequence[Union[str, int]],

@@ -23,7 +23,8 @@ from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
 from orangecontrib.deepimage.edit import (
     DEFAULT_BLUR_RADIUS, DEFAULT_PIXEL_SIZE, METHODS, OPERATIONS,
-    EditResult, default_output_folder, edit_images, preview_edit)
+    EditResult, default_output_folder, edit_images, first_touched_row,
+    preview_edit)
 from orangecontrib.deepimage.errors import DeepImageError
 from orangecontrib.deepimage.files import (
     FolderMissing, FolderReadOnly, check_output_folder)
@@ -42,6 +43,8 @@ METHOD_KEYS = list(METHODS)
 PREVIEW_SIZE = 800
 #: The most images listed for the preview.
 MAX_PREVIEW_ROWS = 1000
+#: The most masks read to find an image the operation changes.
+MAX_PREVIEW_SEARCH = 200
 
 
 def run_edit(data: Table, operation: str, classes: Optional[List[str]],
@@ -467,7 +470,13 @@ class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         for row, path in enumerate(self.paths[:MAX_PREVIEW_ROWS]):
             name = os.path.basename(path) if path else f"(row {row + 1})"
             self.preview_combo.addItem(name, row)
-        self.preview_row = 0
+        # open on an image the operation changes, not one it leaves as is
+        row = first_touched_row(
+            self.mask_paths, self._classes_argument(), self.class_names,
+            self.mask_kind, min(MAX_PREVIEW_SEARCH, MAX_PREVIEW_ROWS)) \
+            if self.paths else None
+        self.preview_row = row or 0
+        self.preview_combo.setCurrentIndex(self.preview_row)
         self.preview_combo.setEnabled(bool(self.paths))
 
     def _on_preview_row_changed(self):
