@@ -15,7 +15,8 @@ from Orange.data import DiscreteVariable, Domain, StringVariable, Table
 from orangewidget.tests.base import GuiTest
 
 from orangecontrib.deepimage.images import image_paths
-from orangecontrib.deepimage.widgets.utils.embeddingmap import ImageMap
+from orangecontrib.deepimage.widgets.utils.embeddingmap import (
+    ImageMap, colour_views, variable_colors)
 from orangecontrib.deepimage.widgets.utils.gallery import (
     Group, GroupList, ThumbnailGallery, apply_selection)
 from orangecontrib.deepimage.widgets.utils.silhouette import SilhouettePlot
@@ -216,6 +217,29 @@ class TestThumbnailGallery(ViewTest):
             self.assertEqual((colour.red(), colour.green(), colour.blue()),
                              expected)
 
+    def test_cells_are_framed_in_their_colours(self):
+        self.gallery.set_rows(range(3))
+        self.wait_for_thumbnails([0, 1, 2])
+
+        def frame(row):  # the pixel left of the thumbnail, on its frame
+            cell = self.gallery._cell_rect(0, row)
+            x = cell.left() + self.gallery.PADDING - 2
+            picture = self.gallery.viewport().grab().toImage()
+            colour = QColor(picture.pixel(x, cell.center().y()))
+            return colour.red(), colour.green(), colour.blue()
+
+        self.assertIsNone(self.gallery.cell_color(0))
+        self.assertNotEqual(frame(0), (0, 0, 255))
+        self.gallery.set_colors(np.array([1, 0, 5]),
+                                [QColor(255, 0, 0), QColor(0, 0, 255)])
+        self.assertEqual(frame(0), (0, 0, 255))
+        self.assertEqual(frame(1), (255, 0, 0))
+        self.assertEqual(self.gallery.cell_color(2),
+                         QColor(Qt.GlobalColor.gray))  # past the colours
+        self.gallery.set_colors(None)
+        self.assertIsNone(self.gallery.cell_color(0))
+        self.assertNotEqual(frame(0), (0, 0, 255))
+
     def test_empty_gallery_says_so(self):
         self.gallery.placeholder = "Nothing here"
         self.gallery.set_groups([])
@@ -270,6 +294,50 @@ class TestImageMap(ViewTest):
                          pos=QPoint(int(corner[0]), int(corner[1])))
         self.assertEqual(list(spy)[-1], [[3], "replace"])
         view.close()
+
+
+    def test_legend_names_the_colours(self):
+        view = ImageMap(self.loader)
+        view.resize(400, 300)
+        view.set_map(np.array([[0, 0], [10, 10]], float))
+        view.set_clusters(np.array([0, 1]), [QColor(255, 0, 0),
+                                             QColor(0, 0, 255)],
+                          ["red one", "blue one"])
+        self.assertEqual(view.color_of(1), QColor(0, 0, 255))
+        picture = view.grab().toImage()
+        line = view.fontMetrics().height() + 2
+        top = view.height() - 6 - 2 * line - 6 + 3
+        for index, expected in enumerate(((255, 0, 0), (0, 0, 255))):
+            colour = QColor(picture.pixel(
+                17, int(top + index * line + line / 2)))
+            self.assertEqual((colour.red(), colour.green(), colour.blue()),
+                             expected)
+        view.close()
+
+
+class TestColourViews(GuiTest):
+    def test_variable_colours_and_unknowns(self):
+        var = DiscreteVariable("kind", values=("a", "b"))
+        data = Table.from_numpy(Domain([var]), np.array([[1], [np.nan],
+                                                         [0]]))
+        labels, colors = variable_colors(data, var)
+        np.testing.assert_array_equal(labels, [1, 2, 0])  # 2: unknown
+        self.assertEqual([c.getRgb()[:3] for c in colors],
+                         [tuple(int(v) for v in rgb) for rgb in var.colors])
+        loader = ThumbnailLoader(size=32)
+        gallery, view = ThumbnailGallery(loader), ImageMap(loader)
+        colour_views(view, gallery, data, var, np.array([0, 0, 1]),
+                     [QColor(1, 2, 3), QColor(4, 5, 6)])
+        self.assertEqual(gallery.cell_color(0), colors[1])
+        self.assertEqual(gallery.cell_color(1), QColor(Qt.GlobalColor.gray))
+        self.assertEqual(view.color_of(2), colors[0])
+        self.assertEqual(list(view.legend), ["a", "b"])
+        colour_views(view, gallery, data, None, np.array([0, 0, 1]),
+                     [QColor(1, 2, 3), QColor(4, 5, 6)])
+        self.assertIsNone(gallery.cell_color(0))
+        self.assertEqual(view.color_of(2), QColor(4, 5, 6))
+        self.assertEqual(list(view.legend), [])
+        loader.shutdown()
 
 
 class TestSilhouettePlot(GuiTest):

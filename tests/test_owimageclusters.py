@@ -7,9 +7,11 @@ import numpy as np
 from PIL import Image
 
 from AnyQt.QtCore import QPoint, Qt
+from AnyQt.QtGui import QColor
 from AnyQt.QtTest import QTest
 
-from Orange.data import ContinuousVariable, Domain, StringVariable, Table
+from Orange.data import (
+    ContinuousVariable, DiscreteVariable, Domain, StringVariable, Table)
 from Orange.widgets.tests.base import WidgetTest
 from Orange.widgets.tests.utils import simulate
 
@@ -383,6 +385,85 @@ class TestOWImageClusters(WidgetTest):
         self.send(self.embedded, widget=restored)
         self.assertEqual(
             len(self.output(widget=restored).domain["Cluster"].values), 4)
+
+    def labelled(self):
+        """The embedded photos with their kind as the class and a
+        categorical meta "half" (with one unknown value)."""
+        kind = DiscreteVariable("kind", values=("cat", "coffee", "rocket"))
+        half = DiscreteVariable("half", values=("first", "second"))
+        domain = self.embedded.domain
+        data = self.embedded.transform(Domain(
+            domain.attributes, kind, domain.metas + (half,)))
+        halves = (np.arange(len(data)) % 2).astype(float)
+        halves[3] = np.nan
+        with data.unlocked(data.Y, data.metas):
+            data.Y[:] = self.kinds
+            data.metas[:, -1] = halves
+        return data, kind, half
+
+    def assert_coloured_by(self, var, values):
+        colors = [QColor(*map(int, rgb)) for rgb in var.colors]
+        map_view, gallery = self.widget.map_view, self.widget.gallery
+        for row, value in enumerate(values):
+            expected = QColor(Qt.GlobalColor.gray) if np.isnan(value) \
+                else colors[int(value)]
+            self.assertEqual(map_view.color_of(row), expected)
+            self.assertEqual(gallery.cell_color(row), expected)
+        self.assertEqual(list(map_view.legend), list(var.values))
+
+    def test_colour_by_the_class_first_then_any_variable(self):
+        data, kind, half = self.labelled()
+        self.send(data)
+        combo = self.widget.controls.color_var
+        self.assertEqual(self.widget.color_var, kind)
+        self.assertEqual(combo.currentText(), "kind")
+        self.assertEqual([combo.itemText(i) for i in range(combo.count())
+                          if combo.itemText(i)],
+                         ["Clusters", "kind", "half"])
+        self.assert_coloured_by(kind, self.kinds)
+        self.widget.gallery.grab()  # paints the frames
+        simulate.combobox_activate_item(combo, "half")
+        self.assertEqual(self.widget.color_var, half)
+        self.assert_coloured_by(half, data.get_column(half))
+        simulate.combobox_activate_item(combo, "Clusters")
+        self.assertIsNone(self.widget.color_var)
+        result = self.widget.result
+        for row in range(len(data)):
+            self.assertEqual(self.widget.map_view.color_of(row),
+                             self.widget._colors()[result.labels[row]])
+            self.assertIsNone(self.widget.gallery.cell_color(row))
+
+    def test_colour_by_the_clusters_without_a_class(self):
+        self.send(self.embedded)
+        self.assertIsNone(self.widget.color_var)
+        self.assertEqual(self.widget.controls.color_var.currentText(),
+                         "Clusters")
+        labels = self.widget.result.labels
+        self.assertEqual(self.widget.map_view.color_of(0),
+                         self.widget._colors()[labels[0]])
+        self.assertIsNone(self.widget.gallery.cell_color(0))
+
+    def test_colour_by_is_stored_by_name(self):
+        data = self.labelled()[0]
+        self.send(data)
+        simulate.combobox_activate_item(self.widget.controls.color_var,
+                                        "half")
+        settings = self.widget.settingsHandler.pack_data(self.widget)
+        self.assertIn(("half", 101),
+                      [context.values.get("color_var")
+                       for context in settings["context_settings"]])
+        restored = self.create_widget(OWImageClusters,
+                                      stored_settings=settings)
+        self.send(data, widget=restored)
+        self.assertEqual(restored.color_var.name, "half")
+        self.assertEqual(restored.controls.color_var.currentText(), "half")
+        # an explicit choice of the clusters is kept as well
+        simulate.combobox_activate_item(restored.controls.color_var,
+                                        "Clusters")
+        settings = restored.settingsHandler.pack_data(restored)
+        again = self.create_widget(OWImageClusters, stored_settings=settings)
+        self.send(data, widget=again)
+        self.assertIsNone(again.color_var)
 
     def test_selection_is_restored_with_the_workflow(self):
         self.send(self.embedded)

@@ -1124,6 +1124,15 @@ def cluster_names(result: ClusteringResult,
                          [probabilities.get(row) for row in rows])
 
 
+def cluster_summary(result: ClusteringResult, names: Sequence[str]
+                    ) -> List[Tuple[str, str]]:
+    """``(name, "n images, mean silhouette s")`` of each cluster."""
+    labels, silhouette = result.labels, result.silhouette
+    return [(name, f"{size} images, mean silhouette "
+                   f"{silhouette[labels == i].mean():.2f}")
+            for i, (name, size) in enumerate(zip(names, result.sizes()))]
+
+
 def unnamed_rows(result: ClusteringResult,
                  probabilities: Dict[int, Optional[np.ndarray]]
                  ) -> List[int]:

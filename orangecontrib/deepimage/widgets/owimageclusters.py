@@ -1,10 +1,7 @@
 """Image Clusters: group embedded images, name the groups, find duplicates.
 
-The computation is :func:`~orangecontrib.deepimage.clustering.cluster_job`;
-the views are the shared gallery, map and silhouette plot of
-:mod:`orangecontrib.deepimage.widgets.utils`. This module wires them to the
-settings, inputs and outputs, and keeps the pieces of earlier runs.
-"""
+This module wires :func:`~orangecontrib.deepimage.clustering.cluster_job`
+and the shared views of :mod:`orangecontrib.deepimage.widgets.utils`."""
 import os
 from typing import List, Optional, Sequence
 
@@ -14,21 +11,25 @@ from AnyQt.QtCore import QSize
 from AnyQt.QtGui import QColor
 from AnyQt.QtWidgets import QTabWidget
 
-from Orange.data import Table
+from Orange.data import DiscreteVariable, Table
 from Orange.widgets import gui
-from Orange.widgets.settings import Setting
+from Orange.widgets.settings import (
+    ContextSetting, DomainContextHandler, Setting)
 from Orange.widgets.utils.colorpalettes import LimitedDiscretePalette
 from Orange.widgets.utils.concurrent import TaskState
+from Orange.widgets.utils.itemmodels import DomainModel
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
 from orangecontrib.deepimage.clustering import (
     DUPLICATE_THRESHOLD, METHODS, NAMING_MODEL, ClusteringCache,
     ClusteringPieces, ClusteringResult, add_cluster_columns, cluster_job,
-    cluster_names, duplicates_table, embedding_matrix, recorded_model)
+    cluster_names, cluster_summary, duplicates_table, embedding_matrix,
+    recorded_model)
 from orangecontrib.deepimage.errors import Cancelled, DeepImageError
 from orangecontrib.deepimage.images import find_image_column
-from orangecontrib.deepimage.widgets.utils.embeddingmap import ImageMap
+from orangecontrib.deepimage.widgets.utils.embeddingmap import (
+    ImageMap, colour_views)
 from orangecontrib.deepimage.widgets.utils.gallery import (
     Group, GroupList, ThumbnailGallery, apply_selection)
 from orangecontrib.deepimage.widgets.utils.silhouette import SilhouettePlot
@@ -93,6 +94,8 @@ class OWImageClusters(OWWidget, TaskButtonsMixin):
                                "the Duplicates output.")
 
     settings_version = 1
+    settingsHandler = DomainContextHandler()
+    color_var: Optional[DiscreteVariable] = ContextSetting(None)
     method: str = Setting("kmeans")
     n_clusters: int = Setting(3)
     auto_clusters: bool = Setting(True)
@@ -147,6 +150,10 @@ class OWImageClusters(OWWidget, TaskButtonsMixin):
         box.layout().addWidget(self.cluster_list)
         self.info_label = gui.widgetLabel(box, "")
         self.info_label.setWordWrap(True)
+        self.color_model = DomainModel(placeholder="Clusters",
+                                       valid_types=DiscreteVariable)
+        gui.comboBox(box, self, "color_var", label="Colour by:",
+                     model=self.color_model, callback=self._show_colors)
 
         box = gui.vBox(self.controlArea, "Near-duplicates")
         gui.doubleSpin(box, self, "duplicate_threshold", 0.0, 0.5, 0.01,
@@ -172,8 +179,6 @@ class OWImageClusters(OWWidget, TaskButtonsMixin):
     def sizeHint(self):
         return QSize(1000, 650)
 
-    # --- state
-
     def _reset_results(self):
         self._cache = ClusteringCache()
         self.result: Optional[ClusteringResult] = None
@@ -182,11 +187,10 @@ class OWImageClusters(OWWidget, TaskButtonsMixin):
         self._new_data = False
         self._ready_seen = False
 
-    # --- input
-
     @Inputs.embeddings
     def set_data(self, data: Optional[Table]):
         self.cancel()
+        self.closeContext()
         self.Error.clear()
         self.Warning.clear()
         self.Information.clear()
@@ -208,28 +212,28 @@ class OWImageClusters(OWWidget, TaskButtonsMixin):
                     self.Error.too_few_images(MIN_IMAGES, len(data))
                 else:
                     self.data, self.X = data, X
-        if self.data is None:
-            self.paths = RowPaths()
-            self.selected = np.zeros(0, dtype=bool)
-            self.selection = None
-            self.loader.set_paths([])
-            self._update_selection_views()
-            self.commit.now()
-            return
-        column = find_image_column(self.data)
-        if column is None:
+        data = self.data
+        # colour by the class if it is categorical, else by the clusters
+        self.color_model.set_domain(None if data is None else data.domain)
+        class_var = None if data is None else data.domain.class_var
+        self.color_var = class_var if class_var in self.color_model else None
+        self.openContext(data)
+        column = None if data is None else find_image_column(data)
+        if data is not None and column is None:
             self.Warning.no_image_column()
-        self.paths = RowPaths(self.data, column)
+        self.paths = RowPaths(data, column)
         self.loader.set_paths(self.paths)
-        self.selected = np.zeros(len(self.data), dtype=bool)
-        pending, self._pending_selection = self._pending_selection, None
-        if pending and max(pending) < len(self.data):
-            self.selected[pending] = True
+        self.selected = np.zeros(len(self.paths), dtype=bool)
+        if data is not None:
+            pending, self._pending_selection = self._pending_selection, None
+            if pending and max(pending) < len(data):
+                self.selected[pending] = True
         self.selection = np.flatnonzero(self.selected).tolist() or None
         self._update_selection_views()
-        self._run()
-
-    # --- running
+        if data is None:
+            self.commit.now()
+        else:
+            self._run()
 
     def _asked_clusters(self) -> Optional[int]:
         return None if self.auto_clusters else self.n_clusters
@@ -347,10 +351,10 @@ class OWImageClusters(OWWidget, TaskButtonsMixin):
     def _show_clusters(self):
         """Fill the gallery, the cluster list and the map's colours."""
         result = self.result
+        self._show_colors()
         if result is None:
             self.cluster_list.set_groups([])
             self.gallery.set_groups([])
-            self.map_view.set_clusters(np.zeros(0, dtype=int), [])
             self.silhouette_plot.set_scores({}, None)
             self.info_label.setText("")
             return
@@ -361,15 +365,17 @@ class OWImageClusters(OWWidget, TaskButtonsMixin):
             rows = rows[np.argsort(-result.silhouette[rows], kind="stable")]
             groups.append(Group(name, color, rows))
         self.cluster_list.set_groups(groups, [
-            f"{group.title}: {len(group.rows)} images, mean silhouette "
-            f"{result.silhouette[group.rows].mean():.2f}"
-            for group in groups])
+            f"{name}: {text}" for name, text in cluster_summary(
+                result, self.names)])
         self.gallery.set_groups(groups)
-        self.map_view.set_clusters(result.labels, colors)
         self.info_label.setText(
             f"{len(result.labels)} images in {result.n_clusters} clusters; "
             f"mean silhouette {result.silhouette.mean():.2f}.")
         self._update_selection_views()
+
+    def _show_colors(self):
+        colour_views(self.map_view, self.gallery, self.data, self.color_var,
+                     self.result and self.result.labels, self._colors())
 
     # --- controls
 
@@ -435,15 +441,13 @@ class OWImageClusters(OWWidget, TaskButtonsMixin):
     # --- output
 
     def _tooltip(self, row: int) -> str:
-        lines = []
-        if row < len(self.paths) and self.paths[row]:
-            lines.append(os.path.basename(self.paths[row]))
-        if self.result is not None and row < len(self.result.labels):
-            label = self.result.labels[row]
-            if label < len(self.names):
-                lines.append(self.names[label])
-            lines.append(f"Silhouette: {self.result.silhouette[row]:.2f}")
-        return "<br/>".join(lines)
+        lines = [os.path.basename(self.paths[row] or "")]
+        result = self.result
+        if result is not None and row < len(result.labels):
+            label = result.labels[row]
+            lines += [self.names[label] if label < len(self.names) else "",
+                      f"Silhouette: {result.silhouette[row]:.2f}"]
+        return "<br/>".join(filter(None, lines))
 
     @gui.deferred
     def commit(self):
@@ -472,12 +476,8 @@ class OWImageClusters(OWWidget, TaskButtonsMixin):
         ))
         if self.result is None:
             return
-        sizes = self.result.sizes()
-        silhouette, labels = self.result.silhouette, self.result.labels
-        self.report_items("Clusters", [
-            (name, f"{size} images, mean silhouette "
-                   f"{silhouette[labels == i].mean():.2f}")
-            for i, (name, size) in enumerate(zip(self.names, sizes))])
+        self.report_items("Clusters", cluster_summary(self.result,
+                                                      self.names))
         self.report_items("Summary", (
             ("Images", len(self.result.labels)),
             ("Mean silhouette", f"{self.result.silhouette.mean():.3f}"),

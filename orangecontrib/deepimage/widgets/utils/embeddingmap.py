@@ -7,7 +7,7 @@ of the screen; thumbnails come from a shared
 emits :attr:`~ImageMap.selectionRequested` as
 :class:`~.gallery.ThumbnailGallery` does.
 """
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,10 +18,14 @@ from AnyQt.QtWidgets import QRubberBand, QSizePolicy, QWidget
 
 from pyqtgraph.functions import create_qpolygonf, ndarray_from_qpolygonf
 
+from Orange.data import DiscreteVariable, Table
+# Orange's widgets give variables their colours (var.colors) on import
+from Orange.widgets import gui  # pylint: disable=unused-import # noqa: F401
+
 from orangecontrib.deepimage.widgets.utils.thumbnails import (
     ThumbnailLoader, draw_thumbnail)
 
-__all__ = ["ImageMap"]
+__all__ = ["ImageMap", "variable_colors", "colour_views"]
 
 
 def _polygon(points: np.ndarray) -> QPolygonF:
@@ -29,6 +33,34 @@ def _polygon(points: np.ndarray) -> QPolygonF:
     polygon = create_qpolygonf(len(points))
     ndarray_from_qpolygonf(polygon)[:] = points
     return polygon
+
+
+def variable_colors(data: Table, var: DiscreteVariable
+                    ) -> Tuple[np.ndarray, List[QColor]]:
+    """Each row's value of `var` as an index into the variable's colours
+    (Orange's ``var.colors``), and those colours; an unknown value is
+    ``len(colors)``, which the views draw grey."""
+    colors = [QColor(*map(int, rgb)) for rgb in var.colors]
+    column = data.get_column(var)
+    unknown = np.isnan(column)
+    labels = np.where(unknown, len(colors), np.nan_to_num(column))
+    return labels.astype(int), colors
+
+
+def colour_views(map_view: "ImageMap", gallery, data: Optional[Table],
+                 var: Optional[DiscreteVariable],
+                 clusters: Optional[np.ndarray], cluster_colors: List[QColor]):
+    """Colour the map's dots and the gallery's cell frames by `var`, or,
+    with no `var`, the map by the `clusters` (the gallery's headers show
+    those already, so its cells get no frames)."""
+    if var is not None and data is not None:
+        labels, colors = variable_colors(data, var)
+        gallery.set_colors(labels, colors)
+        map_view.set_clusters(labels, colors, var.values)
+    else:
+        gallery.set_colors(None)
+        map_view.set_clusters(np.zeros(0, dtype=int) if clusters is None
+                              else clusters, cluster_colors)
 
 
 class ImageMap(QWidget):
@@ -48,6 +80,7 @@ class ImageMap(QWidget):
         self.coordinates: Optional[np.ndarray] = None
         self.labels = np.zeros(0, dtype=int)
         self.colors: List[QColor] = []
+        self.legend: Sequence[str] = ()
         self.selected = np.zeros(0, dtype=bool)
         self.message = ""
         self._zoom = 1.0
@@ -73,10 +106,18 @@ class ImageMap(QWidget):
             self._zoom, self._center = 1.0, None
         self.update()
 
-    def set_clusters(self, labels: np.ndarray, colors: List[QColor]):
-        """Colour each image's dot by its group: ``colors[labels[row]]``."""
-        self.labels, self.colors = labels, colors
+    def set_clusters(self, labels: np.ndarray, colors: List[QColor],
+                     legend: Sequence[str] = ()):
+        """Colour each image's dot by its group: ``colors[labels[row]]``
+        (grey past the colours); `legend` names the colours in a corner."""
+        self.labels, self.colors, self.legend = labels, colors, legend
         self.update()
+
+    def color_of(self, row: int) -> QColor:
+        """The colour of the dot of `row`."""
+        label = self.labels[row] if row < len(self.labels) else 0
+        return self.colors[label] if 0 <= label < len(self.colors) \
+            else QColor(Qt.GlobalColor.gray)
 
     def set_selection(self, selected: np.ndarray):
         """Mark the rows where `selected` (boolean, over data rows) is set."""
@@ -173,17 +214,43 @@ class ImageMap(QWidget):
             draw_thumbnail(painter, rect, pixmap, palette)
             selected = len(self.selected) == len(screen) and \
                 self.selected[row]
-            color = highlight if selected else (
-                self.colors[labels[row]] if labels[row] < len(self.colors)
-                else QColor(Qt.GlobalColor.gray))
+            color = highlight if selected else self.color_of(row)
             painter.setPen(QPen(color, 3 if selected else 2))
             painter.setBrush(Qt.BrushStyle.NoBrush)
             painter.drawRect(rect)
+        self._paint_legend(painter)
         if self.message:
             painter.setPen(palette.color(QPalette.ColorRole.Text))
             painter.drawText(self.rect().adjusted(8, 4, -8, -4),
                              Qt.AlignmentFlag.AlignTop
                              | Qt.AlignmentFlag.AlignRight, self.message)
+
+    def _paint_legend(self, painter):
+        """The names of the colours, bottom left, on the base colour."""
+        if not self.legend:
+            return
+        metrics = painter.fontMetrics()
+        line = metrics.height() + 2
+        width = max(metrics.horizontalAdvance(name) for name in self.legend)
+        box = QRectF(6, self.height() - 6 - line * len(self.legend) - 6,
+                     width + 30, line * len(self.legend) + 6)
+        base = QColor(self.palette().color(QPalette.ColorRole.Base))
+        base.setAlpha(220)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(base)
+        painter.drawRect(box)
+        for index, name in enumerate(self.legend):
+            top = box.top() + 3 + index * line
+            color = self.colors[index] if index < len(self.colors) \
+                else QColor(Qt.GlobalColor.gray)
+            painter.setBrush(color)
+            painter.drawEllipse(QRectF(box.left() + 6, top + line / 2 - 5,
+                                       10, 10))
+            painter.setPen(self.palette().color(QPalette.ColorRole.Text))
+            painter.drawText(QRectF(box.left() + 22, top, width + 4, line),
+                             Qt.AlignmentFlag.AlignVCenter, name)
+            painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(Qt.BrushStyle.NoBrush)
 
     # --- interaction
 

@@ -22,7 +22,7 @@ groups.
 from bisect import bisect_right
 from dataclasses import dataclass
 from math import ceil
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -122,6 +122,8 @@ class ThumbnailGallery(QAbstractScrollArea):
         self.placeholder = "No images"
         self.overlays: Dict[int, QPixmap] = {}
         self.overlay_opacity = 1.0
+        self.color_labels: Optional[np.ndarray] = None
+        self.colors: List[QColor] = []
         self.cell_width = loader.size + 2 * self.PADDING
         self._columns = 1
         self._tops: List[int] = []
@@ -171,6 +173,22 @@ class ThumbnailGallery(QAbstractScrollArea):
         self.overlays = dict(overlays)
         self.overlay_opacity = opacity
         self.viewport().update()
+
+    def set_colors(self, labels: Optional[np.ndarray],
+                   colors: Sequence[QColor] = ()):
+        """Frame each thumbnail and colour its caption in
+        ``colors[labels[row]]`` (grey past the colours); None: no frames."""
+        self.color_labels, self.colors = labels, list(colors)
+        self.viewport().update()
+
+    def cell_color(self, row: int) -> Optional[QColor]:
+        """The colour of the frame of `row`'s cell (None: no frame)."""
+        labels = self.color_labels
+        if labels is None or row >= len(labels):
+            return None
+        label = labels[row]
+        return self.colors[label] if 0 <= label < len(self.colors) \
+            else QColor(Qt.GlobalColor.gray)
 
     # --- geometry
 
@@ -306,11 +324,16 @@ class ThumbnailGallery(QAbstractScrollArea):
                        rect.width() - 2 * pad, self.cell_width - 2 * pad)
         draw_thumbnail(painter, inner, self.loader.get(row), palette,
                        self.overlays.get(row), self.overlay_opacity)
+        color = self.cell_color(row)
+        if color is not None:
+            painter.setPen(QPen(color, 3))
+            painter.drawRect(inner.adjusted(-2, -2, 2, 2))
         if self.caption is not None:
             text_rect = QRect(rect.left() + 2, rect.top() + self.cell_width
                               - pad + 1, rect.width() - 4,
                               rect.height() - self.cell_width + pad - 2)
-            painter.setPen(palette.color(QPalette.ColorRole.Text))
+            painter.setPen(color.darker(130) if color is not None
+                           else palette.color(QPalette.ColorRole.Text))
             text = painter.fontMetrics().elidedText(
                 self.caption(row), Qt.TextElideMode.ElideMiddle,
                 text_rect.width())
