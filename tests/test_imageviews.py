@@ -312,6 +312,9 @@ class TestImageMap(ViewTest):
                 17, int(top + index * line + line / 2)))
             self.assertEqual((colour.red(), colour.green(), colour.blue()),
                              expected)
+        # a legend longer than the map shows what fits
+        view.set_clusters(np.array([0, 1]), [], [str(i) for i in range(99)])
+        view.grab()
         view.close()
 
 

@@ -214,8 +214,16 @@ class TestOWEditImages(WidgetTest):
         self.assertEqual(widget.preview_combo.currentText(), "photo1.png")
         before, after = self.wait_for_preview(widget)
         self.assertFalse((before == after).all())  # the disc was removed
-        # with the square chosen too, the first image is touched
-        widget.selected_classes = ["square", "disc"]
+        # choosing the square too moves the preview to the first image
+        widget.class_list.item(1).setSelected(True)
+        self.assertEqual(widget.selected_classes, ["square", "disc"])
+        self.assertEqual(widget.preview_row, 0)
+        # unless the user chose the image to preview
+        simulate.combobox_activate_index(widget.preview_combo, 1)
+        widget.class_list.item(2).setSelected(False)
+        self.assertEqual(widget.selected_classes, ["square"])
+        self.assertEqual(widget.preview_row, 1)
+        # new data opens on a touched image again
         self.send_signal(widget.Inputs.data, data, widget=widget)
         self.assertEqual(widget.preview_row, 0)
 

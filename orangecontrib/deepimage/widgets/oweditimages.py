@@ -216,6 +216,7 @@ class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         self.class_names: List[str] = []
         self.mask_kind = "class"
         self.preview_row = 0
+        self._preview_chosen = False
         self.preview_pixels = None  # (before, after) arrays of the preview
         self._preview_executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="deepimage-edit-preview")
@@ -364,6 +365,8 @@ class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         self.selected_classes = chosen
         self.Warning.no_classes(shown=self.data is not None
                                 and bool(self.class_names) and not chosen)
+        if not self._preview_chosen:
+            self._preview_touched_row()
         self._on_parameter_changed()
 
     def _fill_classes(self):
@@ -470,17 +473,23 @@ class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         for row, path in enumerate(self.paths[:MAX_PREVIEW_ROWS]):
             name = os.path.basename(path) if path else f"(row {row + 1})"
             self.preview_combo.addItem(name, row)
-        # open on an image the operation changes, not one it leaves as is
+        self._preview_chosen = False
+        self._preview_touched_row()
+        self.preview_combo.setEnabled(bool(self.paths))
+
+    def _preview_touched_row(self):
+        """Preview an image the operation changes, not one it leaves as is:
+        the first whose mask has a chosen class (masks read up to it)."""
         row = first_touched_row(
             self.mask_paths, self._classes_argument(), self.class_names,
             self.mask_kind, min(MAX_PREVIEW_SEARCH, MAX_PREVIEW_ROWS)) \
             if self.paths else None
         self.preview_row = row or 0
         self.preview_combo.setCurrentIndex(self.preview_row)
-        self.preview_combo.setEnabled(bool(self.paths))
 
     def _on_preview_row_changed(self):
         self.preview_row = self.preview_combo.currentData() or 0
+        self._preview_chosen = True  # the user's choice stays
         self._schedule_preview(now=True)
 
     def _schedule_preview(self, now=False):

@@ -226,20 +226,22 @@ class ImageMap(QWidget):
                              | Qt.AlignmentFlag.AlignRight, self.message)
 
     def _paint_legend(self, painter):
-        """The names of the colours, bottom left, on the base colour."""
-        if not self.legend:
-            return
+        """The names of the colours, bottom left, on the base colour (as
+        many as fit in the height)."""
         metrics = painter.fontMetrics()
         line = metrics.height() + 2
-        width = max(metrics.horizontalAdvance(name) for name in self.legend)
-        box = QRectF(6, self.height() - 6 - line * len(self.legend) - 6,
-                     width + 30, line * len(self.legend) + 6)
+        names = list(self.legend)[:max(0, (self.height() - 18) // line)]
+        if not names:
+            return
+        width = max(metrics.horizontalAdvance(name) for name in names)
+        box = QRectF(6, self.height() - 6 - line * len(names) - 6,
+                     width + 30, line * len(names) + 6)
         base = QColor(self.palette().color(QPalette.ColorRole.Base))
         base.setAlpha(220)
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(base)
         painter.drawRect(box)
-        for index, name in enumerate(self.legend):
+        for index, name in enumerate(names):
             top = box.top() + 3 + index * line
             color = self.colors[index] if index < len(self.colors) \
                 else QColor(Qt.GlobalColor.gray)
