@@ -409,7 +409,7 @@ def recalibrate_batch_norm(network, examples: Iterable[tuple],
     describe the network of earlier steps, and of augmented tiles, so a
     network that segments its training batches well predicted nearly all
     pixels as one class on held-out images (nucleus IoU 0.18 instead of
-    0.45 after 12 epochs; see README, Figures). Returns the number of
+    0.46 after 12 epochs; see README, Figures). Returns the number of
     batches used (0: nothing changed).
     """
     import keras
