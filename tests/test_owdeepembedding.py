@@ -245,5 +245,85 @@ class TestOWDeepEmbedding(WidgetTest):
         self.widget.send_report()
 
 
+class RecordingState:
+    """A TaskState stand-in that keeps every progress value it is given."""
+
+    def __init__(self):
+        self.values = []
+        self.statuses = []
+
+    def set_progress_value(self, value):
+        self.values.append(value)
+
+    def set_status(self, text):
+        self.statuses.append(text)
+
+    @staticmethod
+    def is_interruption_requested():
+        return False
+
+
+class TestRunEmbeddingProgress(unittest.TestCase):
+    """One bar over download and embedding: it never goes back."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tempdir = tempfile.TemporaryDirectory()
+        cls.images = make_image_table(cls.tempdir.name)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tempdir.cleanup()
+
+    def run_with(self, download_steps):
+        """Run the task with a fake download reporting `download_steps`
+        (bytes done of 3 MB) before the network is built."""
+        embedder = shared_embedder("squeezenet")
+        # Images embedded by other tests would be cached and not reported.
+        embedder.clear_cache()
+        load_network = type(embedder).load_network
+        total = 3 * 2 ** 20
+
+        def fake_download(self, download_progress=None):
+            for done in download_steps:
+                download_progress(done, total)
+            return load_network(self, download_progress)
+
+        state = RecordingState()
+        with mock.patch.object(type(embedder), "load_network",
+                               fake_download):
+            result = owdeepembedding.run_embedding(
+                self.images, "image", "squeezenet", None, "penultimate",
+                None, state)
+        self.assertEqual(len(result.embeddings), 4)
+        values = state.values
+        self.assertTrue(values)
+        self.assertTrue(all(a <= b for a, b in zip(values, values[1:])),
+                        values)
+        self.assertAlmostEqual(values[-1], 100)
+        return state
+
+    def test_download_then_embedding_never_goes_back(self):
+        steps = [0, 2 ** 20, 2 * 2 ** 20, 3 * 2 ** 20]
+        state = self.run_with(steps)
+        share = owdeepembedding.DOWNLOAD_SHARE
+        download = state.values[:len(steps)]
+        np.testing.assert_allclose(download, [0, share / 3, 2 * share / 3,
+                                              share])
+        # Embedding starts where the download ended and fills the rest.
+        self.assertTrue(all(share <= value
+                            for value in state.values[len(steps):]))
+        self.assertEqual(state.values[len(steps)], share)
+        self.assertTrue(any("Downloading weights: 3 of 3 MB" == text
+                            for text in state.statuses))
+
+    def test_without_download_embedding_fills_the_bar(self):
+        state = self.run_with([])
+        # No share is kept for a download that did not happen.
+        self.assertEqual(state.values[0], 0)
+        self.assertFalse(any("Downloading" in text
+                             for text in state.statuses))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -240,7 +240,10 @@ class TestOWSegmentationTrainer(WidgetTest):
                 self.assertIn("nucleus IoU 0.07", str(warning))
                 self.assertNotIn("background IoU", str(warning))
                 self.assertIn("12 of 30 epochs", str(warning))
-                self.assertIn("augmentation", str(warning))
+                self.assertIn("more epochs", str(warning))
+                # Not blamed on augmentation, which is on: measured, it
+                # is not what makes a short training poor.
+                self.assertNotIn("augmentation", str(warning))
             self.assertIn("nucleus IoU 0.", self.widget.scores_label.text())
 
     def test_nothing_clipped_at_the_default_size(self):

@@ -256,8 +256,9 @@ def test_unreadable_pairs_are_skipped_with_their_reasons(tmp_path):
     with mock.patch.object(segmentation, "_random_tile",
                            wraps=segmentation._random_tile) as tiles:
         model = learner(table)
-    # trained on the four good pairs only, in each of the two epochs
-    assert tiles.call_count == 4 * 2
+    # trained on the four good pairs only, in each of the two epochs, and
+    # one pass over them for the batch normalisation statistics
+    assert tiles.call_count == 4 * 2 + 4
     assert sorted(model.skipped) == [4, 5, 6]
     assert "not an image file" in model.skipped[4]
     assert "not found" in model.skipped[5]
@@ -268,3 +269,57 @@ def test_unreadable_pairs_are_skipped_with_their_reasons(tmp_path):
     scores = model.evaluate(pairs)
     assert list(scores["skipped"]) == [1]
     assert scores["iou"].shape == (2,)
+
+
+def test_batch_norm_statistics_are_recalibrated_after_training():
+    import keras
+    pixels = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(2, 1, name="conv")(pixels)
+    frozen = keras.layers.BatchNormalization(name="frozen")
+    frozen.trainable = False
+    out = frozen(keras.layers.BatchNormalization(momentum=0.9,
+                                                 name="bn")(conv))
+    network = keras.Model(pixels, out)
+    rng = np.random.default_rng(0)
+    examples = [(rng.uniform(0, 255, (8, 8, 3)).astype("float32"),
+                 np.zeros((8, 8), np.int32)) for _ in range(12)]
+    frozen_before = np.array(network.get_layer("frozen").moving_mean)
+
+    assert segmentation.recalibrate_batch_norm(network, examples, 4) == 3
+
+    features = np.array(network.get_layer("conv")(
+        np.stack([image for image, _ in examples])))
+    bn = network.get_layer("bn")
+    # The mean over all the tiles (equal batches), not a momentum's
+    # mixture with the statistics from before.
+    np.testing.assert_allclose(bn.moving_mean, features.mean(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-4)
+    variances = [features[i:i + 4].var(axis=(0, 1, 2))
+                 for i in range(0, 12, 4)]
+    np.testing.assert_allclose(bn.moving_variance, np.mean(variances, 0),
+                               rtol=1e-3)
+    assert bn.momentum == 0.9
+    np.testing.assert_array_equal(network.get_layer("frozen").moving_mean,
+                                  frozen_before)
+
+
+def test_learner_recalibrates_on_unaugmented_training_tiles(cells):
+    seen = []
+
+    def recording(network, examples, batch_size):
+        seen.extend(examples)
+        return 0
+
+    learner = SegmentationLearner(depth=2, base_filters=4, tile_size=32,
+                                  epochs=1, batch_size=4, validation=0.25,
+                                  tiles_per_image=2, augment=True)
+    with mock.patch.object(segmentation, "recalibrate_batch_norm",
+                           recording):
+        learner(cells)
+    # 9 of the 12 images train, 2 tiles each.
+    assert len(seen) == 18
+    # Not augmented: no brightness or contrast change, so the pixels are
+    # still whole numbers (augmented ones are not).
+    for pixels, _ in seen:
+        assert pixels.shape == (32, 32, 3)
+        assert np.array_equal(pixels, np.round(pixels))

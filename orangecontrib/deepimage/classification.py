@@ -183,6 +183,16 @@ class ImageClassifierLearner(LearnerClassification):
 
     def __call__(self, data, progress_callback=None):
         # Orange does not pass the progress callback to fit_storage.
+        #
+        # Test & Score (Orange 3.40) cannot move its bar within a fold:
+        # Orange.evaluation.testing._mp_worker trains with a bare
+        # ``learner(train_data)``, without progress_callback, and
+        # CrossValidation.__call__ reports its own ``callback`` only after
+        # each fold (fold x learner) is trained and tested; the widget's
+        # TaskState is local to OWTestAndScore.__submit and reachable from
+        # no learner. So in cross-validation the bar steps once a fold and
+        # progress reported here goes nowhere (as does Cancel, which
+        # Test & Score checks in that same per-fold callback).
         self._progress = progress_callback or dummy_callback
         try:
             return super().__call__(data, progress_callback)

@@ -16,9 +16,10 @@ a 4000×3000 photo is segmented with bounded memory and no seams::
     >>> labels = model.segment(["slide.png"])[0]         # (H, W) class indices
 """
 import io
+import itertools
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -391,6 +392,52 @@ def tile_dataset(pairs: Sequence[Tuple[str, str]], mask: MaskInfo,
         example_shapes=[((tile, tile, 3), "float32"), ((tile, tile), "int32")])
 
 
+#: At most this many batches of training tiles re-estimate the batch
+#: normalisation statistics after training (see recalibrate_batch_norm).
+RECALIBRATION_BATCHES = 32
+
+
+def recalibrate_batch_norm(network, examples: Iterable[tuple],
+                           batch_size: int) -> int:
+    """Set the moving statistics of `network`'s trainable batch
+    normalisation layers to their mean over `examples` (``(pixels, mask)``
+    pairs, not augmented), with the weights as they are now.
+
+    Prediction normalises with the moving statistics, which follow the
+    batches of training with momentum: after the few steps of a small set
+    (the nuclei tutorial's 12 tiles make 2 steps an epoch) they still
+    describe the network of earlier steps, and of augmented tiles, so a
+    network that segments its training batches well predicted nearly all
+    pixels as one class on held-out images (nucleus IoU 0.18 instead of
+    0.46 after 12 epochs; see README, Figures). Returns the number of
+    batches used (0: nothing changed).
+    """
+    import keras
+    layers = [layer for layer in network._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization)
+              and layer.trainable]
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    examples = iter(examples)
+    n_batches = 0
+    try:
+        while n_batches < RECALIBRATION_BATCHES:
+            batch = [pixels for pixels, _ in
+                     itertools.islice(examples, batch_size)]
+            if not batch:
+                break
+            # A running mean over the batches: batch k weighs 1 / k.
+            for layer in layers:
+                layer.momentum = n_batches / (n_batches + 1)
+            network(np.stack(batch), training=True)
+            n_batches += 1
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return n_batches
+
+
 # --- learner and model ------------------------------------------------------
 
 #: The epoch preview segments a centre crop of at most this many pixels a
@@ -497,6 +544,9 @@ class SegmentationLearner:
         with the network as it is then, and pass it to
         ``hooks.on_epoch_end`` as ``logs["preview"]``, an
         :class:`EpochPreview`. The training history is not affected.
+
+    After training, the batch normalisation statistics are re-estimated on
+    the training tiles, not augmented (see :func:`recalibrate_batch_norm`).
     """
     name = "segmentation"
 
@@ -600,6 +650,11 @@ class SegmentationLearner:
         history = fit(network, train_data, validation_data=val_data,
                       epochs=self.epochs, hooks=hooks,
                       early_stopping=self.early_stopping, patience=8)
+        recalibrate_batch_norm(
+            network, tile_dataset(
+                [pairs[i] for i in train], columns.info, n_classes, tile,
+                tiles, self.batch_size, False, self.random_state,
+                validation=True), self.batch_size)
         model = SegmentationModel(network, columns.classes, tile,
                                   self.architecture, self.encoder, history)
         for part, stream in ((train, train_data), (val, val_data)):

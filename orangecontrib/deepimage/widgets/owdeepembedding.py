@@ -35,6 +35,11 @@ MODEL_KEYS = sorted(BACKBONES, key=lambda key: BACKBONES[key].order)
 CACHE_SIZES_MB = (100, 250, 500, 1024, 2048, 5120, 10240, 20480)
 
 
+#: Percent of Deep Embedding's progress bar for downloading the weights,
+#: when they must be downloaded first.
+DOWNLOAD_SHARE = 20
+
+
 def run_embedding(data: Table, column_name: str, model: str,
                   weights: Optional[str], layer: str, mirror: Optional[str],
                   state: TaskState, cache_size: Optional[int] = None
@@ -56,11 +61,22 @@ def run_embedding(data: Table, column_name: str, model: str,
         embedder.cache_size = cache_size
     state.set_status("Loading the network…")
     device = device_description()
-    embedder.load_network(download_progress(state))
+    # One bar for the whole task: a download (when the weights are not on
+    # disk yet) fills the first DOWNLOAD_SHARE percent, embedding the rest,
+    # so the bar never goes back to 0 between the two.
+    downloading = download_progress(state, 0, DOWNLOAD_SHARE)
+    downloaded = []
+
+    def on_download(done, total):
+        downloaded.append(True)
+        downloading(done, total)
+
+    embedder.load_network(on_download)
+    start = DOWNLOAD_SHARE if downloaded else 0
     state.set_status("Embedding…")
-    state.set_progress_value(0)
+    state.set_progress_value(start)
     embedded, skipped, n_skipped = embedder.embed_table(
-        data, column_name, callback=task_progress(state))
+        data, column_name, callback=task_progress(state, start, 100))
     return SimpleNamespace(embeddings=embedded, skipped=skipped,
                            n_skipped=n_skipped,
                            cache_error=embedder.cache_error, device=device)

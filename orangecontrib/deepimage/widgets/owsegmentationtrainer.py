@@ -122,8 +122,8 @@ def foreground_iou_name(names) -> str:
     return f"mean IoU of {', '.join(foreground)}"
 
 
-def poor_model_text(metrics, names, epochs_run: int, epochs: int,
-                    augment: bool) -> Optional[str]:
+def poor_model_text(metrics, names, epochs_run: int, epochs: int
+                    ) -> Optional[str]:
     """A warning when a foreground class's validation IoU is below
     :data:`POOR_IOU`, with what to try; None for a usable model."""
     if not metrics:
@@ -138,12 +138,12 @@ def poor_model_text(metrics, names, epochs_run: int, epochs: int,
             f"({POOR_IOU:.2f} or more is usable).")
     if epochs_run < epochs:
         text += f" Training ended after {epochs_run} of {epochs} epochs."
-    if augment:
-        text += (" With augmentation a small set learns slowly: train for "
-                 "more epochs without early stopping, or without "
-                 "augmentation.")
-    else:
-        text += " Train for more epochs, or with more images."
+    # Augmentation is no reason to give: since the batch normalisation
+    # statistics are re-estimated after training, 12 epochs on the nuclei
+    # tutorial give the same nucleus IoU with it as without (README,
+    # Figures); few epochs are.
+    text += (" Train for more epochs (on a small set without early "
+             "stopping), or with more images.")
     return text
 
 
@@ -569,7 +569,7 @@ class OWSegmentationTrainer(OWWidget, StoppableTrainingMixin):
         poor = None if result is None else poor_model_text(
             result.validation_metrics, result.class_names,
             len(self.curves.epochs), self.learner.epochs
-            if self.learner is not None else self.epochs, self.augment)
+            if self.learner is not None else self.epochs)
         self.Warning.poor_model(poor, shown=poor is not None)
         self._set_model(result)
 

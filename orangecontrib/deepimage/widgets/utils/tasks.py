@@ -121,10 +121,16 @@ def task_progress(state: TaskState, start: float = 0.0, end: float = 100.0
     return progress
 
 
-def download_progress(state: TaskState) -> Callable[[int, Optional[int]],
-                                                    None]:
+def download_progress(state: TaskState, start: float = 0.0,
+                      end: float = 100.0
+                      ) -> Callable[[int, Optional[int]], None]:
     """A ``progress(bytes_done, bytes_total)`` for weight downloads that
-    shows the megabytes in the status line and honours Cancel."""
+    shows the megabytes in the status line and honours Cancel.
+
+    When the size is known, the bytes done show as progress between `start`
+    and `end` percent, so that a download can be the first phase of a task
+    whose bar then goes on from `end` (see :func:`task_progress`).
+    """
     megabyte = 2 ** 20
 
     def progress(done: int, total: Optional[int]):
@@ -133,5 +139,6 @@ def download_progress(state: TaskState) -> Callable[[int, Optional[int]],
         state.set_status(f"Downloading weights: "
                          f"{done / megabyte:.0f}{size} MB")
         if total:
-            state.set_progress_value(100 * done / total)
+            state.set_progress_value(
+                start + (end - start) * min(done / total, 1.0))
     return progress
