@@ -261,7 +261,7 @@ class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         self.method_box = gui.hBox(box)
         self.method_combo = gui.comboBox(
             self.method_box, self, None, label="Method:",
-            orientation=Qt.Horizontal)
+            orientation=Qt.Horizontal, contentsLength=18)
         for key in METHOD_KEYS:
             self.method_combo.addItem(METHODS[key], key)
         self.method_combo.setCurrentIndex(METHOD_KEYS.index(self.method))

@@ -72,7 +72,7 @@ LOSS_TIPS = {
 }
 #: Plots: history key, axis title, name in the text.
 CURVES = (("loss", "Loss", "loss"),
-          ("iou", "Mean IoU (with background)",
+          ("iou", "Mean IoU",
            "mean IoU of all classes, background included"))
 
 #: Below this validation IoU of a class the model is not worth using.

@@ -130,8 +130,9 @@ class OWSegmentImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
         unreadable = Msg("{} image(s) could not be read and have no mask.")
 
     class Information(OWWidget.Information):
-        no_model = Msg("Connect a segmentation model (from Segmentation "
-                       "Trainer or Load Model).")
+        # Short: the status bar of this narrow window elides longer text;
+        # the Info box says where a model comes from.
+        no_model = Msg("No model.")
         written = Msg("{} mask(s) written to {}")
 
     settings_version = 1
@@ -222,7 +223,8 @@ class OWSegmentImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
                 classes = ", ".join(self.model.class_names[1:])
                 text += f"; the model finds: {classes}."
             else:
-                text += "; no model."
+                text += ("; no model: connect one from Segmentation "
+                         "Trainer or Load Model.")
         self.info_label.setText(text)
 
     def _on_split_changed(self):
