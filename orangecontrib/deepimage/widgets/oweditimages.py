@@ -222,6 +222,7 @@ class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
             max_workers=1, thread_name_prefix="deepimage-edit-preview")
         self._preview_watcher: Optional[FutureWatcher] = None
         self._preview_generation = 0
+        self._preview_closed = False
         self._preview_timer = QTimer(self, singleShot=True, interval=150)
         self._preview_timer.timeout.connect(self._start_preview)
         if self.operation not in OPERATIONS:
@@ -502,6 +503,8 @@ class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
             self._preview_timer.start()
 
     def _start_preview(self):
+        if self._preview_closed:  # the widget is being deleted
+            return
         self._preview_generation += 1
         self.preview_pixels = None
         if not self.paths:
@@ -582,6 +585,9 @@ class OWEditImages(OWWidget, TaskButtonsMixin, OutputFolderMixin):
     def onDeleteWidget(self):
         self.shutdown()
         self._preview_generation += 1
+        # A pending preview must not start on the closed executor.
+        self._preview_closed = True
+        self._preview_timer.stop()
         self._preview_executor.shutdown(wait=False, cancel_futures=True)
         super().onDeleteWidget()
 
