@@ -434,7 +434,9 @@ class GroupList(QListView):
             parent,
             selectionMode=QAbstractItemView.SelectionMode.ExtendedSelection,
             editTriggers=QAbstractItemView.EditTrigger.NoEditTriggers,
-            uniformItemSizes=True)
+            # Long cluster names (several ImageNet labels) wrap instead of
+            # being cut at the list's edge; there are few groups.
+            wordWrap=True)
         self.groups: List[Group] = []
         self.setModel(QStandardItemModel(self))
         self.selectionModel().selectionChanged.connect(self._on_selection)
