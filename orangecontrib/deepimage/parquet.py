@@ -108,23 +108,15 @@ def read_parquet(path: str) -> Table:
             metas.append(var)
             meta_cols.append(_strings(column))
         elif name == "class" and meta:
-            values = meta.get("class_values") or sorted(
-                {v for v in column.to_pylist() if v})
-            var = DiscreteVariable(unique("category"), values=values)
-            index = {v: i for i, v in enumerate(values)}
+            var, codes = _categorical(column, meta.get("class_values"),
+                                      unique("category"))
             class_vars.append(var)
-            class_cols.append(np.array(
-                [index.get(v, np.nan) if v else np.nan
-                 for v in column.to_pylist()], dtype=float))
+            class_cols.append(codes)
         elif name == "predicted" and meta:
-            values = meta.get("class_names") or sorted(
-                {v for v in column.to_pylist() if v})
-            var = DiscreteVariable(unique("predicted"), values=values)
-            index = {v: i for i, v in enumerate(values)}
+            var, codes = _categorical(column, meta.get("class_names"),
+                                      unique("predicted"))
             metas.append(var)
-            meta_cols.append(np.array(
-                [index.get(v, np.nan) if v else np.nan
-                 for v in column.to_pylist()], dtype=float))
+            meta_cols.append(codes)
         elif name == "mask" and meta:
             var = StringVariable(unique("mask"))
             var.attributes.update({
@@ -181,3 +173,14 @@ def read_parquet(path: str) -> Table:
     table = Table.from_numpy(domain, X, Y if class_vars else None, M)
     table.name = os.path.splitext(os.path.basename(path))[0]
     return table
+
+
+def _categorical(column, values, name):
+    """A discrete variable `name` with `values` (or the column's own, sorted)
+    and the column's values as codes (NaN for missing or empty)."""
+    labels = column.to_pylist()
+    values = values or sorted({v for v in labels if v})
+    index = {v: i for i, v in enumerate(values)}
+    codes = np.array([index.get(v, np.nan) if v else np.nan for v in labels],
+                     dtype=float)
+    return DiscreteVariable(name, values=values), codes
