@@ -50,7 +50,8 @@ from orangecontrib.deepimage.images import (
 __all__ = ["Detection", "DetectorSpec", "DETECTORS", "get_detector_spec",
            "ObjectDetector", "non_max_suppression", "select_detections",
            "detections_to_masks", "detection_tables", "boxes_to_labels",
-           "cascade_file", "preset_folder", "keras_hub_message", "COCO_90",
+           "cascade_file", "preset_folder", "keras_hub_message",
+           "load_keras_hub_task", "COCO_90",
            "VOC_CLASSES"]
 
 Box = Tuple[float, float, float, float]
@@ -432,7 +433,13 @@ _PRESET_TIMEOUT = 30
 
 
 def keras_hub_message(spec: DetectorSpec, reason: str = "") -> str:
-    """What a user reads when a KerasHub detector cannot be loaded."""
+    """What a user reads when a KerasHub model cannot be loaded.
+
+    `spec` is a :class:`DetectorSpec` of a KerasHub model: its ``name``,
+    ``source`` (the preset), ``size_mb`` and ``options["task"]`` (the
+    ``keras_hub.models`` class) are named.
+    """
+    from orangecontrib.deepimage.weights import MIRROR_ENV
     why = f" ({reason})" if reason else ""
     task = spec.options.get("task", "ObjectDetector")
     return (
@@ -443,7 +450,8 @@ def keras_hub_message(spec: DetectorSpec, reason: str = "") -> str:
         f"with a network run keras_hub.models.{task}.from_preset("
         f"'{spec.source}').save_to_preset('<folder>'), then copy the folder "
         f"here, or serve it on a web server, and give the folder or its URL "
-        f"as the preset.")
+        f"as the preset; or put it on the weights mirror ({MIRROR_ENV}, a "
+        f"URL or folder) as {spec.source}/.")
 
 
 def _is_url(text: str) -> bool:
@@ -451,17 +459,35 @@ def _is_url(text: str) -> bool:
         and "://" in text
 
 
-def preset_folder(spec: DetectorSpec, preset: str) -> str:
+class _PresetMissing(Exception):
+    """A preset could not be fetched; the text says why."""
+
+
+def preset_folder(spec: DetectorSpec, preset: str,
+                  progress: Optional[Callable[[int, Optional[int]], None]]
+                  = None) -> str:
     """A local folder holding `preset`: a folder as it is, a URL fetched.
 
     The files of a preset served over HTTP (the folder ``save_to_preset``
-    wrote) are downloaded once into ``$KERAS_HOME/deepimage-presets``.
+    wrote) are downloaded once into ``$KERAS_HOME/deepimage-presets``;
+    ``progress(bytes_done, bytes_total)`` is called during the download
+    (the total is that of the files seen so far, None when the server does
+    not say); it may raise (e.g. Cancelled) to stop.
 
     Raises
     ------
     WeightsUnavailable
         When the folder has no preset, or the URL cannot be fetched.
     """
+    try:
+        return _fetch_preset(spec, preset, progress)
+    except _PresetMissing as error:
+        raise WeightsUnavailable(keras_hub_message(spec, str(error))) \
+            from None
+
+
+def _fetch_preset(spec: DetectorSpec, preset: str, progress=None) -> str:
+    """:func:`preset_folder`, raising :class:`_PresetMissing`."""
     import hashlib
     import shutil
     import tempfile
@@ -470,8 +496,7 @@ def preset_folder(spec: DetectorSpec, preset: str) -> str:
     from orangecontrib.deepimage.weights import keras_cache_dir
     if not _is_url(preset):
         if not os.path.isfile(os.path.join(preset, PRESET_FILES[0])):
-            raise WeightsUnavailable(keras_hub_message(
-                spec, f"{preset} is not a KerasHub preset folder"))
+            raise _PresetMissing(f"{preset} is not a KerasHub preset folder")
         return preset
     digest = hashlib.sha1(preset.encode("utf-8")).hexdigest()[:12]
     folder = os.path.join(os.path.dirname(keras_cache_dir()),
@@ -480,6 +505,7 @@ def preset_folder(spec: DetectorSpec, preset: str) -> str:
         return folder
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     partial = tempfile.mkdtemp(prefix=".preset-", dir=os.path.dirname(folder))
+    done, total = 0, 0
     try:
         for index, name in enumerate(PRESET_FILES):
             url = preset.rstrip("/") + "/" + name
@@ -487,17 +513,24 @@ def preset_folder(spec: DetectorSpec, preset: str) -> str:
                 with urllib.request.urlopen(
                         url, timeout=_PRESET_TIMEOUT) as response, \
                         open(os.path.join(partial, name), "wb") as out:
-                    shutil.copyfileobj(response, out, 1 << 20)
+                    length = response.headers.get("Content-Length")
+                    if total is not None and length and length.isdigit():
+                        total += int(length)
+                    else:
+                        total = None
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        done += len(chunk)
+                        if progress is not None:
+                            progress(done, total)
             except urllib.error.HTTPError as error:
                 if error.code == 404 and index >= _REQUIRED_PRESET_FILES:
                     continue  # an optional file of the preset
-                raise WeightsUnavailable(keras_hub_message(
-                    spec, f"{url}: HTTP {error.code} {error.reason}")) \
-                    from None
+                raise _PresetMissing(
+                    f"{url}: HTTP {error.code} {error.reason}") from None
             except OSError as error:  # URLError, timeouts, a full disk
                 reason = getattr(error, "reason", error)
-                raise WeightsUnavailable(keras_hub_message(
-                    spec, f"{url}: {reason}")) from None
+                raise _PresetMissing(f"{url}: {reason}") from None
         open(os.path.join(partial, ".complete"), "w").close()
         if os.path.isdir(folder):
             shutil.rmtree(folder)
@@ -506,6 +539,56 @@ def preset_folder(spec: DetectorSpec, preset: str) -> str:
         if os.path.isdir(partial):
             shutil.rmtree(partial, ignore_errors=True)
     return folder
+
+
+def load_keras_hub_task(spec: DetectorSpec, preset: Optional[str] = None,
+                        mirror: Optional[str] = None,
+                        progress: Optional[Callable[[int, Optional[int]],
+                                                    None]] = None):
+    """Load the KerasHub task of `spec` (``spec.options["task"]``).
+
+    The preset comes from `preset` (a folder written by ``save_to_preset``
+    or its URL, see :func:`preset_folder`) when it is given; else from the
+    weights mirror (`mirror`, else ``$DEEPIMAGE_WEIGHTS_MIRROR``: a URL or
+    folder holding the preset folder under its name, ``spec.source``) when
+    the mirror has it; else KerasHub loads ``spec.source`` by name, from its
+    own cache or downloaded on first use. `progress` is as for
+    :func:`preset_folder` (KerasHub's own download does not report it).
+
+    Raises
+    ------
+    WeightsUnavailable
+        With :func:`keras_hub_message`: no keras-hub, no preset where it was
+        looked for, or a folder that holds another model.
+    """
+    from orangecontrib.deepimage.weights import mirror_from_environment
+    try:
+        import keras_hub
+    except ImportError:
+        raise WeightsUnavailable(keras_hub_message(
+            spec, "the keras-hub package is not installed")) from None
+    task = getattr(keras_hub.models, spec.options.get("task",
+                                                      "ObjectDetector"))
+    failures = []
+    if preset:
+        source = preset_folder(spec, preset, progress)
+    else:
+        source = spec.source
+        mirror = mirror or mirror_from_environment()
+        if mirror:
+            location = mirror.rstrip("/") + "/" + spec.source \
+                if _is_url(mirror) else os.path.join(mirror, spec.source)
+            try:
+                source = _fetch_preset(spec, location, progress)
+            except _PresetMissing as error:
+                failures.append(f"not on the mirror: {error}")
+    try:
+        return task.from_preset(source)
+    except (OSError, ValueError) as error:
+        # No network, no such preset, or a folder of another model.
+        failures.append(str(error))
+        raise WeightsUnavailable(keras_hub_message(
+            spec, "; ".join(failures))) from error
 
 
 class _KerasHubBackend:
@@ -517,20 +600,7 @@ class _KerasHubBackend:
     """
 
     def __init__(self, spec: DetectorSpec, preset: Optional[str] = None):
-        try:
-            import keras_hub
-        except ImportError:
-            raise WeightsUnavailable(keras_hub_message(
-                spec, "the keras-hub package is not installed")) from None
-        source = preset_folder(spec, preset) if preset else spec.source
-        task = getattr(keras_hub.models, spec.options.get("task",
-                                                          "ObjectDetector"))
-        try:
-            model = task.from_preset(source)
-        except (OSError, ValueError) as error:
-            # No network, no such preset, or a folder of another model.
-            raise WeightsUnavailable(keras_hub_message(spec, str(error))) \
-                from error
+        model = load_keras_hub_task(spec, preset)
         self.model = model
         self._configure(model, spec)
 
