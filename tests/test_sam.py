@@ -17,9 +17,14 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from PIL import Image
 
 keras_hub = pytest.importorskip("keras_hub")
 
+from Orange.data import Domain, StringVariable, Table  # noqa: E402
+
+from orangecontrib.deepimage.detection import (  # noqa: E402
+    Detection, detections_to_masks)
 from orangecontrib.deepimage.errors import (  # noqa: E402
     Cancelled, InvalidInput, WeightsUnavailable)
 from orangecontrib.deepimage.sam import (  # noqa: E402
@@ -248,6 +253,44 @@ class TestSegmentAnything(unittest.TestCase):
         with self.assertRaises(Cancelled):
             self.sam.mask_from_box(photo(seed=9), (0, 0, 10, 10),
                                    state=state)
+
+    def test_detections_to_masks_by_segment_anything(self):
+        folder, out = tempfile.mkdtemp(), tempfile.mkdtemp()
+        image = photo(seed=2)
+        Image.fromarray(image).save(os.path.join(folder, "a.png"))
+        var = StringVariable("image")
+        var.attributes.update({"type": "image", "origin": folder})
+        table = Table.from_list(Domain([], metas=[var]), [["a.png"]])
+        box = (30.0, 20.0, 200.0, 150.0)
+        own = np.zeros((HEIGHT, WIDTH), bool)
+        own[180:, 250:] = True
+        results = [[Detection("cat", 0.9, box),
+                    Detection("dog", 0.8, (250, 180, 300, 200), own)]]
+        masked = detections_to_masks(table, results, [(WIDTH, HEIGHT)],
+                                     ["cat", "dog"], out, sam=self.sam)
+        labels = np.asarray(Image.open(os.path.join(
+            out, masked.metas[0, -1])))
+        expected = np.zeros((HEIGHT, WIDTH), bool)
+        expected[20:150, 30:200] = \
+            self.sam.mask_from_box(image, box)[20:150, 30:200]
+        # Random weights still give a shape, not the whole box or nothing.
+        self.assertTrue(0 < expected[20:150, 30:200].mean() < 1)
+        np.testing.assert_equal(labels == 1, expected)
+        np.testing.assert_equal(labels == 2, own)  # its own mask is kept
+        shutil.rmtree(folder)
+        shutil.rmtree(out)
+
+    def test_detections_to_masks_without_weights_writes_nothing(self):
+        out = tempfile.mkdtemp()
+        var = StringVariable("image")
+        var.attributes.update({"type": "image", "origin": out})
+        table = Table.from_list(Domain([], metas=[var]), [["a.png"]])
+        missing = SegmentAnything(preset_path=os.path.join(ROOT, "none"))
+        with self.assertRaisesRegex(WeightsUnavailable, "sam_base_sa1b"):
+            detections_to_masks(table, [[Detection("cat", 1, (0, 0, 2, 2))]],
+                                [(4, 4)], ["cat"], out, sam=missing)
+        self.assertEqual(os.listdir(out), [])
+        shutil.rmtree(out)
 
 
 class TestLoading(unittest.TestCase):

@@ -3,8 +3,9 @@
 Faces to blur before photos go online, number plates to blank in car
 adverts, people to count at a demonstration: :class:`ObjectDetector` runs a
 pretrained detector from the registry :data:`DETECTORS` over images and
-returns boxes; :func:`detections_to_masks` turns the boxes into mask files
-in the add-on's mask-column convention (see
+returns boxes; :func:`detections_to_masks` turns the boxes (or, with
+Segment Anything, :mod:`~orangecontrib.deepimage.sam`, the object's shape
+in each box) into mask files in the add-on's mask-column convention (see
 :func:`~orangecontrib.deepimage.images.find_mask_column`), so that
 :mod:`~orangecontrib.deepimage.edit` (Edit Images) blurs, pixelates, fills
 or removes what was found, and Measure and Segmentation Preview show it::
@@ -1097,18 +1098,53 @@ def boxes_to_labels(detections: Sequence[Detection], width: int, height: int,
         if det.mask is not None:
             labels[det.full_mask(width, height)] = index
             continue
-        x0, y0, x1, y1 = det.box
-        x0, y0 = max(0, math.floor(x0)), max(0, math.floor(y0))
-        x1, y1 = min(width, math.ceil(x1)), min(height, math.ceil(y1))
-        labels[y0:y1, x0:x1] = index
+        labels[_box_slices(det.box, width, height)] = index
     return labels
+
+
+def _box_slices(box: Box, width: int, height: int) -> Tuple[slice, slice]:
+    """The rows and columns of the pixels `box` touches (rounded out)."""
+    x0, y0, x1, y1 = box
+    return (slice(max(0, math.floor(y0)), min(height, math.ceil(y1))),
+            slice(max(0, math.floor(x0)), min(width, math.ceil(x1))))
+
+
+def _shape_by_sam(sam, path: str, detections: Sequence[Detection],
+                  width: int, height: int, class_names: Sequence[str]
+                  ) -> List[Detection]:
+    """`detections` whose boxes carry Segment Anything's mask, cut to the
+    box (those with a mask of their own keep it)."""
+    import dataclasses
+    todo = [i for i, det in enumerate(detections)
+            if det.mask is None and det.label in class_names
+            and det.area > 0]
+    if not todo:
+        return list(detections)
+    try:
+        rgb = np.asarray(load_image(path))
+    except ImageSkipped as error:
+        raise InvalidInput(f"The image {path} could not be read again for "
+                           f"Segment Anything: {error}") from None
+    if rgb.shape[:2] != (height, width):
+        raise InvalidInput(f"The image {path} is {rgb.shape[1]}×"
+                           f"{rgb.shape[0]} now, but was {width}×{height} "
+                           f"when its objects were found.")
+    masks = sam.masks_for_boxes(rgb, [detections[i].box for i in todo])
+    shaped = list(detections)
+    for i, mask in zip(todo, masks):
+        inside = np.zeros_like(mask)
+        rows, cols = _box_slices(detections[i].box, width, height)
+        inside[rows, cols] = mask[rows, cols]
+        shaped[i] = dataclasses.replace(detections[i], mask=inside)
+    return shaped
 
 
 def detections_to_masks(table: Table,
                         results: Sequence[Optional[List[Detection]]],
                         sizes: Sequence[Optional[Tuple[int, int]]],
                         class_names: Sequence[str], out_dir: str,
-                        progress: Progress = None) -> Optional[Table]:
+                        progress: Progress = None,
+                        sam=None) -> Optional[Table]:
     """Write a mask per image and return the images with a mask column.
 
     The masks are class-index PNGs (0 background, 1 the first class, ...)
@@ -1133,6 +1169,12 @@ def detections_to_masks(table: Table,
         An existing, writable folder.
     progress : callable, optional
         ``progress(fraction)`` after each mask.
+    sam : SegmentAnything, optional
+        Shape each box by Segment Anything
+        (:class:`~orangecontrib.deepimage.sam.SegmentAnything`): the mask it
+        gives for the box, within the box, instead of the whole box. The
+        image is read again for it. Detections that have a mask of their
+        own (a segmenter's) keep it.
 
     Returns
     -------
@@ -1144,6 +1186,9 @@ def detections_to_masks(table: Table,
     ------
     UnwritableFolder
         When `out_dir` is missing or read-only.
+    WeightsUnavailable
+        When `sam` is given and its weights cannot be loaded (before any
+        mask is written).
     """
     from PIL import Image
     from orangecontrib.deepimage.errors import UnwritableFolder
@@ -1159,11 +1204,16 @@ def detections_to_masks(table: Table,
     rows = [row for row, found in enumerate(results) if found is not None]
     if not rows:
         return None
+    if sam is not None:
+        sam.load()
     names = []
     for done, row in enumerate(rows):
         width, height = sizes[row]
-        labels = boxes_to_labels(results[row], width, height,
-                                 list(class_names))
+        found = results[row]
+        if sam is not None:
+            found = _shape_by_sam(sam, paths[row], found, width, height,
+                                  class_names)
+        labels = boxes_to_labels(found, width, height, list(class_names))
         stem = os.path.splitext(os.path.basename(
             (paths[row] or "image").rstrip("/").split("?")[0]))[0] or "image"
         file, written = create_new_file(
