@@ -5,7 +5,7 @@ Scripting entry points::
     from orangecontrib.deepimage import (
         ImageEmbedder, ImageClassifierLearner, SegmentationLearner,
         cluster_embeddings, grad_cam, measure_objects, edit_images,
-        ObjectDetector, AnomalyLearner)
+        ObjectDetector, SegmentAnything, AnomalyLearner)
 
 Names are imported on first use, so that importing the package (as Orange's
 canvas does at start-up) does not load TensorFlow.
@@ -40,6 +40,7 @@ _EXPORTS = {
     "ObjectDetector": "orangecontrib.deepimage.detection",
     "detections_to_masks": "orangecontrib.deepimage.detection",
     "DETECTORS": "orangecontrib.deepimage.detection",
+    "SegmentAnything": "orangecontrib.deepimage.sam",
     "run_workflow": "orangecontrib.deepimage.workflow",
     "AnomalyLearner": "orangecontrib.deepimage.anomaly",
     "AnomalyModel": "orangecontrib.deepimage.anomaly",
