@@ -101,6 +101,16 @@ class TestAnnotationView(GuiTest):
                 expected = stroke_mask(points, 2, size)
                 np.testing.assert_array_equal(view.mask(), expected)
                 self.assertEqual(view.undo_stack().count(), 1)
+                self.assert_overlay_current()
+                view.undo_stack().undo()
+                np.testing.assert_array_equal(view.mask(), 0)
+                self.assert_overlay_current()
+
+    def assert_overlay_current(self):
+        """The overlay's pixels, refreshed only where edits changed the
+        mask, are the colours of the whole mask."""
+        layer = self.view._layers["mask"]   # pylint: disable=protected-access
+        np.testing.assert_array_equal(layer._pixels, layer.table[layer.labels])
 
     def test_brush_stroke_leaving_the_image_is_clipped(self):
         self.view.set_brush_size(9)

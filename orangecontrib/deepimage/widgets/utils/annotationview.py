@@ -89,19 +89,17 @@ def _labels(values: Optional[np.ndarray], shape, what: str) -> np.ndarray:
     return np.array(values, dtype=np.uint8)
 
 
-def _union(a: Optional[Rect], b: Optional[Rect]) -> Optional[Rect]:
-    if a is None or b is None:
-        return a or b
-    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+def _union(a: Optional[Rect], b: Rect) -> Rect:
+    return b if a is None else (min(a[0], b[0]), min(a[1], b[1]),
+                                max(a[2], b[2]), max(a[3], b[3]))
 
 
 def _bounds(changed: np.ndarray) -> Optional[Rect]:
     """The bounding rectangle of a boolean array's True pixels."""
     rows, cols = np.flatnonzero(changed.any(axis=1)), \
         np.flatnonzero(changed.any(axis=0))
-    if not len(rows):
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1,
+            int(rows[-1]) + 1) if len(rows) else None
 
 
 def _cut(array: np.ndarray, rect: Rect) -> np.ndarray:
@@ -110,10 +108,9 @@ def _cut(array: np.ndarray, rect: Rect) -> np.ndarray:
 
 
 class _Layer(QGraphicsItem):
-    """ARGB32 pixels painted at scene (0, 0), one scene unit a pixel.
-
-    The QImage shares the numpy array's memory: :meth:`refresh` recolours a
-    rectangle of the array and repaints just that rectangle."""
+    """ARGB32 pixels at scene (0, 0), a scene unit a pixel; the QImage
+    shares the numpy array's memory, so a changed rectangle is repainted
+    without converting the rest."""
 
     def __init__(self, z: float, smooth: bool = False):
         super().__init__()
@@ -121,8 +118,7 @@ class _Layer(QGraphicsItem):
         self.setFlag(
             QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption)
         self.smooth = smooth
-        self._pixels = np.zeros((0, 0), np.uint32)
-        self._image = QImage()
+        self.set_pixels(np.zeros((0, 0), np.uint32))
 
     def boundingRect(self) -> QRectF:
         height, width = self._pixels.shape
@@ -137,37 +133,59 @@ class _Layer(QGraphicsItem):
             if self._pixels.size else QImage()
         self.update()
 
-    def refresh(self, labels: np.ndarray, table: np.ndarray, rect: Rect):
-        """Recolour and repaint `rect` of the labels."""
-        _cut(self._pixels, rect)[:] = table[_cut(labels, rect)]
+    def paint(self, painter, option, widget=None):
+        rect = option.exposedRect.toAlignedRect().intersected(
+            self._image.rect())
+        if not rect.isEmpty():
+            painter.setRenderHint(
+                QPainter.RenderHint.SmoothPixmapTransform,
+                self.smooth and painter.transform().m11() < 1)
+            painter.drawImage(QRectF(rect), self._image, QRectF(rect))
+
+
+class _Labels(_Layer):
+    """A label image drawn through a colour table (:func:`_colour_table`)."""
+
+    def __init__(self, z: float, opacity: float = 1.0):
+        super().__init__(z)
+        self.setOpacity(opacity)
+        self.labels = np.zeros((0, 0), np.uint8)
+        self.table = np.zeros(256, np.uint32)
+
+    def set_labels(self, labels: Optional[np.ndarray] = None,
+                   table: Optional[np.ndarray] = None):
+        self.labels = self.labels if labels is None else labels
+        self.table = self.table if table is None else table
+        self.set_pixels(self.table[self.labels])
+
+    def write(self, rect: Rect, values: Optional[np.ndarray] = None):
+        """Put `values` (if given) into `rect`, recolour and repaint it."""
+        if values is not None:
+            _cut(self.labels, rect)[:] = values
+        _cut(self._pixels, rect)[:] = self.table[_cut(self.labels, rect)]
         x0, y0, x1, y1 = rect
         self.update(QRectF(x0, y0, x1 - x0, y1 - y0))
-
-    def paint(self, painter, option, widget=None):
-        if self._image.isNull():
-            return
-        rect = option.exposedRect.intersected(self.boundingRect()) \
-            .toAlignedRect().intersected(self._image.rect())
-        if rect.isEmpty():
-            return
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform,
-                              self.smooth and painter.transform().m11() < 1)
-        painter.drawImage(QRectF(rect), self._image, QRectF(rect))
 
 
 class _Edit(QUndoCommand):
     """One edit of the mask or the scribbles: the changed rectangle before
-    and after. It changes the view only while its stack is the view's."""
+    and after. It changes the view only while its stack is the view's.
+    `drawn`: the layer already shows `after` (a stroke is drawn as it goes),
+    so the first redo only announces the change."""
 
     def __init__(self, view: "AnnotationView", layer: str, rect: Rect,
-                 before: np.ndarray, after: np.ndarray, text: str):
+                 before: np.ndarray, after: np.ndarray, text: str,
+                 drawn: bool = False):
         super().__init__(text)
         self.view, self.stack = view, view.undo_stack()
         self.layer, self.rect, self.before, self.after = \
             layer, rect, before, after
+        self.drawn = drawn
 
     def redo(self):
-        self.view._put(self.stack, self.layer, self.rect, self.after)
+        self.view._put(self.stack, self.layer, self.rect,
+                       None if self.drawn else self.after)
+        self.drawn = False
 
     def undo(self):
         self.view._put(self.stack, self.layer, self.rect, self.before)
@@ -184,10 +202,11 @@ class _Stroke:
     rect: Optional[Rect] = None
 
 
-def _cosmetic(colour, style=Qt.PenStyle.SolidLine) -> QPen:
+def _cosmetic(item, colour, style=Qt.PenStyle.SolidLine):
     pen = QPen(QColor(colour), 0, style)
     pen.setCosmetic(True)
-    return pen
+    item.setPen(pen)
+    return item
 
 
 class AnnotationView(QGraphicsView):
@@ -220,33 +239,26 @@ class AnnotationView(QGraphicsView):
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self._photo = _Layer(0, smooth=True)
-        self._mask_layer, self._preview_layer, self._scribble_layer = \
-            _Layer(1), _Layer(2), _Layer(3)
-        self._preview_layer.setOpacity(self.PREVIEW_OPACITY)
-        self._outline = QGraphicsEllipseItem()
-        self._outline.setPen(_cosmetic(Qt.GlobalColor.white))
-        self._path = QGraphicsPathItem()
-        self._path.setPen(_cosmetic(Qt.GlobalColor.yellow))
-        self._band = QGraphicsRectItem()
-        self._band.setPen(_cosmetic(Qt.GlobalColor.yellow,
-                                    Qt.PenStyle.DashLine))
-        for z, item in enumerate((self._photo, self._mask_layer,
-                                  self._preview_layer, self._scribble_layer,
-                                  self._outline, self._path, self._band)):
-            item.setZValue(z)
+        self._layers = {_MASK: _Labels(1, 0.5), _SCRIBBLES: _Labels(3)}
+        self._preview = _Labels(2, self.PREVIEW_OPACITY)
+        self._outline = _cosmetic(QGraphicsEllipseItem(), Qt.GlobalColor.white)
+        self._path = _cosmetic(QGraphicsPathItem(), Qt.GlobalColor.yellow)
+        self._band = _cosmetic(QGraphicsRectItem(), Qt.GlobalColor.yellow,
+                               Qt.PenStyle.DashLine)
+        for z, item in enumerate((self._outline, self._path, self._band)):
+            item.setZValue(4 + z)
+            item.hide()
+        for item in (self._photo, self._preview, *self._layers.values(),
+                     self._outline, self._path, self._band):
             scene.addItem(item)
-        self._outline.hide()
-        self._band.hide()
-        self._mask = np.zeros((0, 0), np.uint8)
-        self._scribbles = np.zeros((0, 0), np.uint8)
-        self._preview: Optional[np.ndarray] = None
+        self._path.show()
+        self._has_preview = False
         self._stack = QUndoStack(self)
         self._tool, self._class, self._brush = "brush", 1, 10
         self._gesture = None   # a _Stroke, ("box", start) or ("pan", pos)
         self._polygon: List[Tuple[int, int]] = []
         self._space = self._fitted = False
         self.set_palette(class_colours(16))
-        self.set_opacity(0.5)
         self._update_cursor()
 
     # ---- the image and its layers -------------------------------------
@@ -267,12 +279,16 @@ class AnnotationView(QGraphicsView):
             self._stack.setParent(None)
         self._stack = undo_stack if undo_stack is not None \
             else QUndoStack(self)
-        self._mask, self._scribbles, self._preview = mask, scribbles, None
         self._photo.set_pixels(pixels)
-        self._repaint_layers()
-        self._preview_layer.set_pixels(np.zeros((0, 0), np.uint32))
+        self._layers[_MASK].set_labels(mask)
+        self._layers[_SCRIBBLES].set_labels(scribbles)
+        self.set_preview(None)
         self.setSceneRect(QRectF(0, 0, shape[1], shape[0]))
         self.fit_in_view()
+
+    @property
+    def _mask(self) -> np.ndarray:
+        return self._layers[_MASK].labels
 
     def mask(self) -> np.ndarray:
         """A copy of the mask (H×W uint8 class indices)."""
@@ -280,7 +296,7 @@ class AnnotationView(QGraphicsView):
 
     def scribbles(self) -> np.ndarray:
         """A copy of the scribbles (0: none, k >= 1: class k - 1)."""
-        return self._scribbles.copy()
+        return self._layers[_SCRIBBLES].labels.copy()
 
     def undo_stack(self) -> QUndoStack:
         return self._stack
@@ -291,13 +307,12 @@ class AnnotationView(QGraphicsView):
         colours = np.asarray(colours, np.uint8).reshape(-1, 3)
         if not len(colours):
             raise ValueError("the palette needs at least one colour")
-        self._mask_table = _colour_table(colours, background=False)
-        self._scribble_table = np.concatenate(
+        table = _colour_table(colours, background=False)
+        self._layers[_MASK].set_labels(table=table)
+        self._preview.set_labels(table=table)
+        self._layers[_SCRIBBLES].set_labels(table=np.concatenate(
             [[0], _colour_table(colours, background=True)[:255]]
-        ).astype(np.uint32)
-        self._repaint_layers()
-        if self._preview is not None:
-            self.set_preview(self._preview)
+        ).astype(np.uint32))
 
     def set_current_class(self, index: int) -> None:
         """The class that brush, polygon, fill and scribbles paint."""
@@ -323,7 +338,7 @@ class AnnotationView(QGraphicsView):
 
     def set_opacity(self, value: float) -> None:
         """The mask overlay's opacity, 0…1."""
-        self._mask_layer.setOpacity(float(np.clip(value, 0, 1)))
+        self._layers[_MASK].setOpacity(float(np.clip(value, 0, 1)))
 
     def apply_mask(self, mask: np.ndarray, text: str = "Edit",
                    region: Optional[np.ndarray] = None) -> None:
@@ -332,12 +347,8 @@ class AnnotationView(QGraphicsView):
         that changes nothing is not recorded and emits nothing."""
         new = _labels(mask, self._mask.shape, "mask")
         if region is not None:
-            region = np.asarray(region, bool)
-            if region.shape != new.shape:
-                raise ValueError(f"the region is {region.shape[::-1]} "
-                                 f"pixels but the image is "
-                                 f"{new.shape[::-1]}")
-            new = np.where(region, new, self._mask)
+            new = np.where(_labels(region, new.shape, "region").astype(bool),
+                           new, self._mask)
         rect = _bounds(new != self._mask)
         if rect is not None:
             self._push(_MASK, rect, _cut(new, rect).copy(), text)
@@ -345,45 +356,34 @@ class AnnotationView(QGraphicsView):
     def set_preview(self, mask: Optional[np.ndarray]) -> None:
         """Show a translucent prediction over the mask (not part of it);
         None hides it."""
-        if mask is None:
-            self._preview = None
-            self._preview_layer.set_pixels(np.zeros((0, 0), np.uint32))
-            return
-        self._preview = _labels(mask, self._mask.shape, "preview")
-        self._preview_layer.set_pixels(self._mask_table[self._preview])
+        self._has_preview = mask is not None
+        self._preview.set_labels(
+            _labels(mask, self._mask.shape if self._has_preview else (0, 0),
+                    "preview"))
 
     def preview(self) -> Optional[np.ndarray]:
-        return None if self._preview is None else self._preview.copy()
-
-    def _repaint_layers(self):
-        self._mask_layer.set_pixels(self._mask_table[self._mask])
-        self._scribble_layer.set_pixels(self._scribble_table[self._scribbles])
-
-    def _array(self, layer: str) -> np.ndarray:
-        return self._mask if layer == _MASK else self._scribbles
+        return self._preview.labels.copy() if self._has_preview else None
 
     def _push(self, layer: str, rect: Rect, after: np.ndarray, text: str,
               before: Optional[np.ndarray] = None):
-        """Record an edit of `rect` (its pixels now: `before`, by default
-        what the layer holds) and apply it."""
-        if before is None:
-            before = _cut(self._array(layer), rect).copy()
+        """Record an edit of `rect` and apply it; with `before`, the layer
+        holds `after` already (a stroke) and `before` is what it held."""
+        drawn = before is not None
+        if not drawn:
+            before = _cut(self._layers[layer].labels, rect).copy()
         if not np.array_equal(before, after):
-            self._stack.push(_Edit(self, layer, rect, before, after, text))
+            self._stack.push(
+                _Edit(self, layer, rect, before, after, text, drawn))
 
     def _put(self, stack: QUndoStack, layer: str, rect: Rect,
-             values: np.ndarray):
-        """Write an edit's pixels (from undo and redo)."""
-        if stack is not self._stack:
-            return
-        labels = self._array(layer)
-        _cut(labels, rect)[:] = values
-        if layer == _MASK:
-            self._mask_layer.refresh(labels, self._mask_table, rect)
-            self.maskChanged.emit()
-        else:
-            self._scribble_layer.refresh(labels, self._scribble_table, rect)
-            self.scribblesChanged.emit()
+             values: Optional[np.ndarray]):
+        """Write an edit's pixels (from undo and redo; None: they are
+        there already) and announce the change."""
+        if stack is self._stack:
+            if values is not None:
+                self._layers[layer].write(rect, values)
+            (self.maskChanged if layer == _MASK
+             else self.scribblesChanged).emit()
 
     # ---- coordinates and zoom -----------------------------------------
     def map_from_image(self, x: float, y: float) -> QPoint:
@@ -487,7 +487,8 @@ class AnnotationView(QGraphicsView):
         self._show_outline(pixel)
         gesture = self._gesture
         if isinstance(gesture, _Stroke):
-            self._stroke_to(pixel)
+            if pixel != gesture.last:
+                self._segment(pixel)
         elif gesture is None:
             if self._polygon:
                 self._show_polygon(pixel)
@@ -593,37 +594,41 @@ class AnnotationView(QGraphicsView):
         (ax, ay), (bx, by) = a, self._clamp(b)
         return min(ax, bx), min(ay, by), max(ax, bx) + 1, max(ay, by) + 1
 
-    def _around(self, a, b) -> Optional[Rect]:
-        """What a brush segment from a to b may change, inside the image."""
+    def _around(self, a, b) -> List[Rect]:
+        """What a brush segment from a to b may change, inside the image:
+        rectangles along it, so a long diagonal one is not its whole
+        bounding box."""
         reach = self._brush // 2 + 2
         height, width = self._mask.shape
-        x0, y0 = max(min(a[0], b[0]) - reach, 0), max(min(a[1], b[1]) - reach,
-                                                      0)
-        x1 = min(max(a[0], b[0]) + reach + 1, width)
-        y1 = min(max(a[1], b[1]) + reach + 1, height)
-        return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
+        pieces = int(np.ceil(max(abs(b[0] - a[0]), abs(b[1] - a[1]))
+                             / (8 * reach))) or 1
+        ends = np.linspace(a, b, pieces + 1)
+        rects = []
+        for (ax, ay), (bx, by) in zip(ends, ends[1:]):
+            x0, x1 = max(int(min(ax, bx)) - reach, 0), \
+                min(int(max(ax, bx)) + reach + 2, width)
+            y0, y1 = max(int(min(ay, by)) - reach, 0), \
+                min(int(max(ay, by)) + reach + 2, height)
+            if x0 < x1 and y0 < y1:
+                rects.append((x0, y0, x1, y1))
+        return rects
 
     def _start_stroke(self, layer: str, value: int, pixel):
         self._gesture = _Stroke(layer, value, pixel)
-        self._segment(self._gesture, pixel)
+        self._segment(pixel)
 
-    def _stroke_to(self, pixel):
-        if pixel != self._gesture.last:
-            self._segment(self._gesture, pixel)
-
-    def _segment(self, stroke: _Stroke, pixel):
-        """Draw one segment of a stroke into the full-resolution layer and
-        repaint the rectangle it touched."""
-        rect = self._around(stroke.last, pixel)
-        if rect is not None:
-            labels = self._array(stroke.layer)
-            stroke.saved.append((rect, _cut(labels, rect).copy()))
-            cv2.line(labels, stroke.last, pixel, stroke.value,
-                     thickness=self._brush)
-            layer, table = (self._mask_layer, self._mask_table) \
-                if stroke.layer == _MASK \
-                else (self._scribble_layer, self._scribble_table)
-            layer.refresh(labels, table, rect)
+    def _segment(self, pixel):
+        """Draw a stroke's segment from its last point into the
+        full-resolution layer and repaint the rectangles it touched."""
+        stroke = self._gesture
+        layer = self._layers[stroke.layer]
+        rects = self._around(stroke.last, pixel)
+        for rect in rects:
+            stroke.saved.append((rect, _cut(layer.labels, rect).copy()))
+        cv2.line(layer.labels, stroke.last, pixel, stroke.value,
+                 thickness=self._brush)
+        for rect in rects:
+            layer.write(rect)
             stroke.rect = _union(stroke.rect, rect)
         stroke.last = pixel
 
@@ -634,7 +639,7 @@ class AnnotationView(QGraphicsView):
         if stroke.rect is None:
             return
         x0, y0 = stroke.rect[:2]
-        after = _cut(self._array(stroke.layer), stroke.rect).copy()
+        after = _cut(self._layers[stroke.layer].labels, stroke.rect).copy()
         before = after.copy()
         for (sx0, sy0, sx1, sy1), pixels in reversed(stroke.saved):
             before[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = pixels
