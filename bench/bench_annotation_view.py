@@ -14,8 +14,8 @@ paint event, timed inside it: Qt 6 paints on its next update tick, a few
 milliseconds later, and that wait is not work; the repaint is awaited
 before the next move). Medians and 95th percentiles in
 milliseconds (wall clock, and CPU time of the GUI thread, which leaves
-out the waits of a busy shared machine), at fit-to-window zoom and at 1:1, for brushes of 20 and 100
-image pixels; also the press and the release (the release records the
+out the waits of a busy shared machine), at fit-to-window zoom and at
+1:1, for brushes of 20 and 100 image pixels; also the press and the release (the release records the
 undo command), and for comparison what recolouring the whole overlay once
 would cost, as a canvas that does not track the changed rectangle would do
 for every segment.

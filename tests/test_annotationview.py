@@ -167,6 +167,16 @@ class TestAnnotationView(GuiTest):
         QTest.mouseDClick(view.viewport(), LEFT, pos=self.at((60, 80)))
         np.testing.assert_array_equal(view.mask(), expected)
         self.assertEqual(view.undo_stack().count(), 2)
+        # Backspace takes back the last vertex; a vertex outside the image
+        # moves to its edge
+        view.set_current_class(2)
+        for vertex in [(100, 50), (130, 60), (100, 70), (60, 88)]:
+            self.click(vertex)
+        self.key(Qt.Key.Key_Backspace)
+        self.key(Qt.Key.Key_Enter)
+        cv2.fillPoly(expected, [np.array([(100, 50), (119, 60), (100, 70)],
+                                         np.int32)], 2)
+        np.testing.assert_array_equal(view.mask(), expected)
 
     def test_fill_floods_only_the_connected_region(self):
         start = np.zeros((HEIGHT, WIDTH), np.uint8)
@@ -362,8 +372,8 @@ class TestAnnotationView(GuiTest):
         QTest.mouseRelease(viewport, RIGHT, pos=self.at((30, 10)))
         QTest.mouseMove(viewport, self.at((30, 40)))                # drawn
         QTest.mouseRelease(viewport, LEFT, pos=self.at((30, 40)))
-        np.testing.assert_array_equal(
-            self.view.mask(), stroke_mask([(10, 10), (30, 10), (30, 40)], 1, 3))
+        expected = stroke_mask([(10, 10), (30, 10), (30, 40)], 1, 3)
+        np.testing.assert_array_equal(self.view.mask(), expected)
         self.assertEqual(self.view.undo_stack().count(), 1)
 
     def test_mask_changed_once_per_completed_edit(self):

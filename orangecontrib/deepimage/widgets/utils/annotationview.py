@@ -16,10 +16,12 @@ so undo and redo restore the very same bytes.
 
 Mouse: the left button uses the tool; the right button erases with the
 brush and eraser (the mask) and with the scribble tool (the scribbles), and
-removes the last vertex of a polygon; the middle button, the pan tool or
-Space + left button pans; the wheel zooms around the cursor. Keys: Ctrl+Z
-undo, Ctrl+Shift+Z (or Ctrl+Y) redo, Ctrl+0 fit, Enter closes a polygon,
-Escape cancels it, Backspace removes its last vertex.
+removes the last vertex of a polygon (vertices outside the image move to
+its edge); the middle button, the pan tool or Space + left button pans;
+the wheel zooms around the cursor. Keys: Ctrl+Z undo, Ctrl+Shift+Z (or
+Ctrl+Y) redo, Ctrl+0 fit, Enter closes a polygon, Escape cancels it,
+Backspace removes its last vertex. While the view has the focus, these
+keys reach it before a window's shortcuts for the same keys.
 """
 import sys
 from dataclasses import dataclass, field
@@ -546,8 +548,9 @@ class AnnotationView(QGraphicsView):
         key, modifiers = event.key(), event.modifiers()
         ctrl = Qt.KeyboardModifier.ControlModifier
         shift = Qt.KeyboardModifier.ShiftModifier
-        if event.matches(QKeySequence.StandardKey.Redo) or key == Qt.Key.Key_Z \
-                and modifiers & ctrl and modifiers & shift:
+        if event.matches(QKeySequence.StandardKey.Redo) \
+                or key == Qt.Key.Key_Z and modifiers & ctrl \
+                and modifiers & shift:
             return "redo"
         if event.matches(QKeySequence.StandardKey.Undo):
             return "undo"
