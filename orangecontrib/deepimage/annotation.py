@@ -576,32 +576,41 @@ class ScribbleSegmenter:
     :func:`scribble_segmenter`); pickles."""
 
     def __init__(self, classifier, n_classes: int, feature_options: Dict,
-                 normalize: bool, colour: bool):
+                 normalize: bool, colour: bool, snap: int = 2,
+                 edge_sigma: float = 2.0):
         self.classifier = classifier
         self.n_classes = n_classes
         self.feature_options = dict(feature_options)
         self.normalize = normalize
         self.colour = colour
+        self.snap = snap
+        self.edge_sigma = edge_sigma
 
-    def features(self, image: ArrayLike) -> np.ndarray:
-        """``(H, W, F)`` float32 features of one image (scikit-image's
-        :func:`~skimage.feature.multiscale_basic_features`)."""
-        from skimage.feature import multiscale_basic_features
+    def _prepared(self, image: ArrayLike) -> np.ndarray:
+        """The image as the features see it: float32 grey ``(H, W)`` or
+        RGB ``(H, W, 3)``, scaled to [0, 1] (stretched if ``normalize``)."""
         pixels = _pixels(image)
         if self.colour and pixels.ndim == 2:
             pixels = np.repeat(pixels[..., None], 3, axis=-1)
         elif not self.colour and pixels.ndim == 3:
             pixels = pixels.astype(np.float32).mean(axis=-1)
-        pixels = _stretch(pixels) if self.normalize else \
+        return _stretch(pixels) if self.normalize else \
             pixels.astype(np.float32) / (255 if pixels.dtype == np.uint8
                                          else 1)
+
+    def features(self, image: ArrayLike) -> np.ndarray:
+        """``(H, W, F)`` float32 features of one image (scikit-image's
+        :func:`~skimage.feature.multiscale_basic_features`)."""
+        from skimage.feature import multiscale_basic_features
         return multiscale_basic_features(
-            pixels, channel_axis=-1 if self.colour else None,
+            self._prepared(image), channel_axis=-1 if self.colour else None,
             **self.feature_options).astype(np.float32, copy=False)
 
     def predict_proba(self, image: ArrayLike, chunk: int = 1 << 18
                       ) -> np.ndarray:
-        """``(H, W, n_classes)`` class probabilities of each pixel."""
+        """``(H, W, n_classes)`` class probabilities of each pixel, as the
+        random forest gives them (before :meth:`predict` moves the
+        boundaries onto the image's edges)."""
         features = self.features(image)
         height, width, n_features = features.shape
         flat = features.reshape(-1, n_features)
@@ -613,9 +622,52 @@ class ScribbleSegmenter:
         return result.reshape(height, width, self.n_classes)
 
     def predict(self, image: ArrayLike) -> np.ndarray:
-        """``(H, W)`` class-index mask (uint8; uint16 beyond 256 classes)."""
+        """``(H, W)`` class-index mask (uint8; uint16 beyond 256 classes):
+        the most probable class of each pixel, with the boundaries between
+        classes moved by up to ``snap`` pixels onto the strongest edge
+        near them (see :func:`scribble_segmenter`)."""
         dtype = np.uint8 if self.n_classes <= 256 else np.uint16
-        return self.predict_proba(image).argmax(axis=-1).astype(dtype)
+        pixels = _pixels(image)
+        labels = self.predict_proba(pixels).argmax(axis=-1)
+        snap = getattr(self, "snap", 0)
+        if snap > 0:
+            labels = _snap_to_edges(self._prepared(pixels), labels, snap,
+                                    getattr(self, "edge_sigma", 1.0))
+        return labels.astype(dtype)
+
+
+def _snap_to_edges(image: np.ndarray, labels: np.ndarray, band: int,
+                   sigma: float) -> np.ndarray:
+    """Move the boundaries between the classes of `labels` by up to `band`
+    pixels onto the image's edges: the pixels within `band` (city-block)
+    pixels of another class are left open and filled by a seeded watershed
+    (scikit-image) on the gradient magnitude of the image smoothed with a
+    Gaussian of `sigma`; the rest keep their class and are the seeds. A
+    region too thin to keep a seed (a small object, a thin line) keeps its
+    pixels and their surroundings as they are, so no region is lost or
+    spread."""
+    from scipy import ndimage
+    from skimage.filters import gaussian, sobel
+    from skimage.measure import label
+    from skimage.morphology import diamond
+    from skimage.segmentation import watershed
+    footprint = diamond(band)
+    open_ = ndimage.grey_dilation(labels, footprint=footprint) != \
+        ndimage.grey_erosion(labels, footprint=footprint)
+    if not open_.any():
+        return labels
+    regions = label(labels, background=-1, connectivity=1)
+    seeded = np.zeros(regions.max() + 1, bool)
+    seeded[regions[~open_]] = True
+    unseeded = ~seeded[regions]
+    if unseeded.any():
+        open_ &= ~ndimage.binary_dilation(unseeded, structure=footprint)
+    channels = image[..., None] if image.ndim == 2 else image
+    gradient = np.sqrt(sum(
+        sobel(gaussian(channels[..., c], sigma)) ** 2
+        for c in range(channels.shape[-1])))
+    seeds = np.where(open_, 0, labels + 1)
+    return watershed(gradient, seeds) - 1
 
 
 def scribble_segmenter(images: Sequence[ArrayLike],
@@ -625,7 +677,8 @@ def scribble_segmenter(images: Sequence[ArrayLike],
                        texture: bool = True, normalize: bool = False,
                        n_estimators: int = 50, max_depth: Optional[int] = 10,
                        class_weight: Optional[str] = "balanced",
-                       n_jobs: Optional[int] = None, random_state: int = 0
+                       n_jobs: Optional[int] = None, random_state: int = 0,
+                       snap: int = 2, edge_sigma: float = 2.0
                        ) -> ScribbleSegmenter:
     """Learn to segment images from a few brush strokes on some of them.
 
@@ -638,8 +691,18 @@ def scribble_segmenter(images: Sequence[ArrayLike],
     to its own 1st–99.5th percentiles first, for images taken with
     different exposures; it is off by default, as on the tiles of one
     fluorescence image (the nuclei tutorial) it lowered the held-out
-    foreground IoU from 0.79 to 0.71: a tile with few nuclei is stretched
+    foreground IoU from 0.83 to 0.80: a tile with few nuclei is stretched
     far more than a crowded one.
+
+    Strokes are drawn inside objects and well clear of them, so the forest
+    learns nothing about where an object ends, and its boundaries fall
+    wherever its splits happen to put them (on the nuclei tiles, one or
+    two pixels outside the annotated outline). :meth:`~ScribbleSegmenter.
+    predict` therefore lets each boundary move by up to ``snap`` pixels
+    onto the strongest edge of the image near it: a seeded watershed
+    (scikit-image) on the gradient magnitude, seeded by the pixels farther
+    than ``snap`` from another class. On the nuclei bench this raised the
+    held-out foreground IoU from 0.76 to 0.83 (bench/annotation.py).
 
     Args:
         images: RGB or grey arrays, or paths.
@@ -648,6 +711,11 @@ def scribble_segmenter(images: Sequence[ArrayLike],
         sigma_min, sigma_max, intensity, edges, texture: the features.
         n_estimators, max_depth, class_weight, n_jobs, random_state: the
             random forest.
+        snap: how many pixels :meth:`ScribbleSegmenter.predict` may move a
+            boundary between classes onto the strongest edge near it (a
+            seeded watershed on the gradient magnitude); 0 keeps the
+            forest's own boundaries.
+        edge_sigma: the Gaussian smoothing before that gradient.
 
     Returns:
         A :class:`ScribbleSegmenter`; ``predict(image)`` gives a
@@ -677,7 +745,7 @@ def scribble_segmenter(images: Sequence[ArrayLike],
     options = {"sigma_min": sigma_min, "sigma_max": sigma_max,
                "intensity": intensity, "edges": edges, "texture": texture}
     segmenter = ScribbleSegmenter(None, int(classes[-1]), options,
-                                  normalize, colour)
+                                  normalize, colour, snap, edge_sigma)
     features, labels = [], []
     for p, s in zip(pixels, marks):
         if not (s > 0).any():
