@@ -374,6 +374,28 @@ def test_mask_from_box_colour_and_grey():
         mask_from_box(grey, (5, 5, 5, 9))
 
 
+def test_mask_from_box_on_a_photo():
+    # a real photo's patch (the cat's fur) pasted with a soft edge on
+    # another real photo (the coffee cup); the pasted shape is the truth
+    from skimage import data
+    from skimage.filters import gaussian
+    background = data.coffee()[:200, 300:]
+    fur = data.chelsea()[60:160, 120:240].astype(float)
+    yy, xx = np.mgrid[:200, :300]
+    truth = ((yy - 110) / 45.0) ** 2 + ((xx - 140) / 55.0) ** 2 <= 1
+    alpha = gaussian(truth.astype(float), 1.0)[..., None]
+    layer = np.zeros((200, 300, 3))
+    layer[60:160, 80:200] = fur
+    photo = np.clip(alpha * layer + (1 - alpha) * background, 0, 255) \
+        .astype(np.uint8)
+    mask = mask_from_box(photo, (80, 60, 200, 160))
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.85
+    assert not mask[:, :80].any() and not mask[:60].any()
+    # a box over the whole photo: no background for GrabCut to learn
+    whole = mask_from_box(photo, (0, 0, 300, 200))
+    assert whole.shape == truth.shape and 0 < whole.mean() < 1
+
+
 def test_superpixel_at():
     image = np.zeros((40, 40, 3), np.uint8)
     image[:, 20:] = (250, 250, 0)

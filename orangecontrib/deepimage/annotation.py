@@ -796,7 +796,7 @@ def _otsu_in_box(grey: np.ndarray, box) -> np.ndarray:
 
 
 def mask_from_box(image: ArrayLike, box: Sequence[float],
-                  iterations: int = 5) -> np.ndarray:
+                  iterations: int = 5, context: float = 0.5) -> np.ndarray:
     """The object inside a box: a boolean mask.
 
     Colour images go through GrabCut (OpenCV), initialised with the box.
@@ -808,13 +808,19 @@ def mask_from_box(image: ArrayLike, box: Sequence[float],
     equal channels, also after stretching the contrast and for about 100
     after mapping grey to colours, with mean IoUs of 0.09, 0.09 and 0.20;
     the threshold gives 0.76 (bench/annotation.py). Where GrabCut keeps
-    nothing, or all, of the box in a colour image, the threshold decides
-    too.
+    nothing, or all, of the box in a colour image, or the box is the whole
+    image, the threshold decides too.
 
     Args:
         image: an RGB or grey array, or a path.
         box: ``(x0, y0, x1, y1)`` in pixels, x1 and y1 exclusive.
         iterations: GrabCut's iterations.
+        context: how much of the photo around the box GrabCut sees, as a
+            fraction of the box's width and height on each side (its
+            background model is learned there). On composites of real
+            photos (bench/annotation.py) 0.5 gave a mean IoU of 0.86
+            where the whole photo gave 0.85, and it keeps a box on a
+            large photo fast.
 
     Raises:
         ValueError: for a box of less than 2×2 pixels inside the image.
@@ -825,13 +831,27 @@ def mask_from_box(image: ArrayLike, box: Sequence[float],
     stretched = (_stretch(pixels) * 255).astype(np.uint8)
     if stretched.ndim == 2:
         return _otsu_in_box(stretched, (x0, y0, x1, y1))
-    labels = np.zeros(pixels.shape[:2], np.uint8)
+    # the box with half its size around it: the background's colours are
+    # learned from the object's surroundings, not from the whole photo
+    height, width = pixels.shape[:2]
+    margin_x = int(context * (x1 - x0)) + 1
+    margin_y = int(context * (y1 - y0)) + 1
+    cx0, cy0 = max(0, x0 - margin_x), max(0, y0 - margin_y)
+    cx1, cy1 = min(width, x1 + margin_x), min(height, y1 + margin_y)
+    if (cx0, cy0, cx1, cy1) == (x0, y0, x1, y1):
+        # the box is the whole photo: GrabCut has no background to learn
+        return _otsu_in_box(cv2.cvtColor(stretched, cv2.COLOR_RGB2GRAY),
+                            (x0, y0, x1, y1))
+    crop = np.ascontiguousarray(stretched[cy0:cy1, cx0:cx1])
+    labels = np.zeros(crop.shape[:2], np.uint8)
     background = np.zeros((1, 65), np.float64)
     foreground = np.zeros((1, 65), np.float64)
-    cv2.grabCut(cv2.cvtColor(stretched, cv2.COLOR_RGB2BGR), labels,
-                (x0, y0, x1 - x0, y1 - y0), background, foreground,
-                iterations, cv2.GC_INIT_WITH_RECT)
-    mask = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    cv2.grabCut(cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), labels,
+                (x0 - cx0, y0 - cy0, x1 - x0, y1 - y0), background,
+                foreground, iterations, cv2.GC_INIT_WITH_RECT)
+    mask = np.zeros((height, width), bool)
+    mask[cy0:cy1, cx0:cx1] = (labels == cv2.GC_FGD) | \
+        (labels == cv2.GC_PR_FGD)
     inside = mask[y0:y1, x0:x1].mean()
     if inside == 0 or inside > 0.98:
         mask = _otsu_in_box(cv2.cvtColor(stretched, cv2.COLOR_RGB2GRAY),
