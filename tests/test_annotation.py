@@ -318,6 +318,42 @@ def test_scribbles_segment_their_image_and_others():
         scribble_segmenter([image], [scribbles[:10]])
 
 
+def test_boundaries_snap_to_the_edges_nearby():
+    from orangecontrib.deepimage.annotation import _snap_to_edges
+    image = np.zeros((40, 40), np.float32)
+    image[10:30, 12:28] = 1                 # a bright rectangle
+    truth = image > 0
+    labels = np.zeros((40, 40), np.int64)
+    labels[8:32, 10:30] = 1                 # two pixels too large
+    labels[36, 2:38] = 2                    # a one-pixel line: no seed
+    snapped = _snap_to_edges(image, labels, 2, 1.0)
+    np.testing.assert_array_equal(snapped == 1, truth)
+    np.testing.assert_array_equal(snapped == 2, labels == 2)
+    # an edge farther than the band: the boundary moves only so far
+    far = np.zeros_like(labels)
+    far[4:36, 6:34] = 1                     # six pixels too large
+    moved = _snap_to_edges(image, far, 2, 1.0)
+    assert (moved[far == 0] == 0).all()
+    assert (moved[8:32, 10:30] == 1).all()
+    # colour: the gradient of all channels
+    rgb = np.zeros((40, 40, 3), np.float32)
+    rgb[10:30, 12:28, 2] = 1
+    np.testing.assert_array_equal(
+        _snap_to_edges(rgb, labels, 2, 1.0) == 1, truth)
+
+
+def test_scribble_segmenter_without_snapping_is_the_forests_argmax():
+    image, truth = two_discs(0)
+    scribbles = np.zeros(truth.shape, np.uint8)
+    scribbles[14, 10:18] = 2
+    scribbles[3, 3:40] = 1
+    scribbles[44, 5:44] = 1
+    plain = scribble_segmenter([image], [scribbles], n_estimators=10,
+                               sigma_max=4, snap=0)
+    np.testing.assert_array_equal(
+        plain.predict(image), plain.predict_proba(image).argmax(axis=-1))
+
+
 def test_mask_from_box_colour_and_grey():
     truth = disc(64, 64, 30, 34, 14)
     rng = np.random.default_rng(0)
@@ -336,6 +372,28 @@ def test_mask_from_box_colour_and_grey():
         assert iou > 0.85
     with pytest.raises(ValueError, match="2×2"):
         mask_from_box(grey, (5, 5, 5, 9))
+
+
+def test_mask_from_box_on_a_photo():
+    # a real photo's patch (the cat's fur) pasted with a soft edge on
+    # another real photo (the coffee cup); the pasted shape is the truth
+    from skimage import data
+    from skimage.filters import gaussian
+    background = data.coffee()[:200, 300:]
+    fur = data.chelsea()[60:160, 120:240].astype(float)
+    yy, xx = np.mgrid[:200, :300]
+    truth = ((yy - 110) / 45.0) ** 2 + ((xx - 140) / 55.0) ** 2 <= 1
+    alpha = gaussian(truth.astype(float), 1.0)[..., None]
+    layer = np.zeros((200, 300, 3))
+    layer[60:160, 80:200] = fur
+    photo = np.clip(alpha * layer + (1 - alpha) * background, 0, 255) \
+        .astype(np.uint8)
+    mask = mask_from_box(photo, (80, 60, 200, 160))
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.85
+    assert not mask[:, :80].any() and not mask[:60].any()
+    # a box over the whole photo: no background for GrabCut to learn
+    whole = mask_from_box(photo, (0, 0, 300, 200))
+    assert whole.shape == truth.shape and 0 < whole.mean() < 1
 
 
 def test_superpixel_at():

@@ -576,32 +576,41 @@ class ScribbleSegmenter:
     :func:`scribble_segmenter`); pickles."""
 
     def __init__(self, classifier, n_classes: int, feature_options: Dict,
-                 normalize: bool, colour: bool):
+                 normalize: bool, colour: bool, snap: int = 2,
+                 edge_sigma: float = 2.0):
         self.classifier = classifier
         self.n_classes = n_classes
         self.feature_options = dict(feature_options)
         self.normalize = normalize
         self.colour = colour
+        self.snap = snap
+        self.edge_sigma = edge_sigma
 
-    def features(self, image: ArrayLike) -> np.ndarray:
-        """``(H, W, F)`` float32 features of one image (scikit-image's
-        :func:`~skimage.feature.multiscale_basic_features`)."""
-        from skimage.feature import multiscale_basic_features
+    def _prepared(self, image: ArrayLike) -> np.ndarray:
+        """The image as the features see it: float32 grey ``(H, W)`` or
+        RGB ``(H, W, 3)``, scaled to [0, 1] (stretched if ``normalize``)."""
         pixels = _pixels(image)
         if self.colour and pixels.ndim == 2:
             pixels = np.repeat(pixels[..., None], 3, axis=-1)
         elif not self.colour and pixels.ndim == 3:
             pixels = pixels.astype(np.float32).mean(axis=-1)
-        pixels = _stretch(pixels) if self.normalize else \
+        return _stretch(pixels) if self.normalize else \
             pixels.astype(np.float32) / (255 if pixels.dtype == np.uint8
                                          else 1)
+
+    def features(self, image: ArrayLike) -> np.ndarray:
+        """``(H, W, F)`` float32 features of one image (scikit-image's
+        :func:`~skimage.feature.multiscale_basic_features`)."""
+        from skimage.feature import multiscale_basic_features
         return multiscale_basic_features(
-            pixels, channel_axis=-1 if self.colour else None,
+            self._prepared(image), channel_axis=-1 if self.colour else None,
             **self.feature_options).astype(np.float32, copy=False)
 
     def predict_proba(self, image: ArrayLike, chunk: int = 1 << 18
                       ) -> np.ndarray:
-        """``(H, W, n_classes)`` class probabilities of each pixel."""
+        """``(H, W, n_classes)`` class probabilities of each pixel, as the
+        random forest gives them (before :meth:`predict` moves the
+        boundaries onto the image's edges)."""
         features = self.features(image)
         height, width, n_features = features.shape
         flat = features.reshape(-1, n_features)
@@ -613,9 +622,56 @@ class ScribbleSegmenter:
         return result.reshape(height, width, self.n_classes)
 
     def predict(self, image: ArrayLike) -> np.ndarray:
-        """``(H, W)`` class-index mask (uint8; uint16 beyond 256 classes)."""
+        """``(H, W)`` class-index mask (uint8; uint16 beyond 256 classes):
+        the most probable class of each pixel, with the boundaries between
+        classes moved by up to ``snap`` pixels onto the strongest edge
+        near them (see :func:`scribble_segmenter`)."""
         dtype = np.uint8 if self.n_classes <= 256 else np.uint16
-        return self.predict_proba(image).argmax(axis=-1).astype(dtype)
+        pixels = _pixels(image)
+        labels = self.predict_proba(pixels).argmax(axis=-1)
+        snap = getattr(self, "snap", 0)
+        if snap > 0:
+            labels = _snap_to_edges(self._prepared(pixels), labels, snap,
+                                    getattr(self, "edge_sigma", 1.0))
+        return labels.astype(dtype)
+
+
+def _snap_to_edges(image: np.ndarray, labels: np.ndarray, band: int,
+                   sigma: float) -> np.ndarray:
+    """Move the boundaries between the classes of `labels` by up to `band`
+    pixels onto the image's edges: the pixels within `band` (city-block)
+    pixels of another class are left open and filled by a seeded watershed
+    (scikit-image) on the gradient magnitude of the image smoothed with a
+    Gaussian of `sigma`; the rest keep their class and are the seeds. A
+    region too thin to keep a seed (a small object, a thin line) keeps its
+    pixels and their surroundings as they are, so no region is lost or
+    spread."""
+    from scipy import ndimage
+    from skimage.filters import gaussian, sobel
+    from skimage.measure import label
+    from skimage.morphology import diamond
+    from skimage.segmentation import watershed
+    footprint = diamond(band)
+    open_ = ndimage.grey_dilation(labels, footprint=footprint) != \
+        ndimage.grey_erosion(labels, footprint=footprint)
+    if not open_.any():
+        return labels
+    regions = label(labels, background=-1, connectivity=1)
+    seeded = np.zeros(regions.max() + 1, bool)
+    seeded[regions[~open_]] = True
+    unseeded = ~seeded[regions]
+    if unseeded.any():
+        open_ &= ~ndimage.binary_dilation(unseeded, structure=footprint)
+    channels = image[..., None] if image.ndim == 2 else image
+    gradient = np.sqrt(sum(
+        sobel(gaussian(channels[..., c], sigma)) ** 2
+        for c in range(channels.shape[-1])))
+    seeds = np.where(open_, 0, labels + 1)
+    # flooding only the open pixels and the seeds beside them gives the
+    # same result some ten times faster than flooding the whole image
+    flooded = watershed(gradient, seeds,
+                        mask=ndimage.binary_dilation(open_))
+    return np.where(open_, flooded - 1, labels)
 
 
 def scribble_segmenter(images: Sequence[ArrayLike],
@@ -625,7 +681,8 @@ def scribble_segmenter(images: Sequence[ArrayLike],
                        texture: bool = True, normalize: bool = False,
                        n_estimators: int = 50, max_depth: Optional[int] = 10,
                        class_weight: Optional[str] = "balanced",
-                       n_jobs: Optional[int] = None, random_state: int = 0
+                       n_jobs: Optional[int] = None, random_state: int = 0,
+                       snap: int = 2, edge_sigma: float = 2.0
                        ) -> ScribbleSegmenter:
     """Learn to segment images from a few brush strokes on some of them.
 
@@ -638,8 +695,18 @@ def scribble_segmenter(images: Sequence[ArrayLike],
     to its own 1st–99.5th percentiles first, for images taken with
     different exposures; it is off by default, as on the tiles of one
     fluorescence image (the nuclei tutorial) it lowered the held-out
-    foreground IoU from 0.79 to 0.71: a tile with few nuclei is stretched
+    foreground IoU from 0.83 to 0.80: a tile with few nuclei is stretched
     far more than a crowded one.
+
+    Strokes are drawn inside objects and well clear of them, so the forest
+    learns nothing about where an object ends, and its boundaries fall
+    wherever its splits happen to put them (on the nuclei tiles, one or
+    two pixels outside the annotated outline). :meth:`~ScribbleSegmenter.
+    predict` therefore lets each boundary move by up to ``snap`` pixels
+    onto the strongest edge of the image near it: a seeded watershed
+    (scikit-image) on the gradient magnitude, seeded by the pixels farther
+    than ``snap`` from another class. On the nuclei bench this raised the
+    held-out foreground IoU from 0.76 to 0.83 (bench/annotation.py).
 
     Args:
         images: RGB or grey arrays, or paths.
@@ -648,6 +715,11 @@ def scribble_segmenter(images: Sequence[ArrayLike],
         sigma_min, sigma_max, intensity, edges, texture: the features.
         n_estimators, max_depth, class_weight, n_jobs, random_state: the
             random forest.
+        snap: how many pixels :meth:`ScribbleSegmenter.predict` may move a
+            boundary between classes onto the strongest edge near it (a
+            seeded watershed on the gradient magnitude); 0 keeps the
+            forest's own boundaries.
+        edge_sigma: the Gaussian smoothing before that gradient.
 
     Returns:
         A :class:`ScribbleSegmenter`; ``predict(image)`` gives a
@@ -677,7 +749,7 @@ def scribble_segmenter(images: Sequence[ArrayLike],
     options = {"sigma_min": sigma_min, "sigma_max": sigma_max,
                "intensity": intensity, "edges": edges, "texture": texture}
     segmenter = ScribbleSegmenter(None, int(classes[-1]), options,
-                                  normalize, colour)
+                                  normalize, colour, snap, edge_sigma)
     features, labels = [], []
     for p, s in zip(pixels, marks):
         if not (s > 0).any():
@@ -728,7 +800,7 @@ def _otsu_in_box(grey: np.ndarray, box) -> np.ndarray:
 
 
 def mask_from_box(image: ArrayLike, box: Sequence[float],
-                  iterations: int = 5) -> np.ndarray:
+                  iterations: int = 5, context: float = 0.5) -> np.ndarray:
     """The object inside a box: a boolean mask.
 
     Colour images go through GrabCut (OpenCV), initialised with the box.
@@ -740,13 +812,20 @@ def mask_from_box(image: ArrayLike, box: Sequence[float],
     equal channels, also after stretching the contrast and for about 100
     after mapping grey to colours, with mean IoUs of 0.09, 0.09 and 0.20;
     the threshold gives 0.76 (bench/annotation.py). Where GrabCut keeps
-    nothing, or all, of the box in a colour image, the threshold decides
-    too.
+    nothing, or all, of the box in a colour image, or the box is the whole
+    image, the threshold decides too.
 
     Args:
         image: an RGB or grey array, or a path.
         box: ``(x0, y0, x1, y1)`` in pixels, x1 and y1 exclusive.
         iterations: GrabCut's iterations.
+        context: how much of the photo around the box GrabCut sees, as a
+            fraction of the box's width and height on each side (its
+            background model is learned there). On composites of real
+            photos (bench/annotation.py) 0.5 gave a mean IoU of 0.86
+            where the whole photo gave 0.85, and on the Edit Images
+            tutorial's five objects (against rough outlines) 0.64 where
+            it gave 0.50; it also keeps a box on a large photo fast.
 
     Raises:
         ValueError: for a box of less than 2×2 pixels inside the image.
@@ -757,13 +836,27 @@ def mask_from_box(image: ArrayLike, box: Sequence[float],
     stretched = (_stretch(pixels) * 255).astype(np.uint8)
     if stretched.ndim == 2:
         return _otsu_in_box(stretched, (x0, y0, x1, y1))
-    labels = np.zeros(pixels.shape[:2], np.uint8)
+    # the box with half its size around it: the background's colours are
+    # learned from the object's surroundings, not from the whole photo
+    height, width = pixels.shape[:2]
+    margin_x = int(context * (x1 - x0)) + 1
+    margin_y = int(context * (y1 - y0)) + 1
+    cx0, cy0 = max(0, x0 - margin_x), max(0, y0 - margin_y)
+    cx1, cy1 = min(width, x1 + margin_x), min(height, y1 + margin_y)
+    if (cx0, cy0, cx1, cy1) == (x0, y0, x1, y1):
+        # the box is the whole photo: GrabCut has no background to learn
+        return _otsu_in_box(cv2.cvtColor(stretched, cv2.COLOR_RGB2GRAY),
+                            (x0, y0, x1, y1))
+    crop = np.ascontiguousarray(stretched[cy0:cy1, cx0:cx1])
+    labels = np.zeros(crop.shape[:2], np.uint8)
     background = np.zeros((1, 65), np.float64)
     foreground = np.zeros((1, 65), np.float64)
-    cv2.grabCut(cv2.cvtColor(stretched, cv2.COLOR_RGB2BGR), labels,
-                (x0, y0, x1 - x0, y1 - y0), background, foreground,
-                iterations, cv2.GC_INIT_WITH_RECT)
-    mask = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    cv2.grabCut(cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), labels,
+                (x0 - cx0, y0 - cy0, x1 - x0, y1 - y0), background,
+                foreground, iterations, cv2.GC_INIT_WITH_RECT)
+    mask = np.zeros((height, width), bool)
+    mask[cy0:cy1, cx0:cx1] = (labels == cv2.GC_FGD) | \
+        (labels == cv2.GC_PR_FGD)
     inside = mask[y0:y1, x0:x1].mean()
     if inside == 0 or inside > 0.98:
         mask = _otsu_in_box(cv2.cvtColor(stretched, cv2.COLOR_RGB2GRAY),
