@@ -1,0 +1,154 @@
+"""Training across machines: worker processes on 127.0.0.1 with TF_CONFIG.
+
+Two workers of a ``MultiWorkerMirroredStrategy`` (CPU only, on free ports)
+are started once for the module; they train an image classifier and a
+small U-Net with ``strategy="multi-worker"`` (multiworker_job.py), and each
+test compares their model with the one this process trains alone from the
+same data and arguments. The workers are killed if they do not finish in
+time.
+"""
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from orangecontrib.deepimage import ImageClassifierLearner, SegmentationLearner
+
+from imagedata import digits_table
+from multiworker_job import score_segmentation
+from test_segmentation import pairs_table
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+JOB = os.path.join(HERE, "multiworker_job.py")
+#: Seconds the workers may take for all their jobs, start-up included.
+TIMEOUT = 240
+
+CLASSIFIER = dict(epochs=15, batch_size=32, random_state=0)
+UNET = dict(depth=2, base_filters=8, tile_size=32, epochs=15, batch_size=8,
+            validation=0.25, tiles_per_image=4, learning_rate=3e-3)
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def run_workers(folder, kinds, n=2):
+    """Run `n` workers of multiworker_job.py on `kinds`; return their exit
+    codes and logs."""
+    workers = [f"127.0.0.1:{port}" for port in free_ports(n)]
+    path = os.pathsep.join(
+        [os.path.dirname(HERE), HERE] + [p for p in os.environ.get(
+            "PYTHONPATH", "").split(os.pathsep) if p])
+    processes, logs = [], []
+    try:
+        for index in range(n):
+            env = dict(os.environ, PYTHONPATH=path, CUDA_VISIBLE_DEVICES="",
+                       TF_CONFIG=json.dumps({
+                           "cluster": {"worker": workers},
+                           "task": {"type": "worker", "index": index}}))
+            logs.append(open(os.path.join(folder, f"log-{index}.txt"), "wb"))
+            processes.append(subprocess.Popen(
+                [sys.executable, JOB, str(folder), *kinds], env=env,
+                stdout=logs[-1], stderr=subprocess.STDOUT))
+        for process in processes:
+            process.wait(timeout=TIMEOUT)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
+    texts = []
+    for index in range(n):
+        with open(os.path.join(folder, f"log-{index}.txt"),
+                  errors="replace") as log:
+            texts.append(log.read())
+    return [process.returncode for process in processes], texts
+
+
+def save_job(folder, train, test, arguments):
+    os.makedirs(folder)
+    for name, table in (("train", train), ("test", test)):
+        with open(os.path.join(folder, f"{name}.pkl"), "wb") as file:
+            pickle.dump(table, file)
+    with open(os.path.join(folder, "learner.json"), "w") as file:
+        json.dump(arguments, file)
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    """The data of each job, and the workers' results."""
+    folder = tmp_path_factory.mktemp("multiworker")
+    digits = digits_table(tmp_path_factory.mktemp("digits"), n=500)
+    order = np.random.default_rng(0).permutation(len(digits))
+    classifier = (digits[np.sort(order[:300])], digits[np.sort(order[300:])])
+    cells = pairs_table(tmp_path_factory.mktemp("cells"), n=16)
+    unet = (cells[:12], cells[12:])
+    save_job(folder / "classifier", *classifier, CLASSIFIER)
+    save_job(folder / "segmentation", *unet, UNET)
+    # Embed once here, so that the workers find the embeddings in the cache.
+    ImageClassifierLearner(epochs=1)(classifier[0])
+    codes, logs = run_workers(folder, ["classifier", "segmentation"])
+    assert codes == [0, 0], "\n\n".join(log[-4000:] for log in logs)
+    results = {}
+    for kind in ("classifier", "segmentation"):
+        results[kind] = []
+        for index in range(2):
+            with open(folder / kind / f"result-{index}.json") as file:
+                results[kind].append(json.load(file))
+    return {"folder": folder, "classifier": classifier, "segmentation": unet,
+            "results": results}
+
+
+def chief_model(jobs, kind):
+    with open(jobs["folder"] / kind / "model.pkl", "rb") as file:
+        return pickle.load(file)
+
+
+def test_two_workers_train_the_classifier_as_one_process(jobs):
+    train, test = jobs["classifier"]
+    results = jobs["results"]["classifier"]
+    alone = ImageClassifierLearner(**CLASSIFIER)(train)
+    accuracy_alone = float((alone(test) == test.Y).mean())
+
+    assert [r["replicas"] for r in results] == [2, 2]
+    assert [r["chief"] for r in results] == [True, False]
+    # Every worker ends with the same network...
+    assert results[0]["accuracy"] == results[1]["accuracy"]
+    assert results[0]["history"] == results[1]["history"]
+    # ... as accurate as the one trained alone.
+    print(f"accuracy alone {accuracy_alone:.3f}, two workers "
+          f"{results[0]['accuracy']:.3f}")
+    assert accuracy_alone > 0.85
+    assert abs(results[0]["accuracy"] - accuracy_alone) <= 0.02
+    assert set(results[0]["history"]) == set(alone.history)
+    # The chief alone saved the model, which predicts as measured there.
+    assert not os.path.exists(jobs["folder"] / "model-1.pkl")
+    model = chief_model(jobs, "classifier")
+    assert float((model(test) == test.Y).mean()) == results[0]["accuracy"]
+
+
+def test_two_workers_train_a_unet_as_one_process(jobs):
+    train, test = jobs["segmentation"]
+    results = jobs["results"]["segmentation"]
+    alone = score_segmentation(SegmentationLearner(**UNET)(train), test)
+
+    assert results[0]["iou"] == results[1]["iou"]
+    print(f"mean IoU alone {alone:.3f}, two workers {results[0]['iou']:.3f}")
+    assert alone > 0.8
+    assert abs(results[0]["iou"] - alone) <= 0.05
+    assert score_segmentation(chief_model(jobs, "segmentation"), test) \
+        == results[0]["iou"]
