@@ -28,8 +28,12 @@ JOB = os.path.join(HERE, "multiworker_job.py")
 #: Seconds the workers may take for all their jobs, start-up included.
 TIMEOUT = 240
 
-CLASSIFIER = dict(epochs=15, batch_size=32, random_state=0)
-UNET = dict(depth=2, base_filters=8, tile_size=32, epochs=15, batch_size=8,
+# A linear head without dropout: a step of two workers (each with half of
+# the batch) computes the gradient of one process' step, so the two should
+# train alike. (Batch normalisation would normalise each half on its own.)
+CLASSIFIER = dict(epochs=12, batch_size=32, hidden_units=0, dropout=0,
+                  learning_rate=1e-2, random_state=0)
+UNET = dict(depth=2, base_filters=8, tile_size=32, epochs=8, batch_size=8,
             validation=0.25, tiles_per_image=4, learning_rate=3e-3)
 
 
@@ -124,17 +128,21 @@ def test_two_workers_train_the_classifier_as_one_process(jobs):
     alone = ImageClassifierLearner(**CLASSIFIER)(train)
     accuracy_alone = float((alone(test) == test.Y).mean())
 
+    print(f"accuracy alone {accuracy_alone:.3f}, two workers "
+          f"{[r['accuracy'] for r in results]}")
     assert [r["replicas"] for r in results] == [2, 2]
     assert [r["chief"] for r in results] == [True, False]
     # Every worker ends with the same network...
     assert results[0]["accuracy"] == results[1]["accuracy"]
     assert results[0]["history"] == results[1]["history"]
-    # ... as accurate as the one trained alone.
-    print(f"accuracy alone {accuracy_alone:.3f}, two workers "
-          f"{results[0]['accuracy']:.3f}")
-    assert accuracy_alone > 0.85
+    # ... trained as the one trained alone, and as accurate.
+    assert accuracy_alone > 0.8
     assert abs(results[0]["accuracy"] - accuracy_alone) <= 0.02
     assert set(results[0]["history"]) == set(alone.history)
+    # The first epoch sees the same batches in the same order (later ones
+    # are shuffled in other orders), so its loss is the same.
+    assert results[0]["history"]["loss"][0] \
+        == pytest.approx(alone.history["loss"][0], rel=1e-3)
     # The chief alone saved the model, which predicts as measured there.
     assert not os.path.exists(jobs["folder"] / "model-1.pkl")
     model = chief_model(jobs, "classifier")
@@ -146,8 +154,9 @@ def test_two_workers_train_a_unet_as_one_process(jobs):
     results = jobs["results"]["segmentation"]
     alone = score_segmentation(SegmentationLearner(**UNET)(train), test)
 
+    print(f"mean IoU alone {alone:.3f}, two workers "
+          f"{[r['iou'] for r in results]}")
     assert results[0]["iou"] == results[1]["iou"]
-    print(f"mean IoU alone {alone:.3f}, two workers {results[0]['iou']:.3f}")
     assert alone > 0.8
     assert abs(results[0]["iou"] - alone) <= 0.05
     assert score_segmentation(chief_model(jobs, "segmentation"), test) \
