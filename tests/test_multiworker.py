@@ -13,15 +13,20 @@ import pickle
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from orangecontrib.deepimage import ImageClassifierLearner, SegmentationLearner
+from orangecontrib.deepimage import (
+    ImageClassifierLearner, SegmentationLearner, device)
+from orangecontrib.deepimage.errors import InvalidInput
+from orangecontrib.deepimage.training import StreamingDataset
 
 from imagedata import digits_table
 from multiworker_job import score_segmentation
 from test_segmentation import pairs_table
+from test_training import write_images
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOB = os.path.join(HERE, "multiworker_job.py")
@@ -50,12 +55,13 @@ def free_ports(n):
 
 def run_workers(folder, kinds, n=2):
     """Run `n` workers of multiworker_job.py on `kinds`; return their exit
-    codes and logs."""
+    codes (None for one killed: it ran out of time, or another failed) and
+    logs."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(n)]
     path = os.pathsep.join(
         [os.path.dirname(HERE), HERE] + [p for p in os.environ.get(
             "PYTHONPATH", "").split(os.pathsep) if p])
-    processes, logs = [], []
+    processes, logs, killed = [], [], set()
     try:
         for index in range(n):
             env = dict(os.environ, PYTHONPATH=path, CUDA_VISIBLE_DEVICES="",
@@ -66,13 +72,18 @@ def run_workers(folder, kinds, n=2):
             processes.append(subprocess.Popen(
                 [sys.executable, JOB, str(folder), *kinds], env=env,
                 stdout=logs[-1], stderr=subprocess.STDOUT))
-        for process in processes:
-            process.wait(timeout=TIMEOUT)
+        # A worker that fails leaves the others waiting for it: stop them.
+        deadline = time.monotonic() + TIMEOUT
+        while any(p.poll() is None for p in processes) \
+                and not any(p.poll() for p in processes) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+                killed.add(process)
         for log in logs:
             log.close()
     texts = []
@@ -80,7 +91,8 @@ def run_workers(folder, kinds, n=2):
         with open(os.path.join(folder, f"log-{index}.txt"),
                   errors="replace") as log:
             texts.append(log.read())
-    return [process.returncode for process in processes], texts
+    return [None if process in killed else process.returncode
+            for process in processes], texts
 
 
 def save_job(folder, train, test, arguments):
@@ -161,3 +173,40 @@ def test_two_workers_train_a_unet_as_one_process(jobs):
     assert abs(results[0]["iou"] - alone) <= 0.05
     assert score_segmentation(chief_model(jobs, "segmentation"), test) \
         == results[0]["iou"]
+
+
+def test_strategy_argument_and_tf_config_errors(monkeypatch):
+    import tensorflow as tf
+    default = tf.distribute.get_strategy()
+    assert device.training_strategy(None) is device.distribution_strategy()
+    assert device.training_strategy(default) is default
+    assert not device.is_multi_worker(default)
+    assert device.is_chief() and device.is_chief(default)
+    with pytest.raises(InvalidInput, match="Received: strategy='mirrored'"):
+        device.training_strategy("mirrored")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(InvalidInput, match="needs TF_CONFIG"):
+        device.training_strategy("multi-worker")
+    # no list of workers: refused before TensorFlow is asked
+    monkeypatch.setenv("TF_CONFIG", '{"task": {"index": 0}}')
+    with pytest.raises(InvalidInput, match="cluster.worker"):
+        device.training_strategy("multi-worker")
+
+
+def test_shards_of_a_stream_are_the_epoch_each_image_once(tmp_path):
+    paths = write_images(tmp_path, 7)  # 7 images: shares of 4 and 3
+
+    def labels(index, epoch):
+        stream = StreamingDataset(paths, labels=range(7), size=(6, 4),
+                                  shuffle=True, seed=3)
+        stream.epoch = epoch
+        stream.shard(index, 2)
+        return [int(label) for _, label in stream]
+
+    for epoch in (0, 1):
+        first, second = labels(0, epoch), labels(1, epoch)
+        assert (len(first), len(second)) == (4, 3)
+        assert sorted(first + second) == list(range(7))
+    assert labels(0, 0) != labels(0, 1)  # a new share each epoch
+    with pytest.raises(ValueError, match="index=2, count=2"):
+        StreamingDataset(paths).shard(2, 2)

@@ -270,7 +270,14 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
         if stream is not None and stream.read_none:
             raise stream.nothing_read() from None
         raise
-    if stream is not None and stream.read_none:
+    if stream is not None and across_workers:
+        # Decided alike on every worker: one that stopped alone would leave
+        # the others waiting for it.
+        if not _on_any_worker(model.distribute_strategy, bool(stream.used)):
+            raise stream.nothing_read() if stream.skipped else InvalidInput(
+                f"None of the {len(stream)} images could be read on any "
+                f"machine.")
+    elif stream is not None and stream.read_none:
         raise stream.nothing_read()
     if nan_guard.diverged:
         raise TrainingError(
@@ -475,6 +482,14 @@ def _fit_across_workers(model, data, validation_data, epochs: int,
             break
     callbacks.on_train_end()
     return history
+
+
+def _on_any_worker(strategy, flag: bool) -> bool:
+    """True when `flag` is True on any worker (every worker must ask)."""
+    import tensorflow as tf
+    value = strategy.experimental_distribute_values_from_function(
+        lambda _: tf.constant([float(flag)]))
+    return float(strategy.reduce("MEAN", value, axis=None)[0]) > 0
 
 
 def _trained_batch_norm_statistics(model) -> list:
