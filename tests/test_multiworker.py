@@ -175,7 +175,7 @@ def test_two_workers_train_a_unet_as_one_process(jobs):
         == results[0]["iou"]
 
 
-def test_strategy_argument_and_tf_config_errors(monkeypatch):
+def test_strategy_argument_and_tf_config_errors(monkeypatch, tmp_path):
     import tensorflow as tf
     default = tf.distribute.get_strategy()
     assert device.training_strategy(None) is device.distribution_strategy()
@@ -191,6 +191,13 @@ def test_strategy_argument_and_tf_config_errors(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", '{"task": {"index": 0}}')
     with pytest.raises(InvalidInput, match="cluster.worker"):
         device.training_strategy("multi-worker")
+    # TensorFlow runs in this process already: too late for collectives
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+        "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(InvalidInput, match="before anything else uses"):
+        ImageClassifierLearner(strategy="multi-worker")(
+            digits_table(tmp_path, n=20))
 
 
 def test_shards_of_a_stream_are_the_epoch_each_image_once(tmp_path):
