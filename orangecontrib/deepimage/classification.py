@@ -119,12 +119,13 @@ class ImageClassifierLearner(LearnerClassification):
         Runtime hooks (stop requests, per-epoch metrics) for widgets.
     strategy : tf.distribute.Strategy or str, optional
         The distribution strategy to train under: by default all GPUs of
-        this machine (``MirroredStrategy`` with two or more); ``"multi-worker"``
-        trains across the machines listed in ``TF_CONFIG`` (the same script
-        runs on each, see the README's "More than one machine"); or any
-        ``tf.distribute`` strategy. Across machines, every worker embeds the
-        images, the head and the unfrozen layers train on all workers'
-        shares of the images, and every worker returns the same model.
+        this machine (``MirroredStrategy`` with two or more);
+        ``"multi-worker"`` trains across the machines listed in
+        ``TF_CONFIG`` (the same script runs on each, see the README's "More
+        than one machine"); or any ``tf.distribute`` strategy. Across
+        machines, every worker embeds all images, the head and the unfrozen
+        layers train on all workers' shares of them, and every worker
+        returns the same model.
     """
     name = "image classifier"
     preprocessors = [HasClass()]

@@ -552,11 +552,11 @@ class SegmentationLearner:
         :class:`EpochPreview`. The training history is not affected.
     strategy : tf.distribute.Strategy or str, optional
         The distribution strategy to train under: by default all GPUs of
-        this machine (``MirroredStrategy`` with two or more); ``"multi-worker"``
-        trains across the machines listed in ``TF_CONFIG`` (the same script
-        runs on each, see the README's "More than one machine"), each
-        worker reading its share of the images every epoch; or any
-        ``tf.distribute`` strategy.
+        this machine (``MirroredStrategy`` with two or more);
+        ``"multi-worker"`` trains across the machines listed in
+        ``TF_CONFIG`` (the same script runs on each, see the README's "More
+        than one machine"), each worker reading its share of the images
+        every epoch; or any ``tf.distribute`` strategy.
 
     After training, the batch normalisation statistics are re-estimated on
     the training tiles, not augmented (see :func:`recalibrate_batch_norm`).

@@ -312,7 +312,9 @@ def _fit_across_workers(model, data, validation_data, epochs: int,
     `data` and `validation_data` are ``tf.data`` datasets of batches of the
     global batch size (each worker takes its share of every batch) or
     :class:`StreamingDataset` (each worker reads only its share of the
-    images, see :meth:`StreamingDataset.shard`).
+    images, see :meth:`StreamingDataset.shard`). `class_weight` weighs
+    each example by its label; `shuffle` is taken as ``model.fit`` takes it
+    and ignored (the datasets shuffle themselves).
 
     Returns
     -------
