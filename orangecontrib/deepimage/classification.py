@@ -30,7 +30,7 @@ from Orange.data.filter import HasClass
 from Orange.util import dummy_callback
 
 from orangecontrib.deepimage.backbones import get_backbone
-from orangecontrib.deepimage.device import distribution_strategy
+from orangecontrib.deepimage.device import training_strategy
 from orangecontrib.deepimage.embedding import shared_embedder
 from orangecontrib.deepimage.errors import InvalidInput
 from orangecontrib.deepimage.images import (
@@ -117,6 +117,15 @@ class ImageClassifierLearner(LearnerClassification):
     preprocessors : list, optional
     hooks : TrainingHooks, optional
         Runtime hooks (stop requests, per-epoch metrics) for widgets.
+    strategy : tf.distribute.Strategy or str, optional
+        The distribution strategy to train under: by default all GPUs of
+        this machine (``MirroredStrategy`` with two or more);
+        ``"multi-worker"`` trains across the machines listed in
+        ``TF_CONFIG`` (the same script runs on each, see the README's "More
+        than one machine"); or any ``tf.distribute`` strategy. Across
+        machines, every worker embeds all images, the head and the unfrozen
+        layers train on all workers' shares of them, and every worker
+        returns the same model.
     """
     name = "image classifier"
     preprocessors = [HasClass()]
@@ -131,7 +140,8 @@ class ImageClassifierLearner(LearnerClassification):
                  random_state: int = 0, weights: Optional[str] = None,
                  mirror: Optional[str] = None, preprocessors=None,
                  hooks: Optional[TrainingHooks] = None,
-                 augmentations: Sequence[str] = AUGMENTATIONS):
+                 augmentations: Sequence[str] = AUGMENTATIONS,
+                 strategy=None):
         super().__init__(preprocessors=preprocessors)
         unknown = set(augmentations) - set(AUGMENTATIONS)
         if unknown:
@@ -163,6 +173,7 @@ class ImageClassifierLearner(LearnerClassification):
         self.weights = weights
         self.mirror = mirror
         self.hooks = hooks
+        self.strategy = strategy
         self._progress = dummy_callback
 
     # --- Orange's learner protocol ---------------------------------------
@@ -202,6 +213,9 @@ class ImageClassifierLearner(LearnerClassification):
     def fit_storage(self, data: Table) -> "ImageClassifierModel":
         import keras
 
+        # First: a strategy across machines must be made before anything
+        # else starts TensorFlow.
+        strategy = training_strategy(self.strategy)
         column = require_image_column(data)
         class_var = data.domain.class_var
         paths = image_paths(data, column)
@@ -227,7 +241,6 @@ class ImageClassifierLearner(LearnerClassification):
 
         train, val = self._split(y)
         hooks = self._hooks_with_progress(progress)
-        strategy = distribution_strategy()
         with strategy.scope():
             head = build_head(features.shape[1], len(class_var.values),
                               self.hidden_units, self.batch_norm,
@@ -255,7 +268,7 @@ class ImageClassifierLearner(LearnerClassification):
         if self.augment or fine_tune:
             history, streamed = self._train_streaming(
                 network, trunk, backbone, kept_paths, y, train, val,
-                class_var, hooks, history, start=head_end)
+                class_var, hooks, history, strategy, start=head_end)
             skipped.update((int(kept_rows[i]), reason)
                            for i, reason in streamed.items())
         notes = _notes(y, class_var, skipped)
@@ -343,14 +356,13 @@ class ImageClassifierLearner(LearnerClassification):
         return TrainingHooks(report, hooks.should_stop, hooks.on_epoch_end)
 
     def _train_streaming(self, network, trunk, backbone, paths, y, train, val,
-                         class_var, hooks, history, start):
+                         class_var, hooks, history, strategy, start):
         """Train the head on augmented images, then the unfrozen layers.
 
         Returns the history and the images that could not be read now
         (``{position in paths: reason}``); they are not trained on.
         """
         import keras
-        strategy = distribution_strategy()
         with strategy.scope():
             training_network = with_augmentation(
                 network, self.random_state, self.augmentations) \

@@ -6,6 +6,9 @@ this module tells the user which device that is, picks the dtype policy
 tensor cores; ``float32`` elsewhere), and gives the distribution strategy
 that training builds and compiles its models under: data-parallel over all
 GPUs when there are two or more, TensorFlow's default strategy otherwise.
+Training across machines uses ``MultiWorkerMirroredStrategy``, set up from
+the ``TF_CONFIG`` variable of each machine (:func:`multi_worker_strategy`,
+:func:`training_strategy`).
 
 The policy is given to each layer that is built (the factories take a
 ``dtype`` argument, :func:`apply_dtype_policy` sets it on the layers of a
@@ -15,15 +18,24 @@ so that two networks built at once in two threads cannot race on it.
 Asking for the device imports TensorFlow (and initialises CUDA), so widgets
 ask for it in their worker threads, not when they are created.
 """
+import json
+import os
 from functools import lru_cache
 from typing import Collection, List, Optional
 
+from orangecontrib.deepimage.errors import InvalidInput
+
 __all__ = ["gpu_names", "device_description", "known_device_description",
            "preferred_dtype_policy", "apply_dtype_policy",
-           "distribution_strategy", "DEVICE_NOT_DETECTED"]
+           "distribution_strategy", "multi_worker_strategy",
+           "training_strategy", "is_multi_worker", "is_chief",
+           "MULTI_WORKER", "DEVICE_NOT_DETECTED"]
 
 #: What a widget shows for the device before its first task has run.
 DEVICE_NOT_DETECTED = "Detected when work starts"
+
+#: The `strategy` that learners take to train across machines (TF_CONFIG).
+MULTI_WORKER = "multi-worker"
 
 #: The last description :func:`device_description` gave.
 _described: List[str] = []
@@ -130,3 +142,90 @@ def distribution_strategy():
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
     return tf.distribute.get_strategy()
+
+
+@lru_cache(maxsize=1)
+def multi_worker_strategy():
+    """``MultiWorkerMirroredStrategy`` over the machines in ``TF_CONFIG``.
+
+    Every machine runs the same script with its own ``TF_CONFIG``, e.g.
+    ``{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+    "task": {"type": "worker", "index": 0}}`` on the first machine and
+    ``"index": 1`` on the second. The strategy is made once per process
+    (TensorFlow allows no second one), and before anything else starts
+    TensorFlow: its collective operations are configured at start-up.
+
+    Raises
+    ------
+    InvalidInput
+        When ``TF_CONFIG`` is missing or malformed, or TensorFlow had
+        already started in this process.
+    """
+    config = os.environ.get("TF_CONFIG")
+    if not config:
+        raise InvalidInput(
+            "Training across machines needs TF_CONFIG: set it on each "
+            "machine to the list of workers and that machine's index.")
+    try:
+        workers = json.loads(config)["cluster"]["worker"]
+        json.loads(config)["task"]["index"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise InvalidInput(
+            f"TF_CONFIG must give cluster.worker (a list of host:port) and "
+            f"task.index. Received: TF_CONFIG={config!r}") from error
+    if not isinstance(workers, list) or not workers:
+        raise InvalidInput(f"TF_CONFIG lists no workers. Received: "
+                           f"TF_CONFIG={config!r}")
+    import tensorflow as tf
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as error:
+        raise InvalidInput(
+            "TensorFlow had started before training across machines was set "
+            "up: call orangecontrib.deepimage.device.multi_worker_strategy() "
+            "(or train with strategy='multi-worker') before anything else "
+            "uses TensorFlow in this process.") from error
+
+
+def training_strategy(strategy=None):
+    """The strategy a learner trains under.
+
+    Parameters
+    ----------
+    strategy : tf.distribute.Strategy or str, optional
+        None for :func:`distribution_strategy` (this machine's GPUs),
+        :data:`MULTI_WORKER` (``"multi-worker"``) for
+        :func:`multi_worker_strategy`, or any ``tf.distribute`` strategy.
+    """
+    if strategy is None:
+        return distribution_strategy()
+    if isinstance(strategy, str):
+        if strategy != MULTI_WORKER:
+            raise InvalidInput(f"strategy must be a tf.distribute strategy, "
+                               f"None or {MULTI_WORKER!r}. Received: "
+                               f"strategy={strategy!r}")
+        return multi_worker_strategy()
+    return strategy
+
+
+def is_multi_worker(strategy) -> bool:
+    """True for a strategy whose replicas span more than one process."""
+    import tensorflow as tf
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    jobs = strategy.cluster_resolver.cluster_spec().as_dict()
+    return sum(len(jobs.get(job, ())) for job in ("chief", "worker")) > 1
+
+
+def is_chief(strategy=None) -> bool:
+    """True in the process that writes files: the only one without
+    several workers, else the chief (the task of type ``chief``, or worker
+    0 when there is none)."""
+    if strategy is None or not is_multi_worker(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    return task_type == "worker" and task_id == 0 \
+        and "chief" not in resolver.cluster_spec().as_dict()

@@ -33,7 +33,7 @@ from orangecontrib.deepimage.images import (
     require_mask_column)
 from orangecontrib.deepimage.segdata import MaskInfo, mask_info
 from orangecontrib.deepimage.device import (
-    distribution_strategy, preferred_dtype_policy)
+    preferred_dtype_policy, training_strategy)
 from orangecontrib.deepimage.training import (
     UNREADABLE, NetworkModelMixin, StreamingDataset, TrainingHooks, fit,
     read_image_and_mask)
@@ -228,7 +228,13 @@ def segmentation_loss(name: str, n_classes: int):
     if name not in LOSSES:
         raise InvalidInput(f"Unknown loss. Received: loss={name!r}; expected "
                            f"one of {LOSSES}")
-    crossentropy = keras.losses.SparseCategoricalCrossentropy()
+    def crossentropy(y_true, y_pred):
+        # The mean over pixels, as SparseCategoricalCrossentropy() gives,
+        # but not also divided by the number of replicas (a Loss object
+        # called under a distribution strategy divides; Keras then divides
+        # the whole loss again).
+        return ops.mean(keras.losses.sparse_categorical_crossentropy(
+            y_true, y_pred))
 
     def one_hot(y_true):
         return ops.one_hot(ops.cast(ops.squeeze(y_true, -1)
@@ -544,6 +550,13 @@ class SegmentationLearner:
         with the network as it is then, and pass it to
         ``hooks.on_epoch_end`` as ``logs["preview"]``, an
         :class:`EpochPreview`. The training history is not affected.
+    strategy : tf.distribute.Strategy or str, optional
+        The distribution strategy to train under: by default all GPUs of
+        this machine (``MirroredStrategy`` with two or more);
+        ``"multi-worker"`` trains across the machines listed in
+        ``TF_CONFIG`` (the same script runs on each, see the README's "More
+        than one machine"), each worker reading its share of the images
+        every epoch; or any ``tf.distribute`` strategy.
 
     After training, the batch normalisation statistics are re-estimated on
     the training tiles, not augmented (see :func:`recalibrate_batch_norm`).
@@ -561,7 +574,7 @@ class SegmentationLearner:
                  early_stopping: bool = True,
                  weights: Optional[str] = None, mirror: Optional[str] = None,
                  hooks: Optional[TrainingHooks] = None,
-                 preview: bool = False):
+                 preview: bool = False, strategy=None):
         if architecture not in ARCHITECTURES:
             raise InvalidInput(f"Unknown architecture. Received: architecture="
                                f"{architecture!r}; expected one of "
@@ -593,6 +606,7 @@ class SegmentationLearner:
         self.mirror = mirror
         self.hooks = hooks
         self.preview = preview
+        self.strategy = strategy
 
     def build_network(self, n_classes: int):
         """The untrained network and its tile size.
@@ -616,12 +630,14 @@ class SegmentationLearner:
     def __call__(self, table: Table, progress_callback=None
                  ) -> "SegmentationModel":
         import keras
+        # First: a strategy across machines must be made before anything
+        # else starts TensorFlow.
+        strategy = training_strategy(self.strategy)
         columns = _columns(table)
         rows, pairs, skipped = _pairs(table, columns)
         if not pairs:
             raise InvalidInput("No image has a mask.")
         n_classes = len(columns.classes)
-        strategy = distribution_strategy()
         with strategy.scope():
             network, tile = self.build_network(n_classes)
         train, val = self._split(len(pairs))

@@ -7,7 +7,10 @@
 * :class:`KeepBestWeights`, which restores the best epoch's weights at the
   end however training ended (finished, stopped early or cancelled);
 * :func:`fit`, which runs ``model.fit`` with these and turns NaN losses and
-  running out of memory into :class:`TrainingError` with advice;
+  running out of memory into :class:`TrainingError` with advice; a model
+  built under a ``MultiWorkerMirroredStrategy`` (training across machines)
+  trains in a loop of its own instead, with the same callbacks (see
+  :func:`fit`);
 * :class:`StreamingDataset`, the one way training images (with their labels
   or masks) go from files into ``tf.data``: decoded in worker threads,
   shuffled with an explicit seed, and an image that cannot be read is
@@ -209,6 +212,14 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
     dict
         The metrics of each epoch (``history.history``).
 
+    Under a ``MultiWorkerMirroredStrategy`` with several workers (the
+    model built in its scope), Keras' ``model.fit`` cannot train (Keras
+    3.15 reduces the nested first batch and the scalar metrics of each step
+    across workers in ways TensorFlow refuses: "Attempt to convert a value
+    (PerReplica...)", "Invalid reduction dimension 0"); the model then
+    trains in :func:`_fit_across_workers`, with the same callbacks, every
+    worker running this same call on the same data.
+
     Raises
     ------
     TrainingError
@@ -218,11 +229,13 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
     """
     import keras
     import tensorflow as tf
+    from orangecontrib.deepimage.device import is_multi_worker
 
+    across_workers = is_multi_worker(model.distribute_strategy)
     stream = data if isinstance(data, StreamingDataset) else None
-    if stream is not None:
+    if stream is not None and not across_workers:
         data = stream.tf_dataset()
-    if isinstance(validation_data, StreamingDataset):
+    if isinstance(validation_data, StreamingDataset) and not across_workers:
         validation_data = validation_data.tf_dataset()
     monitor = "val_loss" if validation_data is not None else "loss"
     reporter = _keras_callback("ProgressReporter")(
@@ -239,9 +252,15 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
     if not isinstance(data, np.ndarray):
         fit_kwargs.setdefault("shuffle", False)  # datasets shuffle themselves
     try:
-        history = model.fit(data, validation_data=validation_data,
-                            epochs=epochs, callbacks=callbacks, verbose=0,
-                            **fit_kwargs)
+        if across_workers:
+            history = _fit_across_workers(
+                model, data, validation_data, epochs, callbacks,
+                steps=stream.expected_batches if stream else None,
+                **fit_kwargs)
+        else:
+            history = model.fit(data, validation_data=validation_data,
+                                epochs=epochs, callbacks=callbacks,
+                                verbose=0, **fit_kwargs)
     except tf.errors.ResourceExhaustedError as error:
         raise TrainingError(
             "Out of memory while training: use a smaller batch size or "
@@ -251,13 +270,285 @@ def fit(model, data, *, epochs: int, hooks: Optional[TrainingHooks] = None,
         if stream is not None and stream.read_none:
             raise stream.nothing_read() from None
         raise
-    if stream is not None and stream.read_none:
+    if stream is not None and across_workers:
+        # Decided alike on every worker: one that stopped alone would leave
+        # the others waiting for it.
+        if not _on_any_worker(model.distribute_strategy, bool(stream.used)):
+            raise stream.nothing_read() if stream.skipped else InvalidInput(
+                f"None of the {len(stream)} images could be read on any "
+                f"machine.")
+    elif stream is not None and stream.read_none:
         raise stream.nothing_read()
     if nan_guard.diverged:
         raise TrainingError(
             "Training diverged (the loss became NaN): lower the learning "
             "rate, or check that the images are not blank.")
     return history.history
+
+
+# --- training across machines ----------------------------------------------
+
+def _fit_across_workers(model, data, validation_data, epochs: int,
+                        callbacks: list, steps: Optional[int] = None,
+                        class_weight: Optional[Dict[int, float]] = None,
+                        shuffle: bool = False):
+    """Train `model` under its ``MultiWorkerMirroredStrategy``.
+
+    Each step runs on every replica of every worker (``strategy.run`` of a
+    traced step): the loss of a replica's examples is summed and divided by
+    the number of examples in the step over all replicas (a last, partial
+    batch weighs as many examples as it has), the optimizer sums the
+    gradients over the replicas, and the step's loss is reduced over them
+    (``strategy.reduce``). A replica whose worker has run out of examples
+    (the workers' shares of a stream differ when images are skipped) gets
+    an empty batch and contributes zero gradients. Compiled metrics are
+    read over all workers; so every worker gets the same logs, and the
+    callbacks (early stopping, the best weights, NaN) decide alike. A stop
+    requested on one worker (``model.stop_training``) stops all of them
+    after the next step. The moving statistics of trained batch
+    normalisation layers are averaged over the workers after each epoch,
+    so that all workers end with the same network.
+
+    `data` and `validation_data` are ``tf.data`` datasets of batches of the
+    global batch size (each worker takes its share of every batch) or
+    :class:`StreamingDataset` (each worker reads only its share of the
+    images, see :meth:`StreamingDataset.shard`). `class_weight` weighs
+    each example by its label; `shuffle` is taken as ``model.fit`` takes it
+    and ignored (the datasets shuffle themselves).
+
+    Returns
+    -------
+    keras.callbacks.History
+    """
+    import keras
+    import tensorflow as tf
+
+    strategy = model.distribute_strategy
+    replicas = strategy.num_replicas_in_sync
+    train, train_steps = _distributed(strategy, data, class_weight)
+    val, val_steps = (None, None) if validation_data is None \
+        else _distributed(strategy, validation_data, class_weight=None)
+    # Iterators of in-memory data are made once (a distributed iterator
+    # costs up to a second to make, and to end, on every worker); they
+    # repeat the data, `*_steps` batches an epoch.
+    train_batches = None if train_steps is None else iter(train)
+    val_batches = None if val_steps is None else iter(val)
+
+    def epoch_of(dataset, batches, steps):
+        if batches is None:
+            return iter(dataset)
+        return (next(batches) for _ in range(steps))
+    loss = model.loss
+    variables = model.trainable_variables
+    statistics = _trained_batch_norm_statistics(model)
+
+    def per_example_loss(y, y_pred):
+        # The loss of each example, not yet averaged and not scaled for
+        # distribution (a Loss' __call__ would do both).
+        values = loss.call(y, y_pred) if isinstance(loss, keras.losses.Loss) \
+            else keras.losses.get(loss)(y, y_pred)
+        values = tf.cast(values, tf.float32)
+        if values.shape.rank == 0:  # a loss of the whole batch (Dice)
+            return tf.fill(tf.shape(y)[:1], values)
+        if values.shape.rank > 1:
+            values = tf.reduce_mean(values, axis=list(
+                range(1, values.shape.rank)))
+        return values
+
+    def unpack(batch):
+        x, y, weight = (tuple(batch) + (None,))[:3]
+        return x, y, weight
+
+    def weighted_sum(values, weight):
+        if weight is not None:
+            values = values * tf.cast(weight, values.dtype)
+        return tf.reduce_sum(values)
+
+    def replica_train_step(batch, stop):
+        x, y, weight = unpack(batch)
+        context = tf.distribute.get_replica_context()
+        count = tf.cast(tf.shape(y)[0], tf.float32)
+        total = context.all_reduce("SUM", count)
+
+        def train_on_batch():
+            with tf.GradientTape() as tape:
+                y_pred = model(x, training=True)
+                summed = weighted_sum(per_example_loss(y, y_pred), weight)
+                value = summed / tf.maximum(total, 1.0)
+                if model.losses:  # the same on every replica
+                    value += tf.add_n(model.losses) / replicas
+                scaled = model.optimizer.scale_loss(value)
+            gradients = tape.gradient(scaled, variables)
+            model.compute_metrics(x, y, y_pred, sample_weight=weight)
+            return [summed] + [tf.zeros(v.shape, v.dtype) if g is None
+                               else tf.convert_to_tensor(g)
+                               for g, v in zip(gradients, variables)]
+
+        def nothing_to_train_on():
+            return [tf.constant(0.0)] + [tf.zeros(v.shape, v.dtype)
+                                         for v in variables]
+
+        summed, *gradients = tf.cond(count > 0, train_on_batch,
+                                     nothing_to_train_on)
+        model.optimizer.apply_gradients(zip(gradients, variables))
+        return tf.stack([summed, count, stop])
+
+    def replica_test_step(batch):
+        x, y, weight = unpack(batch)
+        count = tf.cast(tf.shape(y)[0], tf.float32)
+
+        def test_on_batch():
+            y_pred = model(x, training=False)
+            model.compute_metrics(x, y, y_pred, sample_weight=weight)
+            return weighted_sum(per_example_loss(y, y_pred), weight)
+
+        summed = tf.cond(count > 0, test_on_batch, lambda: tf.constant(0.0))
+        return tf.stack([summed, count, 0.0])
+
+    @tf.function
+    def train_step(batch, stop):
+        sums = strategy.run(replica_train_step, args=(batch, stop))
+        return strategy.reduce("SUM", sums, axis=None)
+
+    @tf.function
+    def test_step(batch):
+        return strategy.reduce("SUM", strategy.run(replica_test_step,
+                                                   args=(batch,)), axis=None)
+
+    @tf.function
+    def mean_over_workers(flag):
+        # One vector, read on each worker and averaged over all replicas.
+        vector = tf.concat([tf.reshape(flag, [1])] + [
+            tf.reshape(tf.cast(v, tf.float32), [-1]) for v in statistics], 0)
+        return strategy.reduce(
+            "MEAN", strategy.experimental_distribute_values_from_function(
+                lambda _: vector), axis=None)
+
+    def synchronise(stop: bool) -> bool:
+        """Average the batch statistics over the workers; True when any
+        worker asked to stop."""
+        means = mean_over_workers(tf.constant(float(stop))).numpy()
+        start = 1
+        with strategy.scope():
+            for variable in statistics:
+                size = int(np.prod(variable.shape))
+                variable.assign(means[start:start + size].reshape(
+                    variable.shape).astype(variable.dtype))
+                start += size
+        return bool(means[0] > 0)
+
+    def metrics(sums):
+        logs = {name: float(value)
+                for name, value in model.get_metrics_result().items()}
+        logs["loss"] = float(sums[0] / max(sums[1], 1.0))
+        if model.losses:
+            logs["loss"] += float(tf.add_n(model.losses))
+        return logs
+
+    history = keras.callbacks.History()
+    callbacks = keras.callbacks.CallbackList(
+        callbacks + [history], model=model, epochs=epochs, steps=steps,
+        verbose=0)
+    model.stop_training = False
+    callbacks.on_train_begin()
+    for epoch in range(epochs):
+        model.reset_metrics()
+        callbacks.on_epoch_begin(epoch)
+        sums = np.zeros(3)
+        stop = False
+        for step, batch in enumerate(epoch_of(train, train_batches,
+                                              train_steps)):
+            callbacks.on_train_batch_begin(step)
+            result = train_step(batch, tf.constant(float(stop)))
+            step_sums = result.numpy()
+            sums[:2] += step_sums[:2]
+            callbacks.on_train_batch_end(step, {"loss": float(
+                step_sums[0] / max(step_sums[1], 1.0))})
+            stop = bool(model.stop_training)
+            if step_sums[2] > 0:  # some worker asked to stop before it
+                break
+        logs = metrics(sums)
+        model.stop_training = synchronise(model.stop_training)
+        if val is not None:
+            model.reset_metrics()
+            sums = np.zeros(3)
+            for batch in epoch_of(val, val_batches, val_steps):
+                sums += test_step(batch).numpy()
+            logs.update({f"val_{name}": value
+                         for name, value in metrics(sums).items()})
+        callbacks.on_epoch_end(epoch, logs)
+        # Early stopping and NaN decide on the same logs on every worker;
+        # a stop asked for on one worker alone (the user's) is shared.
+        model.stop_training = synchronise(model.stop_training)
+        if model.stop_training:
+            break
+    callbacks.on_train_end()
+    return history
+
+
+def _on_any_worker(strategy, flag: bool) -> bool:
+    """True when `flag` is True on any worker (every worker must ask)."""
+    import tensorflow as tf
+    value = strategy.experimental_distribute_values_from_function(
+        lambda _: tf.constant([float(flag)]))
+    return float(strategy.reduce("MEAN", value, axis=None)[0]) > 0
+
+
+def _trained_batch_norm_statistics(model) -> list:
+    """The moving means and variances of the batch normalisation layers
+    that train (frozen ones run in inference mode and do not change)."""
+    import keras
+    found = []
+
+    def visit(layer):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            if layer.trainable:
+                found.extend([layer.moving_mean, layer.moving_variance])
+        for inner in getattr(layer, "layers", ()):
+            visit(inner)
+    visit(model)
+    return found
+
+
+def _distributed(strategy, data, class_weight=None):
+    """`data` (a ``tf.data`` dataset of global batches, or a
+    :class:`StreamingDataset`) as a distributed dataset of `strategy`, and
+    the number of batches of an epoch when the dataset repeats them (None:
+    one iteration is one epoch)."""
+    import tensorflow as tf
+
+    def weighted(dataset):
+        if not class_weight:
+            return dataset
+        table = np.ones(max(class_weight) + 1, np.float32)
+        for label, weight in class_weight.items():
+            table[label] = weight
+        table = tf.constant(table)
+        return dataset.map(lambda x, y: (x, y, tf.gather(table, y)))
+
+    if isinstance(data, StreamingDataset):
+        batch = max(1, round(data.batch_size / strategy.num_replicas_in_sync))
+
+        def worker_dataset(context):
+            data.shard(context.input_pipeline_id,
+                       context.num_input_pipelines)
+            return weighted(data.tf_dataset(batch_size=batch))
+        return strategy.distribute_datasets_from_function(worker_dataset), \
+            None
+    if not isinstance(data, tf.data.Dataset):
+        raise TypeError(f"Training across machines takes a tf.data.Dataset "
+                        f"or a StreamingDataset. Received: "
+                        f"{type(data).__name__}")
+    # In-memory data cannot be split by files: every worker makes the same
+    # batches (the same shuffle seed) and keeps its share of each.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = \
+        tf.data.experimental.AutoShardPolicy.DATA
+    steps = int(data.cardinality())
+    if steps > 0:  # known and finite
+        data = data.repeat()
+    return strategy.experimental_distribute_dataset(
+        weighted(data).with_options(options)), steps if steps > 0 else None
 
 
 class _StreamEpoch:
@@ -458,6 +749,18 @@ class StreamingDataset:
         self.skipped: Dict[int, str] = {}
         self.used = set()
         self.epoch = 0
+        self._shard = (0, 1)
+        self._dataset = None
+
+    def shard(self, index: int, count: int) -> None:
+        """Give only share `index` of `count` of the images of each epoch
+        (every `count`-th of the epoch's order), for the worker `index` of
+        a training across machines: the workers' shares together are the
+        whole epoch, each image in one of them."""
+        if not 0 <= index < count:
+            raise ValueError(f"index must be in [0, count). Received: "
+                             f"index={index}, count={count}")
+        self._shard = (int(index), int(count))
         self._dataset = None
 
     def __len__(self):
@@ -520,6 +823,8 @@ class StreamingDataset:
         rng = np.random.default_rng([self.seed, choices])
         order = rng.permutation(len(self.paths)) if self.shuffle \
             else np.arange(len(self.paths))
+        index, count = self._shard
+        order = order[index::count]
         in_flight = max(2 * self.workers, min(self.batch_size, 64))
         pool = []
         for index, value, reason in _read_in_order(order, self.read,
@@ -540,20 +845,23 @@ class StreamingDataset:
         while pool:
             yield _pop_random(pool, rng)
 
-    def tf_dataset(self):
-        """The stream as a ``tf.data.Dataset`` of batches."""
-        if self._dataset is None:
+    def tf_dataset(self, batch_size: Optional[int] = None):
+        """The stream as a ``tf.data.Dataset`` of batches (of `batch_size`
+        examples, by default the stream's ``batch_size``)."""
+        batch_size = self.batch_size if batch_size is None \
+            else int(batch_size)
+        if self._dataset is None or self._dataset[0] != batch_size:
             import tensorflow as tf
             signature = tuple(tf.TensorSpec(shape, dtype)
                               for shape, dtype in self.example_shapes)
             data = tf.data.Dataset.from_generator(
                 self.__iter__, output_signature=signature)
-            data = data.batch(self.batch_size).prefetch(2)
+            data = data.batch(batch_size).prefetch(2)
             options = tf.data.Options()
             options.autotune.enabled = False
             options.deterministic = True
-            self._dataset = data.with_options(options)
-        return self._dataset
+            self._dataset = (batch_size, data.with_options(options))
+        return self._dataset[1]
 
 
 def _pop_random(pool: list, rng: np.random.Generator):
