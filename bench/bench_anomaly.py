@@ -14,8 +14,11 @@ Half of the test crops get one synthesised defect each, with its mask:
 * stain: an irregular blob, 16-30 px across, blended 55-75 % towards a
   flat light or dark grey.
 
-Each is plainly visible to a person looking at the crop, and small: about
-0.5-4 % of its pixels.
+Each is small, about 0.5-4 % of the crop's pixels. On brick all three
+are plainly visible to a person looking at the crop; on grass a bright
+scratch looks like a blade of grass and a light stain like a sunlit leaf,
+and on gravel a stain like a paler stone, so those are hard to see there
+even at full size.
 
 Side by side in the same run, on the same crops:
 
@@ -25,7 +28,8 @@ Side by side in the same run, on the same crops:
   nu 0.5, gamma 0.01), on our SqueezeNet embeddings (ImageEmbedder);
   their decision function gives the scores.
 
-Figures: image-level AUROC, pixel-level AUROC (over all test images' pixels)
+Figures: image-level AUROC (also of the normal crops against each kind of
+defect alone), pixel-level AUROC (over all test images' pixels)
 and the share of defective images whose heatmap peaks inside the defect,
 per texture and averaged; the memory bank's size; scoring speed (images/s,
 scores only and with maps, after the network is built).
@@ -152,7 +156,18 @@ def peak_inside(maps, masks):
     return float(np.mean(hits))
 
 
-def bench_ours(method, train, test, masks, labels):
+def by_kind(kinds, scores):
+    """Image AUROC of the normal test crops against each kind of defect."""
+    kinds = np.asarray(kinds)
+    scores = np.asarray(scores)
+    normal = scores[kinds == "normal"]
+    return {kind.__name__: round(roc_auc_score(
+        np.r_[np.zeros(len(normal)), np.ones(np.sum(kinds == kind.__name__))],
+        np.r_[normal, scores[kinds == kind.__name__]]), 4)
+        for kind in DEFECTS}
+
+
+def bench_ours(method, train, test, masks, labels, kinds):
     from orangecontrib.deepimage import AnomalyLearner
     start = time.perf_counter()
     model = AnomalyLearner(method=method)(train)
@@ -168,6 +183,7 @@ def bench_ours(method, train, test, masks, labels):
     flagged = model.is_anomalous(scores)
     return {
         "image_auroc": round(roc_auc_score(labels, scores), 4),
+        "image_auroc_by_defect": by_kind(kinds, scores),
         "pixel_auroc": round(roc_auc_score(pixel_truth, pixel_scores), 4),
         "peak_in_defect": round(peak_inside(maps, masks), 3),
         "threshold_accuracy": round(float(np.mean(flagged == labels)), 3),
@@ -179,7 +195,7 @@ def bench_ours(method, train, test, masks, labels):
     }
 
 
-def bench_orange_outliers(train, test, labels):
+def bench_orange_outliers(train, test, labels, kinds):
     """LOF and one-class SVM, as Orange's Outliers widget sets them up."""
     from Orange.classification import (
         LocalOutlierFactorLearner, OneClassSVMLearner)
@@ -207,7 +223,8 @@ def bench_orange_outliers(train, test, labels):
         x = model.data_to_model_domain(test_table).X
         scores = -model.skl_model.decision_function(x)
         results[name] = {"image_auroc": round(roc_auc_score(labels, scores),
-                                              4)}
+                                              4),
+                         "image_auroc_by_defect": by_kind(kinds, scores)}
     return results
 
 
@@ -229,9 +246,10 @@ def main():
             train, test, masks, kinds = make_texture_set(
                 folder, texture, args.train, args.test, seed, args.split)
             labels = np.array([kind != "normal" for kind in kinds])
-            figures = {method: bench_ours(method, train, test, masks, labels)
+            figures = {method: bench_ours(method, train, test, masks, labels,
+                                          kinds)
                        for method in ("patchcore", "padim")}
-            figures.update(bench_orange_outliers(train, test, labels))
+            figures.update(bench_orange_outliers(train, test, labels, kinds))
             per_texture[texture] = figures
             print(texture, figures, flush=True)
 
@@ -243,7 +261,8 @@ def main():
 
     summary = {method: {key: mean(method, key) for key in
                         per_texture[TEXTURES[0]][method]
-                        if key != "memory_bank"}
+                        if key not in ("memory_bank",
+                                       "image_auroc_by_defect")}
                for method in methods}
     write_results({
         "what": "image and pixel AUROC on texture crops with synthesised "

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from orangecontrib.deepimage.anomaly import (
-    AnomalyLearner, choose_threshold, greedy_coreset)
+    AnomalyLearner, choose_threshold, greedy_coreset, top_mean)
 from orangecontrib.deepimage.errors import Cancelled, InvalidInput
 
 from imagedata import image_table
@@ -182,6 +182,19 @@ def test_normal_value_and_labelled_threshold(images):
         < model.anomaly_scores.min()
     with pytest.raises(InvalidInput, match="not a value"):
         AnomalyLearner(normal_value="fine")(table)
+
+
+def test_patch_features_pooled_to_the_registry_grid(patchcore):
+    # fire2 and fire3 (56×56, 128 channels each) averaged down to 27×27.
+    assert patchcore.grid == (27, 27)
+    assert patchcore.memory_bank.shape[1] == 256
+
+
+def test_score_is_mean_of_highest_values():
+    heatmap = np.zeros((10, 20))
+    heatmap[0, :2] = (5, 3)  # 1 % of 200 values: the top two
+    assert top_mean(heatmap) == 4
+    assert top_mean(heatmap, fraction=0.001) == 5  # at least one value
 
 
 def test_choose_threshold():

@@ -2,8 +2,8 @@
 
 Two standard methods on the patch features of a pretrained network:
 
-* **PatchCore** (Roth et al., CVPR 2022): every position of two mid-level
-  feature maps is a patch feature; a greedy (k-center) coreset of the normal
+* **PatchCore** (Roth et al., CVPR 2022): every position of two
+  feature maps (named in the backbone registry) is a patch feature; a greedy (k-center) coreset of the normal
   images' patches is the memory bank, and a patch's anomaly is its distance
   to the nearest patch in the bank (scikit-learn's ``NearestNeighbors``);
 * **PaDiM** (Defard et al., 2020): a Gaussian per patch position, fitted on
@@ -11,7 +11,8 @@ Two standard methods on the patch features of a pretrained network:
   Mahalanobis distance to the Gaussian of its position.
 
 An image's anomaly map is its patch anomalies upsampled to the image's own
-size and smoothed; its score is the map's maximum. The threshold is a high
+size and smoothed; its score is the mean of the map's highest 1 %
+(:data:`SCORE_TOP_FRACTION`). The threshold is a high
 quantile of the scores of normal images that were held out of the model, or,
 with a few labelled anomalies, the one that separates them best::
 
@@ -59,6 +60,10 @@ PathsOrTable = Union[Table, Sequence[Optional[str]]]
 #: Smoothing of the anomaly map, in pixels of the network's input (as in
 #: PatchCore, sigma 4 at 224 pixels).
 SMOOTHING_SIGMA = 4.0
+#: An image's score is the mean of this fraction of its smoothed map's
+#: highest values (at the network's input size): steadier than the single
+#: maximum on textures whose normal variety makes isolated peaks.
+SCORE_TOP_FRACTION = 0.01
 #: Channels of the random projection used to choose the coreset.
 CORESET_PROJECTION = 128
 #: PaDiM's ridge: added to its covariances, times their mean variance.
@@ -144,9 +149,11 @@ def greedy_coreset(features: np.ndarray, n: int, random_state=0,
 class _PatchNetwork:
     """A backbone cut at its two anomaly layers: pixels -> patch features.
 
-    The deeper map is averaged over 3×3 neighbourhoods (PatchCore's local
-    aggregation), like the shallower one, upsampled to its size, and the
-    two are concatenated: ``(batch, height, width, channels)`` float32.
+    Each map is averaged over 3×3 neighbourhoods (PatchCore's local
+    aggregation), brought to the backbone's ``anomaly_grid`` (by area
+    averaging, i.e. adaptive average pooling, when it is larger, bilinearly
+    when smaller; default: the first map's size) and the two are
+    concatenated: ``(batch, height, width, channels)`` float32.
     """
 
     def __init__(self, backbone: Backbone, weights: Optional[str] = None):
@@ -186,19 +193,28 @@ class _PatchNetwork:
                                           dtype=policy)(pixels)
         model = keras.Model(pixels, trunk(preprocessed),
                             name=f"{backbone.key}_patches")
-        shallow, deep = model.outputs
-        self.grid = (int(shallow.shape[1]), int(shallow.shape[2]))
-        self.n_channels = int(shallow.shape[-1]) + int(deep.shape[-1])
-        grid = self.grid
+        first = model.outputs[0]
+        grid = tuple(backbone.anomaly_grid) \
+            or (int(first.shape[1]), int(first.shape[2]))
+        self.grid = grid
+        self.n_channels = sum(int(m.shape[-1]) for m in model.outputs)
+        sizes = [(int(m.shape[1]), int(m.shape[2])) for m in model.outputs]
+
+        def to_grid(feature_map, size):
+            if size == grid:
+                return feature_map
+            method = "area" if size[0] >= grid[0] and size[1] >= grid[1] \
+                else "bilinear"
+            return tf.image.resize(feature_map, grid, method=method)
 
         @tf.function(input_signature=[
             tf.TensorSpec((None, height, width, 3), tf.uint8)])
         def predict(batch):
             maps = model(batch, training=False)
-            maps = [tf.nn.avg_pool2d(tf.cast(m, tf.float32), 3, 1, "SAME")
-                    for m in maps]
-            deep = tf.image.resize(maps[1], grid, method="bilinear")
-            return tf.concat([maps[0], deep], axis=-1)
+            maps = [to_grid(tf.nn.avg_pool2d(tf.cast(m, tf.float32), 3, 1,
+                                             "SAME"), size)
+                    for m, size in zip(maps, sizes)]
+            return tf.concat(maps, axis=-1)
 
         self._predict = predict
 
@@ -219,7 +235,8 @@ def shared_patch_network(backbone: Backbone, weights: Optional[str] = None
     embedders are, see
     :func:`~orangecontrib.deepimage.embedding.shared_embedder`).
     """
-    key = (backbone.key, backbone.anomaly_layers, weights or None)
+    key = (backbone.key, backbone.anomaly_layers, backbone.anomaly_grid,
+           weights or None)
     with _shared_lock:
         if key not in _shared_networks:
             _shared_networks[key] = _PatchNetwork(backbone, weights or None)
@@ -700,7 +717,7 @@ class AnomalyModel:
                 continue
             for index, grid in zip(indices, self.patch_scores(features)):
                 smooth = self._smoothed(grid)
-                scores[index] = float(smooth.max())
+                scores[index] = top_mean(smooth)
                 if maps:
                     try:
                         size = _image_size(paths[index])
@@ -727,7 +744,7 @@ class AnomalyModel:
                     callback: Optional[Progress] = None
                     ) -> List[Optional[np.ndarray]]:
         """One ``(height, width)`` map per image at its size (None if
-        skipped); its maximum is the image's score."""
+        skipped); its highest values give the image's score."""
         return self.evaluate(data, maps=True, callback=callback).maps
 
     def is_anomalous(self, scores: np.ndarray) -> np.ndarray:
@@ -765,6 +782,14 @@ class AnomalyModel:
     def __repr__(self):
         return (f"AnomalyModel({self.name}, backbone={self.backbone_key!r}, "
                 f"threshold={self.threshold:.4g})")
+
+
+def top_mean(anomaly_map: np.ndarray,
+             fraction: float = SCORE_TOP_FRACTION) -> float:
+    """The mean of the `fraction` of `anomaly_map`'s highest values."""
+    values = np.ravel(anomaly_map)
+    k = max(1, int(round(fraction * values.size)))
+    return float(np.partition(values, values.size - k)[-k:].mean())
 
 
 def scored_table(data: Table, scores: np.ndarray, threshold: float) -> Table:
