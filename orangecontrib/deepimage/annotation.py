@@ -48,6 +48,7 @@ from orangecontrib.deepimage.segdata import (
 __all__ = ["AnnotationStore", "ForeignFileError", "scribble_segmenter",
            "ScribbleSegmenter", "mask_from_box", "superpixels",
            "superpixel_at", "suggest_next", "image_uncertainty",
+           "embeddings_for",
            "UNCERTAINTY_AFTER"]
 
 MASKS_DIR = "masks"
@@ -449,6 +450,29 @@ class AnnotationStore:
         """The labels in use, in the order they were first given."""
         return list(dict.fromkeys(self._labels.values()))
 
+    def rename_label(self, old: str, new: str) -> int:
+        """Give the images labelled `old` the label `new`; return how many.
+
+        Mask classes are not touched (see :meth:`rename_class`).
+
+        Raises
+        ------
+        ValueError
+            When `new` is empty or images are already labelled `new`.
+        """
+        new = str(new).strip()
+        if not new:
+            raise ValueError("a label cannot be empty")
+        keys = [key for key, label in self._labels.items() if label == old]
+        if not keys or new == old:
+            return 0
+        if new in self._labels.values():
+            raise ValueError(f"images are already labelled {new!r}")
+        for key in keys:
+            self._labels[key] = new
+        self._write_labels()
+        return len(keys)
+
     # --- tables ---------------------------------------------------------
 
     def masks_table(self, images_table: Table) -> Optional[Table]:
@@ -805,6 +829,34 @@ def superpixel_at(image: ArrayLike, x: int, y: int, n_segments: int = 400,
 
 
 # --- what to label next ------------------------------------------------------
+
+def embeddings_for(paths: Sequence[Optional[str]], table: Table
+                   ) -> np.ndarray:
+    """The embedding of each image in `paths`, from a table of embedded
+    images (e.g. Deep Embedding's output), matched by image path.
+
+    Returns:
+        ``(len(paths), D)`` float32; a row of NaN where `table` has no row
+        for the image (or the path is None).
+
+    Raises:
+        ValueError: when `table` has no image column or no embedding.
+    """
+    from orangecontrib.deepimage.clustering import embedding_matrix
+    column = require_image_column(table)
+    matrix = embedding_matrix(table)
+    where = {}
+    for row, value in enumerate(table.get_column(column)):
+        path = image_path(column, value)
+        if path is not None:
+            where.setdefault(_image_key(path), row)
+    result = np.full((len(paths), matrix.shape[1]), np.nan, np.float32)
+    for index, path in enumerate(paths):
+        row = None if path is None else where.get(_image_key(path))
+        if row is not None:
+            result[index] = matrix[row]
+    return result
+
 
 #: With at least this many labels per class (and probabilities given),
 #: :func:`suggest_next` picks by uncertainty instead of typicality. On
