@@ -297,6 +297,260 @@ class TestMessages(AnnotateTest):
         self.assertTrue(widget.Warning.unsaved.is_shown())
 
 
+class TestTools(AnnotateTest):
+    def test_box_runs_grabcut_as_one_undoable_edit(self):
+        widget = self.create(tool="box")
+        self.send_signal(widget.Inputs.images, self.data)
+        expected = owannotateimages.mask_from_box(
+            widget.image, (2, 2, 22, 22))
+        # a real drag on the view draws the box
+        self.stroke(widget, [(2, 2), (12, 12), (21, 21)])
+        self.wait_quick(widget)
+        mask = widget.view.mask()
+        np.testing.assert_array_equal(mask > 0, expected)
+        self.assertTrue(mask.any())
+        widget.undo()
+        self.assertFalse(widget.view.mask().any())
+
+    def test_superpixel_click(self):
+        widget = self.create(tool="superpixel")
+        self.send_signal(widget.Inputs.images, self.data)
+        segments = owannotateimages.superpixels(widget.image)
+        self.stroke(widget, [(12, 10)])
+        self.wait_quick(widget)
+        np.testing.assert_array_equal(widget.view.mask() > 0,
+                                      segments == segments[10, 12])
+        # the next click reuses the superpixels, without a task
+        self.stroke(widget, [(2, 2)])
+        self.assertFalse(widget.quick.is_busy())
+        self.assertTrue(widget.view.mask()[2, 2])
+
+    def test_scribbles_preview_and_enter_accepts_it(self):
+        widget = self.create(tool="scribble", brush_size=2)
+        self.send_signal(widget.Inputs.images, self.data)
+        QTest.keyClick(widget, Qt.Key.Key_0)  # the background
+        self.stroke(widget, [(1, 1), (30, 1)])
+        self.stroke(widget, [(1, 30), (30, 30)])
+        self.assertEqual(set(np.unique(widget.view.scribbles())), {0, 1})
+        QTest.keyClick(widget, Qt.Key.Key_1)  # the object, in the disc
+        self.stroke(widget, [(10, 12), (14, 12)])
+        self.process_events(until=lambda: widget.view.preview() is not None,
+                            timeout=TIMEOUT)
+        preview = widget.view.preview()
+        self.assertEqual(preview[12, 12], 1)
+        self.assertEqual(preview[28, 3], 0)
+        self.assertFalse(widget.view.mask().any())  # only a preview
+        QTest.keyClick(widget, Qt.Key.Key_Return)
+        np.testing.assert_array_equal(widget.view.mask(), preview)
+        self.assertIsNone(widget.view.preview())
+        widget.save_now()
+        np.testing.assert_array_equal(
+            AnnotationStore(self.store_dir).mask(self.path(0)), preview)
+        # another image: the segmenter learned on the first predicts it
+        widget.show_image(2)
+        self.process_events(until=lambda: widget.view.preview() is not None,
+                            timeout=TIMEOUT)
+        self.assertTrue(widget.view.preview().any())
+        widget.undo()  # nothing to undo on this image; the first keeps it
+        widget.show_image(0)
+        np.testing.assert_array_equal(widget.view.mask(), preview)
+
+    def test_painting_session_leaves_the_images_as_they_were(self):
+        before = {name: (digest(self.path(i)),
+                         os.stat(self.path(i)).st_mtime_ns)
+                  for i, name in enumerate(self.names)}
+        listing = sorted(os.listdir(self.images_dir))
+        widget = self.create(brush_size=4)
+        self.send_signal(widget.Inputs.images, self.data)
+        for row in range(len(self.names)):
+            widget.show_image(row)
+            widget.set_tool("brush")
+            self.stroke(widget, [(3, 3), (20, 8)])
+            widget.set_tool("eraser")
+            self.stroke(widget, [(10, 3), (10, 10)])
+            widget.set_tool("fill")
+            self.stroke(widget, [(28, 28)])
+        widget.undo()
+        widget.show_image(0)
+        self.widgets.remove(widget)
+        widget.onDeleteWidget()
+        self.assertEqual({name: (digest(self.path(i)),
+                                 os.stat(self.path(i)).st_mtime_ns)
+                          for i, name in enumerate(self.names)}, before)
+        self.assertEqual(sorted(os.listdir(self.images_dir)), listing)
+        self.assertEqual(len(AnnotationStore(self.store_dir).annotated()),
+                         len(self.names))
+
+    def test_report(self):
+        widget = self.create(brush_size=3)
+        self.send_signal(widget.Inputs.images, self.data)
+        self.stroke(widget, [(5, 5), (12, 5)])
+        widget.save_now()
+        widget.send_report()
+        html = widget.report_html
+        for text in ("Annotation folder", self.store_dir, "With a mask",
+                     "disc0.png with its mask", "<img"):
+            self.assertIn(text, html)
+
+
+class TestModels(AnnotateTest):
+    def test_segmentation_model_prefills_without_saving(self):
+        from orangecontrib.deepimage.segmentation import SegmentationModel
+
+        class Halves(SegmentationModel):  # a model that needs no training
+            def __init__(self):  # pylint: disable=super-init-not-called
+                self.class_names = ("background", "cell")
+
+            def segment_array(self, image):
+                mask = np.zeros(image.shape[:2], np.uint8)
+                mask[:, :image.shape[1] // 2] = 1
+                return mask
+
+        widget = self.create()
+        self.send_signal(widget.Inputs.model, Halves())
+        self.send_signal(widget.Inputs.images, self.data)
+        self.wait_until_finished(widget, timeout=TIMEOUT)
+        self.assertIn("cell", widget.class_names)
+        cell = widget.class_names.index("cell")
+        shown = widget.view.mask()
+        self.assertTrue((shown[:, :SIZE // 2] == cell).all())
+        self.assertFalse(shown[:, SIZE // 2:].any())
+        widget.show_image(1)
+        widget.show_image(2)
+        self.assertFalse(os.path.exists(self.store_dir))  # not saved
+        QTest.keyClick(widget, Qt.Key.Key_Return)  # accepted: saved
+        store = AnnotationStore(self.store_dir)
+        np.testing.assert_array_equal(store.mask(self.path(2)), shown)
+        self.assertIsNone(store.mask(self.path(1)))
+        self.assertEqual(store.classes[cell], "cell")
+
+    def test_classifier_prefills_labels_with_its_confidence(self):
+        class Classifier:  # what the widget uses of ImageClassifierModel
+            class_names = ("round", "odd")
+
+            def predict_paths(self, paths, callback=None):
+                probabilities = np.tile([0.8, 0.2], (len(paths), 1))
+                probabilities[1] = [0.3, 0.7]
+                if callback is not None:
+                    callback(1.0)
+                return probabilities, {}
+
+        widget = self.create()
+        with mock.patch.object(owannotateimages.OWAnnotateImages.Inputs.model,
+                               "type", object):
+            widget.set_model(Classifier())
+        self.send_signal(widget.Inputs.images, self.data)
+        self.wait_until_finished(widget, timeout=TIMEOUT)
+        self.assertEqual(widget.label_names, ["round", "odd"])
+        widget.set_mode("labels")
+        widget.show_image(1)
+        self.assertIn("odd (70 %)", widget.image_label.text())
+        self.assertIsNone(self.get_output(widget.Outputs.labelled))
+        QTest.keyClick(widget, Qt.Key.Key_Return)
+        self.assertEqual(AnnotationStore(self.store_dir).label(self.path(1)),
+                         "odd")
+
+    def test_suggestions_from_the_shared_embedder(self):
+        widget = self.create(n_suggested=2)
+        self.send_signal(widget.Inputs.images, self.data)
+        self.wait_until_finished(widget, timeout=TIMEOUT)
+        self.assertEqual(widget.embeddings.shape, (len(self.names), 1000))
+        self.assertEqual(len(widget.suggested), 2)
+        self.assertEqual(len(self.get_output(widget.Outputs.suggested)), 2)
+
+
+class TestDownstream(AnnotateTest):
+    def test_store_opens_in_segmentation_data_and_output_trains(self):
+        from orangecontrib.deepimage.segmentation import SegmentationModel
+        from orangecontrib.deepimage.widgets.owsegmentationdata import (
+            OWSegmentationData)
+        from orangecontrib.deepimage.widgets.owsegmentationtrainer import (
+            OWSegmentationTrainer)
+        names = disc_images(self.images_dir, n=6)
+        data = image_table(self.images_dir, names)
+        widget = self.create(class_names=["background", "cell"],
+                             current_class="cell", brush_size=9)
+        self.send_signal(widget.Inputs.images, data)
+        for row in range(len(names)):
+            widget.show_image(row)
+            cy, cx = 10 + 3 * row % 12, 12 + 5 * row % 10
+            self.stroke(widget, [(cx - 1, cy), (cx + 1, cy)])
+        widget.show_image(0)
+        widget.commit.now()
+        masks = self.get_output(widget.Outputs.masks)
+        self.assertEqual(len(masks), 6)
+
+        paired = self.create_widget(OWSegmentationData)
+        paired.set_folders(self.images_dir,
+                           AnnotationStore(self.store_dir).masks_dir)
+        table = self.get_output(paired.Outputs.data, widget=paired,
+                                wait=TIMEOUT)
+        self.assertEqual(len(table), 6)
+        self.assertFalse(paired.Warning.unpaired_masks.is_shown())
+        self.assertEqual(table.domain["mask"].attributes["classes"],
+                         "background,cell")
+
+        trainer = self.create_widget(OWSegmentationTrainer, stored_settings={
+            "depth": 2, "base_filters": 4, "tile_size": 32, "epochs": 1,
+            "batch_size": 4, "validation_percent": 34, "augment": False,
+            "auto_apply": True})
+        self.send_signal(trainer.Inputs.data, masks, widget=trainer)
+        model = self.get_output(trainer.Outputs.model, widget=trainer,
+                                wait=TIMEOUT)
+        self.assertIsInstance(model, SegmentationModel)
+        self.assertEqual(model.class_names, ("background", "cell"))
+        self.assertFalse(trainer.Error.active)
+
+    def test_labelled_images_in_test_and_score_with_image_classifier(self):
+        from AnyQt.QtCore import Qt as QtCore_Qt
+        from Orange.evaluation import Results
+        from Orange.widgets.evaluate.owtestandscore import OWTestAndScore
+        from orangecontrib.deepimage.widgets.owimageclassifier import (
+            OWImageClassifier)
+        folder = os.path.join(self.root, "shapes")
+        os.mkdir(folder)
+        shapes = shapes_table(folder, per_class=6)
+        # Test & Score needs a feature (after Deep Embedding there are
+        # many); the classifier reads the images.
+        domain = Domain([ContinuousVariable("width")], None,
+                        shapes.domain.metas)
+        images = Table.from_numpy(domain, np.full((len(shapes), 1), 32.0),
+                                  metas=shapes.metas)
+        names = shapes.domain.class_var.values
+        widget = self.create(mode="labels", label_names=list(names))
+        self.send_signal(widget.Inputs.images, images)
+        for value in shapes.Y.astype(int):  # each key labels and goes on
+            QTest.keyClick(widget, str(value + 1))
+        self.process_events(until=lambda: self.get_output(
+            widget.Outputs.labelled) is not None, timeout=5000)  # debounced
+        labelled = self.get_output(widget.Outputs.labelled)
+        self.assertEqual(len(labelled), len(shapes))
+        self.assertEqual(
+            [labelled.domain.class_var.values[int(v)] for v in labelled.Y],
+            [names[int(v)] for v in shapes.Y])
+
+        classifier = self.create_widget(OWImageClassifier, stored_settings={
+            "epochs": 2, "learning_rate": 0.01, "auto_apply": True})
+        learner = self.get_output(classifier.Outputs.learner,
+                                  widget=classifier)
+        test_and_score = self.create_widget(OWTestAndScore)
+        test_and_score.n_folds = 0  # two-fold cross-validation
+        self.send_signal(test_and_score.Inputs.train_data, labelled,
+                         widget=test_and_score)
+        self.send_signal(test_and_score.Inputs.learner, learner, 0,
+                         widget=test_and_score)
+        results = self.get_output(test_and_score.Outputs.evaluations_results,
+                                  widget=test_and_score, wait=TIMEOUT)
+        self.assertIsInstance(results, Results)
+        self.assertEqual(len(results.actual), len(shapes))
+        model = test_and_score.score_table.model
+        header = [model.headerData(i, QtCore_Qt.Orientation.Horizontal)
+                  for i in range(model.columnCount())]
+        score = model.index(0, header.index("CA")).data()
+        self.assertTrue(0 <= score <= 1)
+        self.assertFalse(test_and_score.Error.active)
+
+
 if __name__ == "__main__":
     import unittest
     unittest.main()

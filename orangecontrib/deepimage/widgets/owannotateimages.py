@@ -1221,6 +1221,9 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
 
     def onDeleteWidget(self):
         self.save_now()
+        for timer in (self.save_timer, self.output_timer,
+                      self.scribble_timer):
+            timer.stop()
         self.quick.shutdown()
         self.shutdown()
         self.loader.shutdown()
