@@ -3,6 +3,7 @@ store it saves into, and its outputs in the widgets that learn from them."""
 import hashlib
 import os
 import tempfile
+import time
 from unittest import mock
 
 import numpy as np
@@ -156,6 +157,12 @@ class TestOWAnnotateImages(AnnotateTest):
                 owannotateimages.TOOLS.index(name))
             self.assertIn(f"({key})", button.toolTip())
             self.assertTrue(button.isChecked())
+        # keys typed while the view or the strip has the focus reach the
+        # widget too
+        QTest.keyClick(widget.view, Qt.Key.Key_2)
+        self.assertEqual(widget.current_class, "dust")
+        QTest.keyClick(widget.strip, "b")
+        self.assertEqual(widget.view.tool(), "brush")
         widget.set_mode("labels")
         QTest.keyClick(widget, Qt.Key.Key_2)  # labels image 0, goes on
         self.assertEqual(widget.current, 1)
@@ -242,6 +249,48 @@ class TestOWAnnotateImages(AnnotateTest):
         self.assertEqual(after, before)
         self.assertEqual({name: digest(self.path(i))
                           for i, name in enumerate(self.names)}, images)
+
+    def test_the_same_images_again_keep_history_and_place(self):
+        widget = self.create(brush_size=3)
+        self.send_signal(widget.Inputs.images, self.data)
+        widget.show_image(2)
+        self.stroke(widget, [(4, 4), (9, 4)])
+        self.send_signal(widget.Inputs.images, self.data.copy())
+        self.assertEqual(widget.current, 2)
+        widget.undo()
+        self.assertFalse(widget.view.mask().any())
+
+    def test_folder_relative_to_the_moved_workflow(self):
+        AnnotationStore(os.path.join(self.root, "moved", "store"),
+                        ["background", "nucleus"])
+        widget = self.create_widget(
+            OWAnnotateImages, stored_settings={
+                "store_folder": "/no/such/place/store",
+                "store_relative": "store", "n_suggested": 0},
+            env={"basedir": os.path.join(self.root, "moved")})
+        self.assertEqual(widget.class_names, ["background", "nucleus"])
+        widget.set_store_folder(os.path.join(self.root, "moved", "other"))
+        self.assertEqual(widget.store_relative, "other")
+
+    def test_cancel_stops_the_predictions(self):
+        class Slow:  # waits, reporting progress, until cancelled
+            class_names = ("round", "odd")
+
+            def predict_paths(self, paths, callback=None):
+                while True:
+                    callback(0.5)
+                    time.sleep(0.01)
+
+        widget = self.create()
+        with mock.patch.object(OWAnnotateImages.Inputs.model, "type", object):
+            widget.set_model(Slow())
+        self.send_signal(widget.Inputs.images, self.data)
+        self.assertIsNotNone(widget.task)
+        self.assertTrue(widget.cancel_button.isEnabled())
+        widget.cancel_button.click()
+        self.assertIsNone(widget.task)
+        self.assertFalse(widget.cancel_button.isEnabled())
+        self.assertIsNone(widget.probabilities)
 
     def test_a_new_folder_is_made_only_at_the_first_edit(self):
         widget = self.create()

@@ -531,10 +531,9 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
             self.Error.bad_store(str(error))
             return None
         self.store = store
-        # the store's classes win; classes only named here (a model's)
-        # join them at the next save
-        self.class_names = store.classes + [
-            name for name in self.class_names if name not in store.classes]
+        # the store's classes win; a model's other classes join them at
+        # the next save (_sync_classes)
+        self.class_names = store.classes
         self.label_names = self.label_names + [
             label for label in store.labels if label not in self.label_names]
         self._masked = set(store.annotated())
@@ -556,9 +555,16 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         if data is not None and column is None:
             self.Error.no_image_column("images")
             data = None
-        self.data = data
-        self.paths = [] if data is None else \
+        paths = [] if data is None else \
             [image_path(column, value) for value in data.get_column(column)]
+        self.data = data
+        if paths == self.paths and paths:
+            return  # the same images again: keep their history and place
+        self.paths = paths
+        self.view.set_image(None)
+        for stack in self.stacks.values():
+            self.undo_group.removeStack(stack)
+            stack.deleteLater()
         self.stacks, self.scribbles = {}, {}
         self.pending_masks, self.pending_labels = {}, {}
         self.predicted_masks, self.probabilities = {}, None
