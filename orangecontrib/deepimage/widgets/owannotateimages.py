@@ -26,9 +26,9 @@ from AnyQt.QtCore import QSize, Qt, QTimer
 from AnyQt.QtGui import (
     QColor, QIcon, QKeySequence, QPixmap, QUndoGroup, QUndoStack)
 from AnyQt.QtWidgets import (
-    QButtonGroup, QFileDialog, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
-    QListWidget, QListWidgetItem, QRadioButton, QSplitter, QToolButton,
-    QWidget)
+    QButtonGroup, QFileDialog, QGridLayout, QLabel, QLineEdit,
+    QListWidget, QListWidgetItem, QRadioButton, QToolButton,
+    QVBoxLayout, QWidget)
 
 from Orange.base import Model
 from Orange.data import Table
@@ -77,7 +77,7 @@ TOOL_INFO = {
 #: here (see :func:`sam_status`).
 SAM_MODULE = "orangecontrib.deepimage.sam"
 MODES = (("masks", "Paint masks"), ("labels", "Label images"))
-STRIP_THUMBNAIL = 80
+STRIP_THUMBNAIL = 96
 SAVE_DELAY_MS = 400
 OUTPUT_DELAY_MS = 1000
 SCRIBBLE_DELAY_MS = 300
@@ -445,17 +445,13 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.view.set_opacity(self.opacity / 100)
         self.image_label = QLabel(wordWrap=True)
         right = QWidget()
-        layout = QHBoxLayout(right)
+        layout = QVBoxLayout(right)
         layout.setContentsMargins(0, 0, 0, 0)
-        inner = gui.vBox(None)
-        inner.layout().addWidget(self.view, 1)
-        inner.layout().addWidget(self.image_label)
-        layout.addWidget(inner)
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        splitter.addWidget(self.strip)
-        splitter.addWidget(right)
-        splitter.setStretchFactor(1, 1)
-        self.mainArea.layout().addWidget(splitter)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.image_label)
+        row = gui.hBox(self.mainArea)
+        row.layout().addWidget(self.strip)
+        row.layout().addWidget(right, 1)
         self._apply_tool()
 
     def sizeHint(self):
