@@ -260,6 +260,17 @@ class TestOWAnnotateImages(AnnotateTest):
         widget.undo()
         self.assertFalse(widget.view.mask().any())
 
+    def test_strip_scrolls_to_the_shown_image(self):
+        names = disc_images(self.images_dir, n=12)
+        widget = self.create()
+        self.send_signal(widget.Inputs.images,
+                         image_table(self.images_dir, names))
+        self.assertNotIn(11, widget.strip.visible_rows())
+        widget.show_image(11)
+        self.assertIn(11, widget.strip.visible_rows())
+        widget.show_image(0)
+        self.assertIn(0, widget.strip.visible_rows())
+
     def test_folder_relative_to_the_moved_workflow(self):
         AnnotationStore(os.path.join(self.root, "moved", "store"),
                         ["background", "nucleus"])

@@ -624,6 +624,8 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self._show_current()
         self.strip.set_selection(self._row_mask([] if row is None
                                                 else [row]))
+        if row is not None:
+            self.strip.ensure_visible(row)
         self._refresh_marks()
 
     def _show_current(self):
