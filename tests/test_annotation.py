@@ -471,3 +471,26 @@ def test_embeddings_for_matches_rows_by_image_path(tmp_path, images):
     np.testing.assert_array_equal(result[2], [1, 2])
     with pytest.raises(ValueError):
         embeddings_for(paths, table)  # no embedding columns
+
+
+def test_scribbles_are_kept_beside_the_masks(tmp_path, images):
+    folder, names, table = images
+    store = AnnotationStore(tmp_path / "store", ["background", "cell"])
+    marks = np.zeros((12, 16), np.uint8)
+    marks[0, :5] = 1   # background
+    marks[6, 6:9] = 2  # cell
+    path = store.set_scribbles(str(folder / names[0]), marks)
+    assert path == os.path.join(store.folder, "scribbles", "photo0.png")
+    np.testing.assert_array_equal(
+        AnnotationStore(tmp_path / "store").scribbles(str(folder / names[0])),
+        marks)
+    assert store.scribbles(str(folder / names[1])) is None
+    with pytest.raises(ValueError, match="class index"):
+        store.set_scribbles(str(folder / names[1]), marks + 2)
+    # scribbles are not masks: the masks table and pairing do not see them
+    assert store.masks_table(table) is None
+    # and a file the store did not write is not replaced
+    Image.fromarray(marks).save(os.path.join(store.scribbles_dir,
+                                             "photo2.png"))
+    with pytest.raises(ForeignFileError):
+        store.set_scribbles(str(folder / names[2]), marks)

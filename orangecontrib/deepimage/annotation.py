@@ -3,10 +3,11 @@ what to label next.
 
 :class:`AnnotationStore` keeps a project's annotations in one folder::
 
-    <folder>/masks/<image stem>.png   class-index masks (0 = background)
-    <folder>/masks/classes.txt        the class names, index 0 first
-    <folder>/labels.csv               image-level labels (image, label)
-    <folder>/.annotation-store.json   what the store wrote (see below)
+    <folder>/masks/<image stem>.png      class-index masks (0 = background)
+    <folder>/masks/classes.txt           the class names, index 0 first
+    <folder>/labels.csv                  image-level labels (image, label)
+    <folder>/scribbles/<image stem>.png  scribbles (0 = none, k = class k-1)
+    <folder>/.annotation-store.json      what the store wrote (see below)
 
 so that :func:`orangecontrib.deepimage.segdata.pair_folders` (and the
 Segmentation Data widget) read ``store.masks_dir`` unchanged. Every write
@@ -52,6 +53,7 @@ __all__ = ["AnnotationStore", "ForeignFileError", "scribble_segmenter",
            "UNCERTAINTY_AFTER"]
 
 MASKS_DIR = "masks"
+SCRIBBLES_DIR = "scribbles"
 LABELS_FILE = "labels.csv"
 MANIFEST_FILE = ".annotation-store.json"
 DEFAULT_CLASSES = ("background", "object")
@@ -405,6 +407,40 @@ class AnnotationStore:
             own = self.owns(os.path.join(self.masks_dir, name))
             stems.add(stem if own else (_strip_mask_suffix(stem) or stem))
         return sorted(stems)
+
+    # --- scribbles ------------------------------------------------------
+
+    @property
+    def scribbles_dir(self) -> str:
+        """Where :meth:`set_scribbles` keeps the strokes (beside masks/, so
+        that Segmentation Data never takes them for masks)."""
+        return os.path.join(self.folder, SCRIBBLES_DIR)
+
+    def set_scribbles(self, image_path: str, scribbles: np.ndarray) -> str:
+        """Keep the image's scribble strokes (0 = not marked, k >= 1 =
+        class k - 1, as :func:`scribble_segmenter` takes them) as
+        ``scribbles/<image stem>.png``; return the file's path."""
+        scribbles = np.asarray(scribbles)
+        if scribbles.ndim != 2 or not np.issubdtype(scribbles.dtype,
+                                                    np.integer):
+            raise ValueError(f"scribbles are a 2-D integer array. Received: "
+                             f"shape={scribbles.shape}, "
+                             f"dtype={scribbles.dtype}")
+        if scribbles.size and (scribbles.min() < 0
+                               or scribbles.max() > len(self._classes)):
+            raise ValueError(
+                f"scribble values must be 0 (not marked) to "
+                f"{len(self._classes)} (class index + 1). Received: "
+                f"{int(scribbles.min())}–{int(scribbles.max())}")
+        os.makedirs(self.scribbles_dir, exist_ok=True)
+        path = os.path.join(self.scribbles_dir, _stem(image_path) + ".png")
+        self._write_own(path, _mask_png(scribbles, len(self._classes) + 1))
+        return path
+
+    def scribbles(self, image_path: str) -> Optional[np.ndarray]:
+        """The image's scribbles, or None when it has none."""
+        path = os.path.join(self.scribbles_dir, _stem(image_path) + ".png")
+        return load_mask(path) if os.path.isfile(path) else None
 
     # --- labels ---------------------------------------------------------
 
