@@ -414,6 +414,18 @@ class TestTools(AnnotateTest):
         widget.undo()  # nothing to undo on this image; the first keeps it
         widget.show_image(0)
         np.testing.assert_array_equal(widget.view.mask(), preview)
+        # the strokes are kept in the store, and come back
+        scribbles = widget.view.scribbles()
+        np.testing.assert_array_equal(
+            AnnotationStore(self.store_dir).scribbles(self.path(0)),
+            scribbles)
+        again = self.create()
+        self.send_signal(again.Inputs.images, self.data, widget=again)
+        np.testing.assert_array_equal(again.view.scribbles(), scribbles)
+        again.show_image(1)
+        self.process_events(until=lambda: again.view.preview() is not None,
+                            timeout=TIMEOUT)
+        self.assertTrue(again.view.preview().any())
 
     def test_painting_session_leaves_the_images_as_they_were(self):
         before = {name: (digest(self.path(i)),

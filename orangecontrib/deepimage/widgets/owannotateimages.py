@@ -293,6 +293,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.scribbles: Dict[int, np.ndarray] = {}
         self.pending_masks: Dict[int, np.ndarray] = {}
         self.pending_labels: Dict[int, Optional[str]] = {}
+        self.pending_scribbles: Dict[int, np.ndarray] = {}
         self.predicted_masks: Dict[int, bytes] = {}
         self.probabilities: Optional[np.ndarray] = None
         self.embeddings: Optional[np.ndarray] = None
@@ -499,6 +500,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self._masked = set()
         self._open_store()
         self.save_now()  # edits kept while there was no folder
+        self._load_scribbles()
         self._show_current()
         self.commit.deferred()
 
@@ -511,7 +513,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.Error.unwritable.clear()
         folder = self._store_path()
         self.Information.no_folder(shown=not folder and (
-            create or bool(self.pending_masks or self.pending_labels)))
+            create or self._has_pending()))
         if not folder:
             return None
         exists = os.path.isfile(os.path.join(folder, "masks", CLASSES_FILE))
@@ -563,6 +565,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
             stack.deleteLater()
         self.stacks, self.scribbles = {}, {}
         self.pending_masks, self.pending_labels = {}, {}
+        self.pending_scribbles = {}
         self.predicted_masks, self.probabilities = {}, None
         self.embeddings, self.suggested = None, []
         self.segmenter = self.segments = None
@@ -589,6 +592,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
     def handleNewSignals(self):
         self.Information.no_images(shown=self.data is None)
         self._open_store()
+        self._load_scribbles()
         if self.data is not None and len(self.data) and self.current is None:
             self.show_image(0)
         self._refresh_marks()
@@ -736,7 +740,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         """Save every waiting edit into the store (made at the first)."""
         self.save_timer.stop()
         self._capture()
-        if not self.pending_masks and not self.pending_labels:
+        if not self._has_pending():
             return
         store = self._open_store(create=True)
         if store is None:
@@ -758,9 +762,29 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         for row, label in list(self.pending_labels.items()):
             if self._save(store.set_label, self.paths[row], label):
                 del self.pending_labels[row]
+        for row, scribbles in list(self.pending_scribbles.items()):
+            if self._save(store.set_scribbles, self.paths[row], scribbles):
+                del self.pending_scribbles[row]
         self._show_unsaved()
         self._refresh_marks()
         self.output_timer.start()
+
+    def _has_pending(self) -> bool:
+        return bool(self.pending_masks or self.pending_labels
+                    or self.pending_scribbles)
+
+    def _load_scribbles(self):
+        """The stored scribbles of the images (edits here win); they
+        train the scribble segmenter at once."""
+        if self.store is None:
+            return
+        for row, path in enumerate(self.paths):
+            if path is not None and row not in self.scribbles:
+                scribbles = self.store.scribbles(path)
+                if scribbles is not None and scribbles.any():
+                    self.scribbles[row] = scribbles.astype(np.uint8)
+        if self.scribbles and self.segmenter is None:
+            self.scribble_timer.start()
 
     def _save(self, method, *args) -> bool:
         try:
@@ -777,7 +801,8 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         return False
 
     def _show_unsaved(self):
-        rows = list(self.pending_masks) + list(self.pending_labels)
+        rows = sorted(set(self.pending_masks) | set(self.pending_labels)
+                      | set(self.pending_scribbles))
         self.Warning.unsaved(
             len(rows), ", ".join(self._name(row) for row in rows[:3]),
             shown=bool(rows))
@@ -880,8 +905,10 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
             self.scribbles[self.current] = scribbles
         else:
             self.scribbles.pop(self.current, None)
+        self.pending_scribbles[self.current] = scribbles
         self.segmenter = None
         self.scribble_timer.start()
+        self.save_timer.start()
 
     def _fit_scribbles(self):
         rows = [row for row in self.scribbles if self.paths[row]]
