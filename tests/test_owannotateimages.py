@@ -199,6 +199,13 @@ class TestOWAnnotateImages(AnnotateTest):
                          owannotateimages.MARK_COLOURS[
                              owannotateimages.SUGGESTED])
         self.assertTrue(widget._caption(first).startswith("★"))
+        # once annotated, an image is no longer suggested
+        widget.show_image(first)
+        self.stroke(widget, [(3, 3), (6, 3)])
+        widget.save_now()
+        widget.commit.now()
+        self.assertEqual(len(self.get_output(widget.Outputs.suggested)), 1)
+        self.assertTrue(widget._caption(first).startswith("✓"))
 
     def test_settings_round_trip(self):
         widget = self.create(class_names=["background", "cell"])

@@ -256,6 +256,8 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         unsaved = Msg("{} edit(s) are not saved yet: {}")
         no_embedding = Msg("The embeddings lack {} of the images; they are "
                            "not suggested.")
+        mask_size = Msg("The mask of {} is {}×{}, the image {}×{}; the mask "
+                        "is not shown, and painting replaces it.")
 
     class Information(OWWidget.Information):
         no_folder = Msg("Choose a folder for the annotations; edits are kept "
@@ -500,9 +502,20 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self._masked = set()
         self._open_store()
         self.save_now()  # edits kept while there was no folder
+        self._forget_history()  # it was the other folder's
         self._load_scribbles()
         self._show_current()
+        self._refresh_marks()
         self.commit.deferred()
+
+    def _forget_history(self):
+        """Drop the undo stacks and the scribbles held for the images."""
+        self.view.set_image(None)
+        for stack in self.stacks.values():
+            self.undo_group.removeStack(stack)
+            stack.deleteLater()
+        self.stacks, self.scribbles = {}, {}
+        self.segmenter = self.segments = None
 
     def _open_store(self, create: bool = False) -> Optional[AnnotationStore]:
         """The store, opened when its folder has one; with `create`, made
@@ -559,16 +572,11 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         if paths == self.paths and paths:
             return  # the same images again: keep their history and place
         self.paths = paths
-        self.view.set_image(None)
-        for stack in self.stacks.values():
-            self.undo_group.removeStack(stack)
-            stack.deleteLater()
-        self.stacks, self.scribbles = {}, {}
+        self._forget_history()
         self.pending_masks, self.pending_labels = {}, {}
         self.pending_scribbles = {}
         self.predicted_masks, self.probabilities = {}, None
         self.embeddings, self.suggested = None, []
-        self.segmenter = self.segments = None
         self.current = None
         self.loader.set_paths(self.paths)
         self.strip.set_rows(range(len(self.paths)))
@@ -648,11 +656,10 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
             self._show_info()
             return
         mask = self._mask_of(row)
+        self.Warning.mask_size.clear()
         if mask is not None and mask.shape != self.image.shape[:2]:
-            self.Error.unreadable(
-                self._name(row), f"its mask is {mask.shape[1]}×"
-                f"{mask.shape[0]}, the image {self.image.shape[1]}×"
-                f"{self.image.shape[0]}; painting replaces the mask")
+            self.Warning.mask_size(self._name(row), *mask.shape[::-1],
+                                   *self.image.shape[1::-1])
             mask = None
         if mask is None and row in self.predicted_masks:
             mask = unpack_mask(self.predicted_masks[row])
@@ -1103,8 +1110,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
 
     def next_suggested(self):
         """N: show the next suggested image that is still unlabelled."""
-        labelled = self.labelled_rows()
-        waiting = [row for row in self.suggested if not labelled[row]]
+        waiting = self._waiting_suggestions()
         if not waiting:
             self.suggest()
             return
@@ -1189,9 +1195,13 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         has = data is not None and store is not None
         self.Outputs.labelled.send(store.labels_table(data) if has else None)
         self.Outputs.masks.send(store.masks_table(data) if has else None)
-        self.Outputs.suggested.send(
-            data[self.suggested] if data is not None and self.suggested
-            else None)
+        waiting = [] if data is None else self._waiting_suggestions()
+        self.Outputs.suggested.send(data[waiting] if waiting else None)
+
+    def _waiting_suggestions(self) -> List[int]:
+        """The suggested rows that are not labelled yet."""
+        labelled = self.labelled_rows()
+        return [row for row in self.suggested if not labelled[row]]
 
     # --- keys ------------------------------------------------------------
 
@@ -1228,7 +1238,6 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
     # --- report and clean-up -------------------------------------------
 
     def send_report(self):
-        labelled = self.labelled_rows() if self.paths else np.zeros(0, bool)
         n_masks = sum(self._has_mask(row) for row in range(len(self.paths)))
         n_labels = sum(self._label_of(row) is not None
                        for row in range(len(self.paths)))
@@ -1240,7 +1249,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
             ("Images", len(self.paths)),
             ("With a mask", n_masks),
             ("With a label", n_labels),
-            ("Suggested", sum(not labelled[row] for row in self.suggested))))
+            ("Suggested", len(self._waiting_suggestions()))))
         if self.image is not None:
             colours = class_colours(len(self.class_names))
             image = self.image if self.image.ndim == 3 else \
