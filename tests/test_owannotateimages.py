@@ -434,6 +434,30 @@ class TestTools(AnnotateTest):
                             timeout=TIMEOUT)
         self.assertTrue(again.view.preview().any())
 
+    def test_scribbles_on_a_large_image_are_learned_shrunk(self):
+        state = mock.Mock(is_interruption_requested=lambda: False)
+        height, width = 1500, 2000  # 3 megapixels
+        yy, xx = np.mgrid[:height, :width]
+        inside = (yy - 700) ** 2 + (xx - 900) ** 2 < 400 ** 2
+        image = np.where(inside[..., None], [220, 200, 60], [30, 40, 60]) \
+            .astype(np.uint8)
+        marks = np.zeros((height, width), np.uint8)
+        marks[100, 100:1900] = 1  # one-pixel strokes
+        marks[700, 700:1100] = 2
+        with mock.patch.object(owannotateimages, "scribble_segmenter",
+                               wraps=owannotateimages.scribble_segmenter) \
+                as fit:
+            _, mask = owannotateimages.run_scribbles([image], [marks], image,
+                                                     None, state)
+        fitted_image, = fit.call_args[0][0]
+        fitted_marks, = fit.call_args[0][1]
+        self.assertLessEqual(fitted_image.shape[0] * fitted_image.shape[1],
+                             owannotateimages.SCRIBBLE_PIXELS)
+        self.assertEqual(set(np.unique(fitted_marks)), {0, 1, 2})
+        self.assertEqual(mask.shape, (height, width))
+        self.assertGreater(np.mean(mask[inside] == 1), 0.95)
+        self.assertGreater(np.mean(mask[~inside] == 0), 0.95)
+
     def test_painting_session_leaves_the_images_as_they_were(self):
         before = {name: (digest(self.path(i)),
                          os.stat(self.path(i)).st_mtime_ns)

@@ -204,17 +204,60 @@ def run_superpixels(image: np.ndarray, state: TaskState) -> np.ndarray:
     return superpixels(image)
 
 
+#: The scribble segmenter works on images of at most this many pixels
+#: (larger ones are shrunk, the prediction enlarged back): its features
+#: take about 150 bytes a pixel, 2 GB for a 12-megapixel photo.
+SCRIBBLE_PIXELS = 1_000_000
+
+
+def scribble_scale(shape: Tuple[int, ...]) -> float:
+    """The factor that shrinks an image of `shape` to SCRIBBLE_PIXELS."""
+    return min(1.0, float(np.sqrt(SCRIBBLE_PIXELS / max(1, shape[0]
+                                                          * shape[1]))))
+
+
+def _resized(array: np.ndarray, scale: float, labels: bool) -> np.ndarray:
+    import cv2
+    if scale >= 1:
+        return array
+    height, width = array.shape[:2]
+    size = (max(1, int(width * scale)), max(1, int(height * scale)))
+    if not labels:
+        return cv2.resize(array, size, interpolation=cv2.INTER_AREA)
+    # a stroke thinner than the shrinking would fall between the samples:
+    # widen it first (where strokes meet, the larger value wins)
+    radius = int(np.ceil(1 / scale))
+    kernel = np.ones((radius, radius), np.uint8)
+    return cv2.resize(cv2.dilate(array.astype(np.uint8), kernel), size,
+                      interpolation=cv2.INTER_NEAREST)
+
+
 def run_scribbles(images: Sequence, scribbles: Sequence[np.ndarray],
                   image: np.ndarray, segmenter, state: TaskState):
     """Fit a scribble segmenter on the strokes of all images (unless
-    `segmenter` is given) and predict the shown `image` with it.
+    `segmenter` is given) and predict the shown `image` with it; images
+    larger than SCRIBBLE_PIXELS are shrunk for both.
 
-    Returns ``(segmenter, mask)``."""
+    Returns ``(segmenter, mask)``, the mask at `image`'s size."""
+    import cv2
     if segmenter is None:
         state.set_status("Learning from the scribbles…")
-        segmenter = scribble_segmenter(images, scribbles)
+        pixels, marks = [], []
+        for picture, strokes in zip(images, scribbles):
+            raise_if_cancelled(state)
+            if isinstance(picture, str):
+                picture = np.asarray(load_image(picture), dtype=np.uint8)
+            scale = scribble_scale(picture.shape)
+            pixels.append(_resized(picture, scale, False))
+            marks.append(_resized(strokes, scale, True))
+        segmenter = scribble_segmenter(pixels, marks)
     raise_if_cancelled(state)
-    return segmenter, segmenter.predict(image)
+    scale = scribble_scale(image.shape)
+    mask = segmenter.predict(_resized(image, scale, False))
+    if mask.shape != image.shape[:2]:
+        mask = cv2.resize(mask, image.shape[1::-1],
+                          interpolation=cv2.INTER_NEAREST)
+    return segmenter, mask
 
 
 # --- the widget ----------------------------------------------------------------
