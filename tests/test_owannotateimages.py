@@ -300,8 +300,7 @@ class TestOWAnnotateImages(AnnotateTest):
                     time.sleep(0.01)
 
         widget = self.create()
-        with mock.patch.object(OWAnnotateImages.Inputs.model, "type", object):
-            widget.set_model(Slow())
+        widget.set_model(Slow())  # a stand-in, so not sent as a signal
         self.send_signal(widget.Inputs.images, self.data)
         self.assertIsNotNone(widget.task)
         self.assertTrue(widget.cancel_button.isEnabled())
@@ -329,6 +328,16 @@ class TestMessages(AnnotateTest):
         self.assertIsNone(self.get_output(widget.Outputs.masks))
         self.send_signal(widget.Inputs.images, self.data)
         self.assertFalse(widget.Error.no_image_column.is_shown())
+
+    def test_a_model_that_cannot_read_images(self):
+        from Orange.classification import MajorityLearner
+        widget = self.create()
+        model = MajorityLearner()(Table("iris"))
+        self.send_signal(widget.Inputs.model, model)
+        self.assertTrue(widget.Error.model_kind.is_shown())
+        self.assertIsNone(widget.model)
+        self.send_signal(widget.Inputs.model, None)
+        self.assertFalse(widget.Error.model_kind.is_shown())
 
     def test_unwritable_folder_keeps_the_edit(self):
         blocker = os.path.join(self.root, "a file")
@@ -539,9 +548,7 @@ class TestModels(AnnotateTest):
                 return probabilities, {}
 
         widget = self.create()
-        with mock.patch.object(owannotateimages.OWAnnotateImages.Inputs.model,
-                               "type", object):
-            widget.set_model(Classifier())
+        widget.set_model(Classifier())  # a stand-in, so not sent as a signal
         self.send_signal(widget.Inputs.images, self.data)
         self.wait_until_finished(widget, timeout=TIMEOUT)
         self.assertEqual(widget.label_names, ["round", "odd"])
