@@ -207,6 +207,33 @@ class TestOWAnnotateImages(AnnotateTest):
         self.assertEqual(len(self.get_output(widget.Outputs.suggested)), 1)
         self.assertTrue(widget._caption(first).startswith("✓"))
 
+    def test_palette_adds_and_renames_classes_in_the_store(self):
+        widget = self.create(brush_size=3)
+        self.send_signal(widget.Inputs.images, self.data)
+        self.stroke(widget, [(5, 5), (12, 5)])
+        widget.save_now()
+        widget.palette_list.setCurrentRow(1)
+        widget.palette_list.currentItem().setText("crane")  # as edited
+        store = AnnotationStore(self.store_dir)
+        self.assertEqual(store.classes, ["background", "crane"])
+        self.assertEqual(widget.current_class, "crane")
+        self.assertEqual(int(store.mask(self.path(0)).max()), 1)  # kept
+        widget._on_add_clicked()
+        widget.palette_list.currentItem().setText("cable")
+        self.assertEqual(AnnotationStore(self.store_dir).classes,
+                         ["background", "crane", "cable"])
+        self.assertEqual(widget.palette_list.count(), 3)
+        QTest.keyClick(widget, Qt.Key.Key_2)
+        self.assertEqual(widget.current_class, "cable")
+        # labels have their own names
+        widget.set_mode("labels")
+        widget.add_class("sharp")
+        QTest.keyClick(widget, Qt.Key.Key_1)
+        widget.rename("sharp", "crisp")
+        store = AnnotationStore(self.store_dir)
+        self.assertEqual(store.label(self.path(0)), "crisp")
+        self.assertEqual(store.classes, ["background", "crane", "cable"])
+
     def test_settings_round_trip(self):
         widget = self.create(class_names=["background", "cell"])
         widget.set_tool("polygon")
