@@ -56,7 +56,7 @@ from orangecontrib.deepimage.widgets.utils.tasks import (
     TaskButtonsMixin, task_progress)
 from orangecontrib.deepimage.widgets.utils.thumbnails import ThumbnailLoader
 
-#: tool -> (title, key); the keys are shown in the tooltips.
+#: tool -> (title, key, what it does); the keys show in the tooltips.
 TOOL_INFO = {
     "brush": ("Brush", "B", "Paint the selected class."),
     "eraser": ("Eraser", "E", "Paint the background."),
