@@ -260,7 +260,7 @@ def run_scribbles(images: Sequence, scribbles: Sequence[np.ndarray],
     return segmenter, mask
 
 
-# --- the widget ----------------------------------------------------------------
+# --- the widget ---------------------------------------------------------------
 
 class OWAnnotateImages(OWWidget, TaskButtonsMixin):
     name = "Annotate Images"
