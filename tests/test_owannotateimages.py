@@ -356,6 +356,22 @@ class TestMessages(AnnotateTest):
         self.send_signal(widget.Inputs.images, self.data)
         self.assertFalse(widget.Error.no_image_column.is_shown())
 
+    def test_unreadable_image(self):
+        with open(os.path.join(self.images_dir, "broken.png"), "wb") as file:
+            file.write(b"not a png")
+        widget = self.create()
+        self.send_signal(widget.Inputs.images, image_table(
+            self.images_dir, ["broken.png", "missing.png"] + self.names))
+        self.assertTrue(widget.Error.unreadable.is_shown())
+        self.assertIn("broken.png", str(widget.Error.unreadable))
+        self.assertIsNone(widget.image)
+        QTest.keyClick(widget, Qt.Key.Key_Return)  # nothing to accept
+        widget.show_image(1)
+        self.assertIn("missing.png", str(widget.Error.unreadable))
+        widget.show_image(2)
+        self.assertFalse(widget.Error.unreadable.is_shown())
+        self.assertEqual(widget.view.mask().shape, (SIZE, SIZE))
+
     def test_a_model_that_cannot_read_images(self):
         from Orange.classification import MajorityLearner
         widget = self.create()
