@@ -10,7 +10,7 @@ import sys
 BENCHMARKS = ("bench_embedding.py", "bench_classifier.py",
               "bench_segmentation.py", "bench_edit.py", "bench_gallery.py",
               "bench_detection.py", "bench_batch.py", "bench_anomaly.py",
-              "annotation.py")
+              "annotation.py", "bench_annotation_view.py")
 
 
 def main():

@@ -11,9 +11,9 @@ import numpy as np
 from skimage.segmentation import flood
 
 from AnyQt.QtCore import QPoint, QPointF, Qt
-from AnyQt.QtGui import QUndoStack, QWheelEvent
+from AnyQt.QtGui import QAction, QKeySequence, QUndoStack, QWheelEvent
 from AnyQt.QtTest import QSignalSpy, QTest
-from AnyQt.QtWidgets import QApplication
+from AnyQt.QtWidgets import QApplication, QMainWindow
 
 from orangewidget.tests.base import GuiTest
 
@@ -167,6 +167,16 @@ class TestAnnotationView(GuiTest):
         QTest.mouseDClick(view.viewport(), LEFT, pos=self.at((60, 80)))
         np.testing.assert_array_equal(view.mask(), expected)
         self.assertEqual(view.undo_stack().count(), 2)
+        # Backspace takes back the last vertex; a vertex outside the image
+        # moves to its edge
+        view.set_current_class(2)
+        for vertex in [(100, 50), (130, 60), (100, 70), (60, 88)]:
+            self.click(vertex)
+        self.key(Qt.Key.Key_Backspace)
+        self.key(Qt.Key.Key_Enter)
+        cv2.fillPoly(expected, [np.array([(100, 50), (119, 60), (100, 70)],
+                                         np.int32)], 2)
+        np.testing.assert_array_equal(view.mask(), expected)
 
     def test_fill_floods_only_the_connected_region(self):
         start = np.zeros((HEIGHT, WIDTH), np.uint8)
@@ -273,6 +283,34 @@ class TestAnnotationView(GuiTest):
         view.undo_stack().undo()
         self.assertEqual(view.mask().tobytes(), history[3].tobytes())
 
+    def test_focused_view_takes_undo_before_window_shortcuts(self):
+        window = QMainWindow()
+        view = AnnotationView()
+        window.setCentralWidget(view)
+        triggered = []
+        action = QAction("Undo", window)
+        action.setShortcut(QKeySequence.StandardKey.Undo)
+        action.triggered.connect(lambda: triggered.append(True))
+        window.addAction(action)
+        window.resize(400, 300)
+        window.show()
+        QTest.qWaitForWindowExposed(window)
+        window.activateWindow()
+        view.setFocus()
+        QApplication.processEvents()
+        view.set_image(photo())
+        QTest.mouseClick(view.viewport(), LEFT,
+                         pos=view.map_from_image(10, 10))
+        self.assertTrue(view.mask().any())
+        QTest.keyClick(view, Qt.Key.Key_Z, CTRL)
+        self.assertFalse(view.mask().any())
+        self.assertEqual(triggered, [])
+        view.clearFocus()
+        QTest.keyClick(window, Qt.Key.Key_Z, CTRL)
+        self.assertEqual(triggered, [True])
+        window.close()
+        window.deleteLater()
+
     def test_apply_mask_with_region(self):
         view = self.view
         start = np.zeros((HEIGHT, WIDTH), np.uint8)
@@ -324,6 +362,19 @@ class TestAnnotationView(GuiTest):
         view.set_image(photo(2))      # a private stack, empty
         self.assertNotIn(view.undo_stack(), stacks.values())
         self.assertEqual(view.undo_stack().count(), 0)
+
+    def test_other_buttons_during_a_stroke(self):
+        viewport = self.view.viewport()
+        self.view.set_brush_size(3)
+        QTest.mousePress(viewport, LEFT, pos=self.at((10, 10)))
+        QTest.mouseMove(viewport, self.at((30, 10)))
+        QTest.mousePress(viewport, RIGHT, pos=self.at((30, 10)))   # ignored
+        QTest.mouseRelease(viewport, RIGHT, pos=self.at((30, 10)))
+        QTest.mouseMove(viewport, self.at((30, 40)))                # drawn
+        QTest.mouseRelease(viewport, LEFT, pos=self.at((30, 40)))
+        expected = stroke_mask([(10, 10), (30, 10), (30, 40)], 1, 3)
+        np.testing.assert_array_equal(self.view.mask(), expected)
+        self.assertEqual(self.view.undo_stack().count(), 1)
 
     def test_mask_changed_once_per_completed_edit(self):
         view = self.view
@@ -389,6 +440,23 @@ class TestAnnotationView(GuiTest):
         view.set_tool("scribble")
         self.drag([(20, 70), (30, 70)])
         self.assertEqual(colour((25, 70)), (10, 20, 30))
+
+    def test_photo_colours(self):
+        view = self.view
+        image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+        image[:, :60] = (10, 100, 200)
+        image[:, 60:] = (250, 5, 60)
+        for pixels, left, right in (
+                (image, (10, 100, 200), (250, 5, 60)),
+                (np.dstack([image, np.full((HEIGHT, WIDTH), 9, np.uint8)]),
+                 (10, 100, 200), (250, 5, 60)),       # alpha is ignored
+                (image[..., 0], (10, 10, 10), (250, 250, 250))):   # grey
+            view.set_image(pixels)
+            shown = view.viewport().grab().toImage()
+            for point, colour in (((20, 40), left), ((100, 40), right)):
+                pixel = shown.pixelColor(self.at(point))
+                self.assertEqual((pixel.red(), pixel.green(), pixel.blue()),
+                                 colour)
 
     # ---- zoom and pan ---------------------------------------------------
     def test_wheel_zooms_around_the_cursor_and_ctrl_0_fits(self):

@@ -16,11 +16,14 @@ so undo and redo restore the very same bytes.
 
 Mouse: the left button uses the tool; the right button erases with the
 brush and eraser (the mask) and with the scribble tool (the scribbles), and
-removes the last vertex of a polygon; the middle button, the pan tool or
-Space + left button pans; the wheel zooms around the cursor. Keys: Ctrl+Z
-undo, Ctrl+Shift+Z (or Ctrl+Y) redo, Ctrl+0 fit, Enter closes a polygon,
-Escape cancels it, Backspace removes its last vertex.
+removes the last vertex of a polygon (vertices outside the image move to
+its edge); the middle button, the pan tool or Space + left button pans;
+the wheel zooms around the cursor. Keys: Ctrl+Z undo, Ctrl+Shift+Z (or
+Ctrl+Y) redo, Ctrl+0 fit, Enter closes a polygon, Escape cancels it,
+Backspace removes its last vertex. While the view has the focus, these
+keys reach it before a window's shortcuts for the same keys.
 """
+import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -65,17 +68,21 @@ def _colour_table(colours: np.ndarray, background: bool) -> np.ndarray:
 
 
 def _argb(image: np.ndarray) -> np.ndarray:
-    """Opaque ARGB32 pixels of an RGB, RGBA or grey uint8 image."""
+    """Opaque ARGB32 pixels (native 0xAARRGGBB) of an RGB, RGBA or grey
+    uint8 image."""
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim not in (2, 3) \
             or image.ndim == 3 and image.shape[2] not in (1, 3, 4):
         raise ValueError(f"the image must be H×W grey or H×W×3 RGB uint8. "
                          f"Received: {image.dtype} {image.shape}")
     if image.ndim == 2 or image.shape[2] == 1:
-        image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=2)
-    rgb = image[..., :3].astype(np.uint32)
-    return np.uint32(0xFF000000) | rgb[..., 0] << 16 | rgb[..., 1] << 8 \
-        | rgb[..., 2]
+        bgra = cv2.cvtColor(image.reshape(image.shape[:2]),
+                            cv2.COLOR_GRAY2BGRA)
+    else:
+        bgra = cv2.cvtColor(np.ascontiguousarray(image[..., :3]),
+                            cv2.COLOR_RGB2BGRA)
+    pixels = bgra.view(np.uint32)[..., 0]   # bytes B, G, R, A
+    return pixels if sys.byteorder == "little" else pixels.byteswap()
 
 
 def _labels(values: Optional[np.ndarray], shape, what: str) -> np.ndarray:
@@ -156,7 +163,11 @@ class _Labels(_Layer):
                    table: Optional[np.ndarray] = None):
         self.labels = self.labels if labels is None else labels
         self.table = self.table if table is None else table
-        self.set_pixels(self.table[self.labels])
+        if self.table[0] == 0 and not self.labels.any():
+            # all transparent: zeros that take memory only where drawn
+            self.set_pixels(np.zeros(self.labels.shape, np.uint32))
+        else:
+            self.set_pixels(self.table[self.labels])
 
     def write(self, rect: Rect, values: Optional[np.ndarray] = None):
         """Put `values` (if given) into `rect`, recolour and repaint it."""
@@ -256,6 +267,7 @@ class AnnotationView(QGraphicsView):
         self._stack = QUndoStack(self)
         self._tool, self._class, self._brush = "brush", 1, 10
         self._gesture = None   # a _Stroke, ("box", start) or ("pan", pos)
+        self._button = Qt.MouseButton.NoButton   # the gesture's
         self._polygon: List[Tuple[int, int]] = []
         self._space = self._fitted = False
         self.set_palette(class_colours(16))
@@ -447,6 +459,7 @@ class AnnotationView(QGraphicsView):
         if not self._mask.size or self._gesture is not None:
             return
         button, pos = event.button(), event.position()
+        self._button = button
         pixel = self.map_to_image(pos)
         left, right = Qt.MouseButton.LeftButton, Qt.MouseButton.RightButton
         if button == Qt.MouseButton.MiddleButton or button == left and (
@@ -500,6 +513,8 @@ class AnnotationView(QGraphicsView):
 
     def mouseReleaseEvent(self, event):
         event.accept()
+        if event.button() != self._button:
+            return
         gesture, self._gesture = self._gesture, None
         if isinstance(gesture, _Stroke):
             self._end_stroke(gesture)
@@ -511,8 +526,8 @@ class AnnotationView(QGraphicsView):
         self._update_cursor()
 
     def mouseDoubleClickEvent(self, event):
-        if self._tool == "polygon" and event.button() == \
-                Qt.MouseButton.LeftButton:
+        if self._tool == "polygon" and self._mask.size and event.button() \
+                == Qt.MouseButton.LeftButton:
             event.accept()
             self._add_vertex(self.map_to_image(event.position()))
             self._close_polygon()
@@ -523,13 +538,19 @@ class AnnotationView(QGraphicsView):
         self._outline.hide()
         super().leaveEvent(event)
 
+    def focusOutEvent(self, event):
+        self._space = False   # its release goes elsewhere
+        self._update_cursor()
+        super().focusOutEvent(event)
+
     # ---- keys ---------------------------------------------------------
     def _handled_key(self, event) -> Optional[str]:
         key, modifiers = event.key(), event.modifiers()
         ctrl = Qt.KeyboardModifier.ControlModifier
         shift = Qt.KeyboardModifier.ShiftModifier
-        if event.matches(QKeySequence.StandardKey.Redo) or key == Qt.Key.Key_Z \
-                and modifiers & ctrl and modifiers & shift:
+        if event.matches(QKeySequence.StandardKey.Redo) \
+                or key == Qt.Key.Key_Z and modifiers & ctrl \
+                and modifiers & shift:
             return "redo"
         if event.matches(QKeySequence.StandardKey.Undo):
             return "undo"
