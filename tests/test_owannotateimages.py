@@ -510,6 +510,27 @@ class TestTools(AnnotateTest):
         self.assertGreater(np.mean(mask[inside] == 1), 0.95)
         self.assertGreater(np.mean(mask[~inside] == 0), 0.95)
 
+    def test_failures_of_quick_tasks(self):
+        from orangecontrib.deepimage.errors import InvalidInput
+        widget = self.create(tool="box")
+        self.send_signal(widget.Inputs.images, self.data)
+        # a problem the user can act on is a message
+        with mock.patch.object(owannotateimages, "mask_from_box",
+                               side_effect=InvalidInput("too dim to see")):
+            self.stroke(widget, [(2, 2), (20, 20)])
+            self.wait_quick(widget)
+        self.assertIn("too dim to see", str(widget.Error.failed))
+        # a bug reaches Orange's error reporting
+        bug = RuntimeError("a bug")
+        with mock.patch.object(owannotateimages, "mask_from_box",
+                               side_effect=bug), \
+                mock.patch("sys.excepthook") as hook:
+            self.stroke(widget, [(2, 2), (20, 20)])
+            self.process_events(until=lambda: hook.called, timeout=5000)
+        self.assertIs(hook.call_args[0][1], bug)
+        self.assertFalse(widget.quick.is_busy())
+        self.assertFalse(widget.view.mask().any())
+
     def test_painting_session_leaves_the_images_as_they_were(self):
         before = {name: (digest(self.path(i)),
                          os.stat(self.path(i)).st_mtime_ns)
