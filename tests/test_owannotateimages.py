@@ -675,6 +675,18 @@ class TestDownstream(AnnotateTest):
         self.assertEqual(model.class_names, ("background", "cell"))
         self.assertFalse(trainer.Error.active)
 
+        # the model back in the widget: new images start from its masks
+        more = disc_images(os.path.join(self.root, "more"), n=2)
+        widget.set_store_folder(os.path.join(self.root, "store2"))
+        self.send_signal(widget.Inputs.model, model)
+        self.send_signal(widget.Inputs.images,
+                         image_table(os.path.join(self.root, "more"), more))
+        self.wait_until_finished(widget, timeout=TIMEOUT)
+        self.assertEqual(sorted(widget.predicted_masks), [0, 1])
+        self.assertTrue(widget._prefilled)
+        self.assertEqual(widget.view.mask().shape, (SIZE, SIZE))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "store2")))
+
     def test_labelled_images_in_test_and_score_with_image_classifier(self):
         from AnyQt.QtCore import Qt as QtCore_Qt
         from Orange.evaluation import Results
@@ -723,6 +735,20 @@ class TestDownstream(AnnotateTest):
         score = model.index(0, header.index("CA")).data()
         self.assertTrue(0 <= score <= 1)
         self.assertFalse(test_and_score.Error.active)
+
+        # the trained classifier back in the widget labels new images
+        self.send_signal(classifier.Inputs.data, labelled, widget=classifier)
+        trained = self.get_output(classifier.Outputs.model,
+                                  widget=classifier, wait=TIMEOUT)
+        fresh = self.create(mode="labels",
+                            store_folder=os.path.join(self.root, "new"))
+        self.send_signal(fresh.Inputs.model, trained, widget=fresh)
+        self.send_signal(fresh.Inputs.images, images, widget=fresh)
+        self.wait_until_finished(fresh, timeout=TIMEOUT)
+        self.assertEqual(fresh.probabilities.shape, (len(shapes), 3))
+        self.assertEqual(fresh.label_names, list(names))
+        self.assertRegex(fresh.image_label.text(),
+                         r"the model says \w+ \(\d+ %\)")
 
 
 if __name__ == "__main__":
