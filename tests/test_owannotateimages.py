@@ -122,6 +122,17 @@ class TestOWAnnotateImages(AnnotateTest):
         masks = self.get_output(widget.Outputs.masks)
         self.assertEqual(list(masks.get_column("image name")), ["disc0"])
 
+    def test_closing_right_after_a_stroke_saves_it(self):
+        widget = self.create(brush_size=3)
+        self.send_signal(widget.Inputs.images, self.data)
+        self.stroke(widget, [(4, 20), (20, 20)])
+        painted = widget.view.mask()
+        self.assertTrue(widget.save_timer.isActive())  # not saved yet
+        self.widgets.remove(widget)
+        widget.onDeleteWidget()
+        np.testing.assert_array_equal(
+            AnnotationStore(self.store_dir).mask(self.path(0)), painted)
+
     def test_switching_images_saves_at_once_and_undo_survives(self):
         widget = self.create(brush_size=3)
         self.send_signal(widget.Inputs.images, self.data)
