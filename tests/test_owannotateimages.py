@@ -393,6 +393,19 @@ class TestMessages(AnnotateTest):
         self.send_signal(widget.Inputs.model, None)
         self.assertFalse(widget.Error.model_kind.is_shown())
 
+    def test_embeddings_without_images_or_numbers(self):
+        widget = self.create(n_suggested=2)
+        self.send_signal(widget.Inputs.images, self.data)
+        self.send_signal(widget.Inputs.embeddings, self.data)  # no numbers
+        self.assertTrue(widget.Error.no_embedding.is_shown())
+        numbers = Table.from_numpy(Domain([ContinuousVariable("x")]),
+                                   np.zeros((2, 1)))
+        self.send_signal(widget.Inputs.embeddings, numbers)
+        self.assertIn("no image column", str(widget.Error.no_embedding))
+        self.assertIsNone(widget.task)  # nothing to suggest from
+        self.send_signal(widget.Inputs.embeddings, None)
+        self.assertFalse(widget.Error.no_embedding.is_shown())
+
     def test_unwritable_folder_keeps_the_edit(self):
         blocker = os.path.join(self.root, "a file")
         with open(blocker, "w") as file:

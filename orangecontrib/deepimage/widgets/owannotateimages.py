@@ -284,13 +284,15 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         suggested = Output("Suggested", Table)
 
     class Error(OWWidget.Error):
-        no_image_column = Msg("The {} have no image column (a text column "
-                              "marked as images, e.g. from Import Images).")
+        no_image_column = Msg("The images have no image column (a text "
+                              "column marked as images, e.g. from Import "
+                              "Images).")
         unwritable = Msg("Annotations cannot be saved in {}: {}")
         foreign_file = Msg("{}")
         not_saved = Msg("{}")
         bad_store = Msg("The annotation folder cannot be read: {}")
         unreadable = Msg("{} cannot be shown: {}")
+        no_embedding = Msg("The embeddings cannot be used: {}")
         model_kind = Msg("The model is neither an image classifier nor a "
                          "segmentation model.")
         failed = Msg("{}")
@@ -349,6 +351,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self._dirty = False      # the view's mask has unsaved edits
         self._prefilled = False  # the view shows a prediction, unsaved
         self._lut: Optional[np.ndarray] = None
+        self._marks: Optional[np.ndarray] = None  # UNLABELLED, … per row
         if self.mode not in dict(MODES):
             self.mode = "masks"
         if self.tool not in TOOLS:
@@ -607,7 +610,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.Error.no_image_column.clear()
         column = None if data is None else find_image_column(data)
         if data is not None and column is None:
-            self.Error.no_image_column("images")
+            self.Error.no_image_column()
             data = None
         paths = [] if data is None else \
             [image_path(column, value) for value in data.get_column(column)]
@@ -1136,13 +1139,13 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.strip.set_colors(marks, MARK_COLOURS)
 
     def _caption(self, row: int) -> str:
-        mark = getattr(self, "_marks", None)
+        mark = self._marks
         sign = {LABELLED: "✓ ", SUGGESTED: "★ "}.get(
             None if mark is None or row >= len(mark) else int(mark[row]), "")
         return sign + self._name(row)
 
     def _tooltip(self, row: int) -> str:
-        mark = getattr(self, "_marks", None)
+        mark = self._marks
         status = ("unlabelled", "labelled", "suggested")[
             int(mark[row])] if mark is not None and row < len(mark) else ""
         return f"{self._name(row)} ({status})"
@@ -1157,20 +1160,24 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         if not waiting:
             self.suggest()
             return
-        after = [row for row in waiting if self.current is None
-                 or waiting.index(row) > (waiting.index(self.current)
-                                          if self.current in waiting
-                                          else -1)]
-        self.show_image((after or waiting)[0])
+        position = waiting.index(self.current) + 1 \
+            if self.current in waiting else 0
+        self.show_image(waiting[position % len(waiting)])
 
     def _given_embeddings(self) -> Optional[np.ndarray]:
         self.Warning.no_embedding.clear()
-        if self.embeddings_data is None:
+        self.Error.no_embedding.clear()
+        data = self.embeddings_data
+        if data is None:
+            return None
+        if find_image_column(data) is None:
+            self.Error.no_embedding("they have no image column to match "
+                                    "them with the images")
             return None
         try:
-            matrix = embeddings_for(self.paths, self.embeddings_data)
-        except ValueError:
-            self.Error.no_image_column("embeddings")
+            matrix = embeddings_for(self.paths, data)
+        except ValueError as error:  # no numeric columns
+            self.Error.no_embedding(str(error))
             return None
         missing = int(np.isnan(matrix).any(axis=1).sum())
         if missing:
