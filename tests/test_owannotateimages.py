@@ -455,6 +455,28 @@ class TestTools(AnnotateTest):
         widget.undo()
         self.assertFalse(widget.view.mask().any())
 
+    def test_boxes_in_quick_succession_are_all_kept(self):
+        def slow_box(image, box):  # the box itself, after a while
+            time.sleep(0.1)
+            x0, y0, x1, y1 = box
+            mask = np.zeros(image.shape[:2], bool)
+            mask[y0:y1, x0:x1] = True
+            return mask
+
+        widget = self.create(tool="box")
+        self.send_signal(widget.Inputs.images, self.data)
+        boxes = [(1, 1, 9, 9), (20, 20, 30, 30), (1, 20, 9, 30)]
+        expected = np.zeros((SIZE, SIZE), bool)
+        for box in boxes:
+            expected |= slow_box(widget.image, box)
+        with mock.patch.object(owannotateimages, "mask_from_box", slow_box):
+            for x0, y0, x1, y1 in boxes:  # no waiting between the drags
+                self.stroke(widget, [(x0, y0), (x1 - 1, y1 - 1)])
+            self.assertTrue(widget.quick.is_busy())
+            self.wait_quick(widget)
+        np.testing.assert_array_equal(widget.view.mask() > 0, expected)
+        self.assertEqual(widget.view.undo_stack().count(), 3)
+
     def test_superpixel_click(self):
         widget = self.create(tool="superpixel")
         self.send_signal(widget.Inputs.images, self.data)

@@ -722,7 +722,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
                                            or not self._has_mask(row)):
             self.quick.start(run_scribbles, [], [], self.image,
                              self.segmenter, done=self._on_scribble_preview,
-                             description="scribble preview")
+                             description="scribble preview", replace=True)
 
     def _has_mask(self, row: int) -> bool:
         path = self.paths[row]
@@ -978,7 +978,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.quick.start(run_scribbles, images,
                          [self.scribbles[row] for row in rows], self.image,
                          None, done=self._on_scribble_preview,
-                         description="scribbles")
+                         description="scribbles", replace=True)
 
     def _on_scribble_preview(self, result):
         self.segmenter, mask = result

@@ -6,23 +6,27 @@ runs one task at a time, and starting another cancels it. Long work
 progress bar and Cancel button; a click that asks for a GrabCut or the
 superpixels of one image must not cancel it, nor wait for it.
 :class:`QuickTasks` runs such short tasks in a thread of its own, one at a
-time, where each new request replaces the one before (only the answer to
-the latest click is wanted)::
+time, in the order asked::
 
     self.quick = QuickTasks(self, on_user_error=self.show_error)
     self.quick.start(run_box, pixels, box, done=self._on_box)
+    self.quick.start(run_preview, pixels, done=self._show, replace=True)
 
-The runner is a module-level ``run_…(…, state)`` function as for
-ConcurrentWidgetMixin; ``done(result)`` runs on the GUI thread. Failures go
-as in :class:`~.tasks.TaskButtonsMixin`: Cancelled is dropped, a
-:class:`~orangecontrib.deepimage.errors.DeepImageError` goes to
+A task that makes an edit (a box, a click) is never dropped for a later
+one; a task started with ``replace=True`` (a live preview) is: a newer
+request takes the place of a waiting or running one, as only the answer
+to the latest is wanted. The runner is a module-level ``run_…(…, state)``
+function as for ConcurrentWidgetMixin; ``done(result)`` runs on the GUI
+thread. Failures go as in :class:`~.tasks.TaskButtonsMixin`: Cancelled is
+dropped, a :class:`~orangecontrib.deepimage.errors.DeepImageError` goes to
 `on_user_error`, anything else is raised again for Orange's error
 reporting.
 """
 import logging
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional
 
-from AnyQt.QtCore import QObject, pyqtSignal as Signal
+from AnyQt.QtCore import QObject, QTimer, pyqtSignal as Signal
 
 from Orange.widgets.utils.concurrent import ConcurrentMixin
 
@@ -33,13 +37,24 @@ __all__ = ["QuickTasks"]
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class _Job:
+    task: Callable
+    args: tuple
+    kwargs: dict
+    done: Callable[[Any], None]
+    description: str
+    replace: bool
+
+
 class QuickTasks(QObject, ConcurrentMixin):
-    """Short tasks in their own thread; a new one replaces the running one.
+    """Short tasks in their own thread, one after another.
 
     Signals
     -------
     busyChanged(bool)
-        A task started (True) or none is running any more (False).
+        A task started (True) or none is running or waiting any more
+        (False).
     """
     busyChanged = Signal(bool)
 
@@ -48,43 +63,71 @@ class QuickTasks(QObject, ConcurrentMixin):
         QObject.__init__(self, parent)
         ConcurrentMixin.__init__(self)
         self._on_user_error = on_user_error
-        self._done: Optional[Callable[[Any], None]] = None
-        self.description = ""
+        self._running: Optional[_Job] = None
+        self._waiting: List[_Job] = []
 
     def start(self, task: Callable, *args, done: Callable[[Any], None],
-              description: str = "", **kwargs):
-        """Run ``task(*args, state, **kwargs)``; call ``done(result)`` on the
-        GUI thread when it ends, unless another task replaced it."""
-        self._done = done
-        self.description = description
-        super().start(task, *args, **kwargs)
+              description: str = "", replace: bool = False, **kwargs):
+        """Run ``task(*args, state, **kwargs)`` after the tasks asked
+        before; call ``done(result)`` on the GUI thread when it ends. With
+        `replace`, it takes the place of a waiting or running task that was
+        started with `replace` too."""
+        job = _Job(task, args, kwargs, done, description, replace)
+        if replace:
+            self._waiting = [old for old in self._waiting if not old.replace]
+        if self._running is not None and self._running.replace:
+            super().cancel()  # a preview nobody waits for any more
+            self._running = None
+        if self._running is None:
+            self._run(job)
+        else:
+            self._waiting.append(job)
+
+    def _run(self, job: _Job):
+        self._running = job
+        super().start(job.task, *job.args, **job.kwargs)
         self.busyChanged.emit(True)
 
+    def _next(self):
+        if self._running is None and self._waiting:
+            self._run(self._waiting.pop(0))
+        elif self._running is None:
+            self.busyChanged.emit(False)
+
     def cancel(self):
+        """Drop the running and the waiting tasks."""
         super().cancel()
-        self._done = None
+        self._running = None
+        self._waiting = []
         self.busyChanged.emit(False)
 
+    def shutdown(self):
+        """Drop the waiting tasks, wait for the running one to end."""
+        self._waiting = []
+        super().shutdown()
+        self._running = None
+
     def is_busy(self) -> bool:
-        return self.task is not None
+        return self._running is not None or bool(self._waiting)
 
     def on_partial_result(self, result: Any) -> None:
         pass
 
     def on_done(self, result: Any) -> None:
-        done, self._done = self._done, None
-        self.busyChanged.emit(False)
-        if done is not None:
-            done(result)
+        job, self._running = self._running, None
+        # (ConcurrentMixin forbids starting a task from here)
+        QTimer.singleShot(0, self._next)
+        if job is not None:
+            job.done(result)
 
     def on_exception(self, ex: Exception):
-        self._done = None
-        self.busyChanged.emit(False)
+        job, self._running = self._running, None
+        QTimer.singleShot(0, self._next)
         if isinstance(ex, Cancelled):
             return
         if isinstance(ex, DeepImageError):
             self._on_user_error(ex)
             return
-        log.error("%s failed", self.description or "a quick task",
+        log.error("%s failed", job.description if job else "a quick task",
                   exc_info=(type(ex), ex, ex.__traceback__))
         raise ex
