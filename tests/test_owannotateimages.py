@@ -18,6 +18,7 @@ from Orange.widgets.tests.base import WidgetTest
 from orangecontrib.deepimage.annotation import AnnotationStore
 from orangecontrib.deepimage.segdata import load_mask
 from orangecontrib.deepimage.widgets import owannotateimages
+from orangecontrib.deepimage.widgets.utils import annotationtasks
 from orangecontrib.deepimage.widgets.owannotateimages import (
     OWAnnotateImages, TOOL_INFO)
 
@@ -444,7 +445,7 @@ class TestTools(AnnotateTest):
     def test_box_runs_grabcut_as_one_undoable_edit(self):
         widget = self.create(tool="box")
         self.send_signal(widget.Inputs.images, self.data)
-        expected = owannotateimages.mask_from_box(
+        expected = annotationtasks.mask_from_box(
             widget.image, (2, 2, 22, 22))
         # a real drag on the view draws the box
         self.stroke(widget, [(2, 2), (12, 12), (21, 21)])
@@ -469,7 +470,7 @@ class TestTools(AnnotateTest):
         expected = np.zeros((SIZE, SIZE), bool)
         for box in boxes:
             expected |= slow_box(widget.image, box)
-        with mock.patch.object(owannotateimages, "mask_from_box", slow_box):
+        with mock.patch.object(annotationtasks, "mask_from_box", slow_box):
             for x0, y0, x1, y1 in boxes:  # no waiting between the drags
                 self.stroke(widget, [(x0, y0), (x1 - 1, y1 - 1)])
             self.assertTrue(widget.quick.is_busy())
@@ -480,7 +481,7 @@ class TestTools(AnnotateTest):
     def test_superpixel_click(self):
         widget = self.create(tool="superpixel")
         self.send_signal(widget.Inputs.images, self.data)
-        segments = owannotateimages.superpixels(widget.image)
+        segments = annotationtasks.superpixels(widget.image)
         self.stroke(widget, [(12, 10)])
         self.wait_quick(widget)
         np.testing.assert_array_equal(widget.view.mask() > 0,
@@ -542,15 +543,15 @@ class TestTools(AnnotateTest):
         marks = np.zeros((height, width), np.uint8)
         marks[100, 100:1900] = 1  # one-pixel strokes
         marks[700, 700:1100] = 2
-        with mock.patch.object(owannotateimages, "scribble_segmenter",
-                               wraps=owannotateimages.scribble_segmenter) \
+        with mock.patch.object(annotationtasks, "scribble_segmenter",
+                               wraps=annotationtasks.scribble_segmenter) \
                 as fit:
-            _, mask = owannotateimages.run_scribbles([image], [marks], image,
+            _, mask = annotationtasks.run_scribbles([image], [marks], image,
                                                      None, state)
         fitted_image, = fit.call_args[0][0]
         fitted_marks, = fit.call_args[0][1]
         self.assertLessEqual(fitted_image.shape[0] * fitted_image.shape[1],
-                             owannotateimages.SCRIBBLE_PIXELS)
+                             annotationtasks.SCRIBBLE_PIXELS)
         self.assertEqual(set(np.unique(fitted_marks)), {0, 1, 2})
         self.assertEqual(mask.shape, (height, width))
         self.assertGreater(np.mean(mask[inside] == 1), 0.95)
@@ -561,14 +562,14 @@ class TestTools(AnnotateTest):
         widget = self.create(tool="box")
         self.send_signal(widget.Inputs.images, self.data)
         # a problem the user can act on is a message
-        with mock.patch.object(owannotateimages, "mask_from_box",
+        with mock.patch.object(annotationtasks, "mask_from_box",
                                side_effect=InvalidInput("too dim to see")):
             self.stroke(widget, [(2, 2), (20, 20)])
             self.wait_quick(widget)
         self.assertIn("too dim to see", str(widget.Error.failed))
         # a bug reaches Orange's error reporting
         bug = RuntimeError("a bug")
-        with mock.patch.object(owannotateimages, "mask_from_box",
+        with mock.patch.object(annotationtasks, "mask_from_box",
                                side_effect=bug), \
                 mock.patch("sys.excepthook") as hook:
             self.stroke(widget, [(2, 2), (20, 20)])
