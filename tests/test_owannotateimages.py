@@ -646,6 +646,12 @@ class TestModels(AnnotateTest):
         np.testing.assert_array_equal(store.mask(self.path(2)), shown)
         self.assertIsNone(store.mask(self.path(1)))
         self.assertEqual(store.classes[cell], "cell")
+        # without the model, an image shows no prediction any more
+        widget.show_image(3)
+        self.assertTrue(widget.view.mask().any())
+        self.send_signal(widget.Inputs.model, None)
+        self.assertFalse(widget.view.mask().any())
+        self.assertFalse(widget._prefilled)
 
     def test_classifier_prefills_labels_with_its_confidence(self):
         class Classifier:  # what the widget uses of ImageClassifierModel

@@ -481,6 +481,8 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self._load_scribbles()
         if self.data is not None and len(self.data) and self.current is None:
             self.show_image(0)
+        elif self._prefilled and self.current not in self.predicted_masks:
+            self._show_current()  # the prediction of a model now gone
         self._refresh_marks()
         self.commit.now()
         self.assist()
