@@ -425,6 +425,22 @@ class TestMessages(AnnotateTest):
         np.testing.assert_array_equal(
             AnnotationStore(self.store_dir).mask(self.path(0)), painted)
 
+    def test_edits_wait_for_a_folder(self):
+        widget = self.create(store_folder="", brush_size=3)
+        self.send_signal(widget.Inputs.images, self.data)
+        self.assertFalse(widget.Information.no_folder.is_shown())
+        self.stroke(widget, [(5, 5), (12, 5)])
+        painted = widget.view.mask()
+        widget.show_image(1)
+        self.assertTrue(widget.Information.no_folder.is_shown())
+        self.assertIn("disc0.png", str(widget.Warning.unsaved))
+        widget.show_image(0)
+        np.testing.assert_array_equal(widget.view.mask(), painted)
+        widget.set_store_folder(self.store_dir)
+        self.assertFalse(widget.Information.no_folder.is_shown())
+        np.testing.assert_array_equal(
+            AnnotationStore(self.store_dir).mask(self.path(0)), painted)
+
     def test_foreign_mask_file_is_left_alone(self):
         store = AnnotationStore(self.store_dir)
         foreign = os.path.join(store.masks_dir, "disc0.png")
