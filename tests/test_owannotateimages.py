@@ -820,6 +820,47 @@ class TestDownstream(AnnotateTest):
                          r"the model says \w+ \(\d+ %\)")
 
 
+class TestHeadless(AnnotateTest):
+    def test_a_saved_workflow_sends_what_the_store_holds(self):
+        from orangecontrib.deepimage.workflow import (
+            _application, _registry, run_workflow)
+        from test_workflow import save_workflow
+        _application()
+        store = AnnotationStore(self.store_dir, ["background", "cell"])
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        mask[4:12, 4:12] = 1
+        store.set_mask(self.path(0), mask)
+        store.set_mask(self.path(3), mask)
+        store.set_label(self.path(1), "round")
+        before = {name: digest(os.path.join(self.store_dir, name))
+                  for name in files_under(self.store_dir)}
+        table_path = os.path.join(self.root, "images.tab")
+        self.data.save(table_path)
+        path = os.path.join(self.root, "annotate.ows")
+
+        def setup(widgets):
+            widgets["File"].add_path(table_path)
+            widgets["Annotate"].n_suggested = 0
+            widgets["Annotate"].set_store_folder(self.store_dir)
+
+        save_workflow(path, _registry(), {
+            "File": "Orange.widgets.data.owfile.OWFile",
+            "Annotate": "orangecontrib.deepimage.widgets.owannotateimages."
+                        "OWAnnotateImages"},
+            [("File", "Data", "Annotate", "Images")], setup)
+        masks_out = os.path.join(self.root, "masks.tab")
+        labels_out = os.path.join(self.root, "labels.tab")
+        result = run_workflow(path, outputs=[
+            f"Annotate:Images with Masks={masks_out}",
+            f"Annotate:Labelled Images={labels_out}"])
+        self.assertFalse(result.failed, result.nodes)
+        self.assertEqual(list(Table(masks_out).get_column("image name")),
+                         ["disc0", "disc3"])
+        self.assertEqual(len(Table(labels_out)), 1)
+        self.assertEqual({name: digest(os.path.join(self.store_dir, name))
+                          for name in files_under(self.store_dir)}, before)
+
+
 if __name__ == "__main__":
     import unittest
     unittest.main()
