@@ -246,6 +246,12 @@ class TestOWAnnotateImages(AnnotateTest):
         self.assertEqual(store.label(self.path(0)), "crisp")
         self.assertEqual(store.classes, ["background", "crane", "cable"])
 
+    def test_segment_anything_is_not_faked(self):
+        widget = self.create()
+        self.assertFalse(widget.sam_button.isEnabled())
+        self.assertIn("Segment Anything", widget.sam_button.toolTip())
+        self.assertNotIn("sam", owannotateimages.TOOLS)
+
     def test_settings_round_trip(self):
         widget = self.create(class_names=["background", "cell"])
         widget.set_tool("polygon")

@@ -83,13 +83,18 @@ UNLABELLED, LABELLED, SUGGESTED = 0, 1, 2
 MARK_COLOURS = (QColor(0, 0, 0, 0), QColor("#2ca02c"), QColor("#ff7f0e"))
 
 
-def sam_status() -> Optional[str]:
-    """Why the Segment Anything tool is off (None: it could be offered)."""
+def sam_status() -> str:
+    """Why the Segment Anything tool is off (its button's tooltip).
+
+    This is the place to connect the tool: once :data:`SAM_MODULE` gives
+    masks from click and box prompts, the button becomes a tool whose
+    clicks and boxes go there instead of to GrabCut."""
     import importlib.util
     if importlib.util.find_spec(SAM_MODULE) is None:
         return ("Segment Anything (KerasHub's SAM) is not part of this "
                 "version of the add-on.")
-    return None
+    return ("Segment Anything is installed, but this version of Annotate "
+            "Images does not use it yet.")
 
 
 # --- the widget ---------------------------------------------------------------
@@ -271,7 +276,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
             self.tool_buttons.addButton(button, index)
             grid.addWidget(button, index // 3, index % 3)
         self.sam_button = QToolButton(text="Segment Anything", enabled=False)
-        self.sam_button.setToolTip(sam_status() or "")
+        self.sam_button.setToolTip(sam_status())
         grid.addWidget(self.sam_button, len(TOOLS) // 3, len(TOOLS) % 3)
         self.tool_buttons.buttonClicked.connect(
             lambda button: self.set_tool(button.property("tool")))
