@@ -182,6 +182,14 @@ class TestOWAnnotateImages(AnnotateTest):
         store = AnnotationStore(self.store_dir)
         self.assertEqual(store.label(self.path(0)), "odd")
         self.assertEqual(store.label(self.path(1)), "round")
+        # the strip frames each labelled image in its label's colour
+        colours = widget._colours()
+        self.assertEqual(widget.strip.cell_color(0).getRgb()[:3],
+                         tuple(colours[2]))
+        self.assertEqual(widget.strip.cell_color(1).getRgb()[:3],
+                         tuple(colours[1]))
+        self.assertIn("(odd)", widget._tooltip(0))
+        self.assertTrue(widget.accept_button.isEnabled())
         widget.show_image(1)
         QTest.keyClick(widget, Qt.Key.Key_0)  # removes the label
         self.assertIsNone(AnnotationStore(self.store_dir).label(self.path(1)))

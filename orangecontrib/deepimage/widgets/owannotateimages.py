@@ -285,7 +285,9 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
                  callback=self._on_brush_size)
         gui.hSlider(box, self, "opacity", minValue=0, maxValue=100,
                     label="Mask opacity:", callback=self._on_opacity)
-        row = gui.hBox(box)
+        # (outside the tools, which labels mode turns off: Enter takes the
+        # model's label there)
+        row = gui.hBox(self.controlArea)
         for action, title, key in (
                 (self.undo_group.createUndoAction(self), "Undo", "Ctrl+Z"),
                 (self.undo_group.createRedoAction(self), "Redo",
@@ -975,7 +977,18 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         marks[[row for row in self.suggested if marks[row] == UNLABELLED]] \
             = SUGGESTED
         self._marks = marks
-        self.strip.set_colors(marks, MARK_COLOURS)
+        if self.mode == "masks":
+            self.strip.set_colors(marks, MARK_COLOURS)
+            return
+        # labels mode: a labelled image's frame has its label's colour
+        colours = list(MARK_COLOURS) + [
+            QColor(*map(int, colour)) for colour in self._colours()[1:]]
+        frames = marks.copy()
+        for row in np.flatnonzero(marks == LABELLED):
+            label = self._label_of(row)
+            if label in self.label_names:
+                frames[row] = len(MARK_COLOURS) + self.label_names.index(label)
+        self.strip.set_colors(frames, colours)
 
     def _caption(self, row: int) -> str:
         mark = self._marks
@@ -987,7 +1000,9 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         mark = self._marks
         status = ("unlabelled", "labelled", "suggested")[
             int(mark[row])] if mark is not None and row < len(mark) else ""
-        return f"{self._name(row)} ({status})"
+        label = self._label_of(row) if status == "labelled" \
+            and self.mode == "labels" else None
+        return f"{self._name(row)} ({label or status})"
 
     def _on_strip_clicked(self, rows, _mode):
         if rows:
