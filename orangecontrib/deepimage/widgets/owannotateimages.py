@@ -238,7 +238,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.mode_buttons.idClicked.connect(
             lambda index: self.set_mode(MODES[index][0]))
 
-        box = gui.vBox(self.controlArea, "Classes")
+        self.palette_box = box = gui.vBox(self.controlArea, "Classes")
         self.palette_list = QListWidget()
         # no focus: letters and digits are the widget's shortcuts
         self.palette_list.setFocusPolicy(Qt.FocusPolicy.NoFocus)
@@ -864,6 +864,8 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
                                in class_colours(len(self.class_names))])
         self.view.set_current_class(self._class_index())
         self.label_button.setEnabled(self.mode == "labels")
+        self.palette_box.setTitle("Mask classes" if self.mode == "masks"
+                                  else "Image labels")
         self.tools_box.setEnabled(self.mode == "masks")
 
     def select_class(self, index: int):
