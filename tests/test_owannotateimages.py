@@ -455,6 +455,14 @@ class TestMessages(AnnotateTest):
         np.testing.assert_array_equal(
             AnnotationStore(self.store_dir).mask(self.path(0)), painted)
 
+    def test_a_folder_among_the_images_is_warned_about(self):
+        widget = self.create(
+            store_folder=os.path.join(self.images_dir, "labels"))
+        self.send_signal(widget.Inputs.images, self.data)
+        self.assertTrue(widget.Warning.store_among_images.is_shown())
+        widget.set_store_folder(self.store_dir)
+        self.assertFalse(widget.Warning.store_among_images.is_shown())
+
     def test_foreign_mask_file_is_left_alone(self):
         store = AnnotationStore(self.store_dir)
         foreign = os.path.join(store.masks_dir, "disc0.png")

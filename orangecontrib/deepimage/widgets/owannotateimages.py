@@ -138,6 +138,9 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         unsaved = Msg("{} edit(s) are not saved yet: {}")
         no_embedding = Msg("The embeddings lack {} of the images; they are "
                            "not suggested.")
+        store_among_images = Msg(
+            "The annotation folder is inside the images' folder: Import "
+            "Images would read its masks as images. Choose another folder.")
         mask_size = Msg("The mask of {} is {}×{}, the image {}×{}; the mask "
                         "is not shown, and painting replaces it.")
 
@@ -385,6 +388,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.folder_edit.setText(folder)
         self.store = None
         self._masked = set()
+        self._check_store_place()
         self._open_store()
         self.save_now()  # edits kept while there was no folder
         self._forget_history()  # it was the other folder's
@@ -484,6 +488,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
 
     def handleNewSignals(self):
         self.Information.no_images(shown=self.data is None)
+        self._check_store_place()
         self._open_store()
         self._load_scribbles()
         if self.data is not None and len(self.data) and self.current is None:
@@ -493,6 +498,19 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self._refresh_marks()
         self.commit.now()
         self.assist()
+
+    def _check_store_place(self):
+        """Warn when the annotation folder lies among the images: Import
+        Images would read the masks there as images."""
+        folder = self._store_path()
+        inside = False
+        if folder and self.data is not None:
+            origin = find_image_column(self.data).attributes.get("origin")
+            if origin and os.path.isdir(origin):
+                store, images = (os.path.realpath(path)
+                                 for path in (folder, origin))
+                inside = os.path.commonpath([store, images]) == images
+        self.Warning.store_among_images(shown=inside)
 
     def _map_model_classes(self):
         """Learn the model's classes: mask classes or labels by name."""
