@@ -80,6 +80,7 @@ OUTPUT_DELAY_MS = 1000
 SCRIBBLE_DELAY_MS = 300
 #: Status marks of the thumbnails: unlabelled, labelled, suggested.
 UNLABELLED, LABELLED, SUGGESTED = 0, 1, 2
+BACKGROUND_SCRIBBLES = (255, 255, 255)
 MARK_COLOURS = (QColor(0, 0, 0, 0), QColor("#2ca02c"), QColor("#ff7f0e"))
 
 
@@ -878,8 +879,11 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         if self.mode == "masks" and names:
             self.palette_list.setCurrentRow(self._class_index())
         self.palette_list.blockSignals(False)
-        self.view.set_palette([tuple(int(v) for v in colour) for colour
-                               in class_colours(len(self.class_names))])
+        # the mask's background is not drawn; its scribbles are, in white
+        # (class_colours gives it black, which dark images hide)
+        self.view.set_palette([BACKGROUND_SCRIBBLES] + [
+            tuple(int(v) for v in colour)
+            for colour in class_colours(len(self.class_names))[1:]])
         self.view.set_current_class(self._class_index())
         self.label_button.setEnabled(self.mode == "labels")
         self.palette_box.setTitle("Mask classes" if self.mode == "masks"
