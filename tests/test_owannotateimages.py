@@ -387,16 +387,28 @@ class TestMessages(AnnotateTest):
             file.write(b"not a png")
         widget = self.create()
         self.send_signal(widget.Inputs.images, image_table(
-            self.images_dir, ["broken.png", "missing.png"] + self.names))
+            self.images_dir, ["broken.png", "missing.png"] + self.names
+            + [""]))
         self.assertTrue(widget.Error.unreadable.is_shown())
         self.assertIn("broken.png", str(widget.Error.unreadable))
         self.assertIsNone(widget.image)
         QTest.keyClick(widget, Qt.Key.Key_Return)  # nothing to accept
         widget.show_image(1)
+        widget.set_mode("labels")
+        widget.add_class("sharp")
+        QTest.keyClick(widget, Qt.Key.Key_1)  # is kept for a missing file
+        widget.save_now()
+        self.assertFalse(widget.Warning.unsaved.is_shown())
+        widget.set_mode("masks")
         self.assertIn("missing.png", str(widget.Error.unreadable))
         widget.show_image(2)
         self.assertFalse(widget.Error.unreadable.is_shown())
         self.assertEqual(widget.view.mask().shape, (SIZE, SIZE))
+        widget.show_image(len(self.names) + 2)  # a row without a path
+        self.assertTrue(widget.Error.unreadable.is_shown())
+        widget.set_mode("labels")
+        QTest.keyClick(widget, Qt.Key.Key_1)  # nothing to label
+        self.assertEqual(widget.pending_labels, {})
 
     def test_a_model_that_cannot_read_images(self):
         from Orange.classification import MajorityLearner

@@ -743,7 +743,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
     def set_label(self, label: Optional[str]):
         """Label the shown image (None removes its label) and go on."""
         row = self.current
-        if row is None:
+        if row is None or self.paths[row] is None:
             return
         self.pending_labels[row] = label
         self.save_now()
