@@ -98,7 +98,7 @@ def sam_status() -> str:
             "Images does not use it yet.")
 
 
-# --- the widget ---------------------------------------------------------------
+# --- the widget --------------------------------------------------------------
 
 class OWAnnotateImages(OWWidget, TaskButtonsMixin):
     name = "Annotate Images"
