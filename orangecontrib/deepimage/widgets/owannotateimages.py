@@ -305,6 +305,10 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
             row, self, "Accept (Enter)", callback=self.accept,
             autoDefault=False,
             tooltip="Keep the scribbles' or the model's prediction.")
+        gui.button(row, self, "Fit", autoDefault=False,
+                   callback=lambda: self.view.fit_in_view(),
+                   tooltip="Show the whole image (Ctrl+0); the wheel "
+                           "zooms, the middle button or Space pans.")
 
         box = gui.vBox(self.controlArea, "What to label next")
         gui.spin(box, self, "n_suggested", 0, 1000, label="Suggest:",
