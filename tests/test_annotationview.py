@@ -207,6 +207,18 @@ class TestAnnotationView(GuiTest):
                           ((100, 80, WIDTH, HEIGHT),)])
         np.testing.assert_array_equal(self.view.mask(), 0)
 
+    def test_prompt_tool_reports_boxes_and_clicks(self):
+        boxes = QSignalSpy(self.view.boxDrawn)
+        points = QSignalSpy(self.view.pointClicked)
+        self.view.set_tool("prompt")
+        self.drag([(10, 12), (25, 20), (40, 30)])
+        self.click((50, 50))
+        self.click((-3, 44))        # outside the image: nothing
+        self.assertEqual([tuple(args) for args in boxes],
+                         [((10, 12, 41, 31),)])
+        self.assertEqual([tuple(args) for args in points], [(50, 50)])
+        np.testing.assert_array_equal(self.view.mask(), 0)
+
     def test_superpixel_click_emits_pixel(self):
         self.view.set_zoom(2)
         spy = QSignalSpy(self.view.pointClicked)

@@ -2,8 +2,9 @@
 
 :class:`AnnotationView` shows an image with its class mask, its scribbles
 and a live prediction drawn over it, and edits the mask and the scribbles
-with a brush, an eraser, polygons and flood fill; boxes and superpixel
-clicks are only reported (the widget computes their masks and calls
+with a brush, an eraser, polygons and flood fill; boxes, superpixel
+clicks and the prompt tool's clicks and boxes (for Segment Anything) are
+only reported (the widget computes their masks and calls
 :meth:`AnnotationView.apply_mask`).
 
 Scene coordinates are image pixels: pixel ``(x, y)`` covers
@@ -44,7 +45,7 @@ from orangecontrib.deepimage.widgets.utils.masks import class_colours
 __all__ = ["TOOLS", "AnnotationView"]
 
 TOOLS = ("brush", "eraser", "polygon", "fill", "box", "superpixel",
-         "scribble", "pan")
+         "scribble", "pan", "prompt")
 
 #: (x0, y0, x1, y1) in image pixels, x1 and y1 exclusive
 Rect = Tuple[int, int, int, int]
@@ -225,10 +226,11 @@ class AnnotationView(QGraphicsView):
 
     See the module's documentation for the mouse and keys. Signals:
     maskChanged and scribblesChanged after each completed edit (also undo
-    and redo), boxDrawn((x0, y0, x1, y1)) when the box tool is released
+    and redo), boxDrawn((x0, y0, x1, y1)) when the box or prompt tool is released
     (image pixels, x1 and y1 exclusive; only boxes of at least 2×2 pixels),
-    pointClicked(x, y) for a superpixel click inside the image, and
-    zoomChanged(factor).
+    pointClicked(x, y) for a superpixel click inside the image or a click
+    (no box) of the prompt tool, which a model such as Segment Anything
+    answers with a mask, and zoomChanged(factor).
     """
     maskChanged = Signal()
     scribblesChanged = Signal()
@@ -487,7 +489,7 @@ class AnnotationView(QGraphicsView):
             self._add_vertex(pixel)
         elif tool == "fill":
             self._fill(pixel)
-        elif tool == "box":
+        elif tool in ("box", "prompt"):
             self._gesture = ("box", self._clamp(pixel))
             self._show_band(pixel)
         elif tool == "superpixel" and self._inside(pixel):
@@ -520,9 +522,12 @@ class AnnotationView(QGraphicsView):
             self._end_stroke(gesture)
         elif gesture is not None and gesture[0] == "box":
             self._band.hide()
-            box = self._box(gesture[1], self.map_to_image(event.position()))
+            end = self.map_to_image(event.position())
+            box = self._box(gesture[1], end)
             if box[2] - box[0] >= 2 and box[3] - box[1] >= 2:
                 self.boxDrawn.emit(box)
+            elif self._tool == "prompt" and self._inside(end):
+                self.pointClicked.emit(*end)
         self._update_cursor()
 
     def mouseDoubleClickEvent(self, event):
