@@ -4,6 +4,7 @@ import hashlib
 import os
 import tempfile
 import time
+import unittest
 from unittest import mock
 
 import numpy as np
@@ -253,12 +254,6 @@ class TestOWAnnotateImages(AnnotateTest):
         store = AnnotationStore(self.store_dir)
         self.assertEqual(store.label(self.path(0)), "crisp")
         self.assertEqual(store.classes, ["background", "crane", "cable"])
-
-    def test_segment_anything_is_not_faked(self):
-        widget = self.create()
-        self.assertFalse(widget.sam_button.isEnabled())
-        self.assertIn("Segment Anything", widget.sam_button.toolTip())
-        self.assertNotIn("sam", owannotateimages.TOOLS)
 
     def test_settings_round_trip(self):
         widget = self.create(class_names=["background", "cell"])
@@ -902,3 +897,71 @@ class TestHeadless(AnnotateTest):
 if __name__ == "__main__":
     import unittest
     unittest.main()
+
+
+class TestSegmentAnything(AnnotateTest):
+    """The prompt tool with a tiny Segment Anything of random weights,
+    saved as a local KerasHub preset (nothing is downloaded)."""
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        try:
+            from test_sam import tiny_sam
+        except unittest.SkipTest:  # keras-hub is optional
+            raise
+        cls.sam_dir = tempfile.TemporaryDirectory()
+        tiny_sam().save_to_preset(cls.sam_dir.name)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.sam_dir.cleanup()
+        super().tearDownClass()
+
+    def wait_all(self, widget):
+        self.process_events(until=lambda: widget.task is None
+                            and not widget.quick.is_busy(), timeout=TIMEOUT)
+
+    def test_click_and_box_paint_what_segment_anything_gives(self):
+        from orangecontrib.deepimage.sam import SegmentAnything
+        widget = self.create(tool="prompt", sam_preset=self.sam_dir.name)
+        self.send_signal(widget.Inputs.images, self.data)
+        sam = SegmentAnything(preset_path=self.sam_dir.name)
+        clicked = sam.mask_from_points(widget.image, [(12, 12)], [1])
+        boxed = sam.mask_from_box(widget.image, (2, 2, 22, 22))
+        self.assertTrue(0 < clicked.mean() < 1)
+
+        self.stroke(widget, [(12, 12)])     # a real click: weights load
+        self.wait_all(widget)
+        np.testing.assert_array_equal(widget.view.mask() > 0, clicked)
+        self.assertEqual(widget.view.undo_stack().undoText(),
+                         "Segment Anything")
+        widget.undo()
+        self.stroke(widget, [(2, 2), (12, 12), (21, 21)])  # a real drag
+        self.wait_all(widget)
+        np.testing.assert_array_equal(widget.view.mask() > 0, boxed)
+        self.assertFalse(widget.Error.failed.is_shown())
+
+    def test_without_weights_it_says_what_it_needs(self):
+        with tempfile.TemporaryDirectory() as empty:
+            widget = self.create(tool="prompt", sam_preset=empty)
+            self.send_signal(widget.Inputs.images, self.data)
+            self.stroke(widget, [(12, 12)])
+            self.wait_all(widget)
+            self.assertTrue(widget.Error.failed.is_shown())
+            text = str(widget.Error.failed)
+            self.assertIn("sam_base_sa1b", text)
+            self.assertIn("375 MB", text)
+            self.assertFalse(widget.view.mask().any())
+
+    def test_a_new_preset_folder_is_used(self):
+        widget = self.create(tool="prompt", sam_preset=self.sam_dir.name)
+        self.send_signal(widget.Inputs.images, self.data)
+        self.stroke(widget, [(12, 12)])
+        self.wait_all(widget)
+        self.assertIsNotNone(widget.sam.model)
+        edit = widget.controls.sam_preset   # the user clears the field
+        QTest.keyClick(edit, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier)
+        QTest.keyClick(edit, Qt.Key.Key_Backspace)
+        QTest.keyClick(edit, Qt.Key.Key_Return)
+        self.assertEqual(widget.sam_preset, "")
+        self.assertIsNone(widget.sam)

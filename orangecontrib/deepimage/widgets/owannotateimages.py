@@ -40,10 +40,11 @@ from orangecontrib.deepimage.errors import DeepImageError
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_path, load_image)
 from orangecontrib.deepimage.segdata import CLASSES_FILE
+from orangecontrib.deepimage.sam import SegmentAnything
 from orangecontrib.deepimage.segmentation import SegmentationModel
 from orangecontrib.deepimage.widgets.utils.annotationtasks import (
-    Assistance, run_assistance, run_box, run_scribbles, run_suggestions,
-    run_superpixels, unpack_mask)
+    Assistance, run_assistance, run_box, run_load_sam, run_prompt,
+    run_scribbles, run_suggestions, run_superpixels, unpack_mask)
 from orangecontrib.deepimage.widgets.utils.annotationview import (
     TOOLS, AnnotationView)
 from orangecontrib.deepimage.widgets.utils.gallery import ThumbnailGallery
@@ -68,11 +69,12 @@ TOOL_INFO = {
                                   "prediction of the whole mask follows "
                                   "live, Enter accepts it."),
     "pan": ("Pan", "H", "Drag to move; the wheel zooms."),
+    "prompt": ("Segment Anything", "A",
+               "Click an object or draw a box around it; KerasHub's Segment "
+               "Anything (SAM) outlines it. Its weights (about 375 MB) are "
+               "downloaded on first use, or read from the folder or URL "
+               "under SAM weights, or from the weights mirror."),
 }
-#: The place for a Segment Anything tool (click and box prompts), which
-#: needs its weights; it is shown disabled until a core module for it is
-#: here (see :func:`sam_status`).
-SAM_MODULE = "orangecontrib.deepimage.sam"
 MODES = (("masks", "Paint masks"), ("labels", "Label images"))
 STRIP_THUMBNAIL = 96
 SAVE_DELAY_MS = 400
@@ -82,20 +84,6 @@ SCRIBBLE_DELAY_MS = 300
 UNLABELLED, LABELLED, SUGGESTED = 0, 1, 2
 BACKGROUND_SCRIBBLES = (255, 255, 255)
 MARK_COLOURS = (QColor(0, 0, 0, 0), QColor("#2ca02c"), QColor("#ff7f0e"))
-
-
-def sam_status() -> str:
-    """Why the Segment Anything tool is off (its button's tooltip).
-
-    This is the place to connect the tool: once :data:`SAM_MODULE` gives
-    masks from click and box prompts, the button becomes a tool whose
-    clicks and boxes go there instead of to GrabCut."""
-    import importlib.util
-    if importlib.util.find_spec(SAM_MODULE) is None:
-        return ("Segment Anything (KerasHub's SAM) is not part of this "
-                "version of the add-on.")
-    return ("Segment Anything is installed, but this version of Annotate "
-            "Images does not use it yet.")
 
 
 # --- the widget --------------------------------------------------------------
@@ -164,6 +152,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
     current_class: str = Setting("object")
     n_suggested: int = Setting(10)
     auto_commit: bool = Setting(True)
+    sam_preset: str = Setting("")
 
     want_main_area = True
 
@@ -198,6 +187,10 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         if self.tool not in TOOLS:
             self.tool = "brush"
         self.quick = QuickTasks(self, self.on_user_error)
+        self.sam: Optional[SegmentAnything] = None
+        self.waiting_prompt: Optional[Tuple[int, dict]] = None
+        self.sam_task = None  # the task that loads its weights
+        self.resume_assistance = False
         self.undo_group = QUndoGroup(self)
         self._timers()
         self._controls()
@@ -279,9 +272,6 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
             button.setChecked(name == self.tool)
             self.tool_buttons.addButton(button, index)
             grid.addWidget(button, index // 3, index % 3)
-        self.sam_button = QToolButton(text="Segment Anything", enabled=False)
-        self.sam_button.setToolTip(sam_status())
-        grid.addWidget(self.sam_button, len(TOOLS) // 3, len(TOOLS) % 3)
         self.tool_buttons.buttonClicked.connect(
             lambda button: self.set_tool(button.property("tool")))
         gui.spin(box, self, "brush_size", 1, 500, label="Brush size:",
@@ -289,6 +279,13 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
                  callback=self._on_brush_size)
         gui.hSlider(box, self, "opacity", minValue=0, maxValue=100,
                     label="Mask opacity:", callback=self._on_opacity)
+        gui.lineEdit(box, self, "sam_preset", label="SAM weights:",
+                     orientation=Qt.Horizontal, callback=self._on_sam_preset,
+                     placeholderText="download on first use",
+                     tooltip="Where Segment Anything's KerasHub preset is: "
+                             "a folder or URL (e.g. one saved with "
+                             "save_to_preset); empty: the Keras cache, the "
+                             "weights mirror, or a download of about 375 MB.")
         # (outside the tools, which labels mode turns off: Enter takes the
         # model's label there)
         row = gui.hBox(self.controlArea)
@@ -785,11 +782,17 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         x0, y0, x1, y1 = box
         if self.image is None or x1 - x0 < 2 or y1 - y0 < 2:
             return
+        if self.tool == "prompt":
+            self._prompt(box=tuple(box))
+            return
         self.quick.start(run_box, self.image, tuple(box),
                          done=self._paint_region, description="box")
 
     def _on_point(self, x: int, y: int):
         if self.image is None:
+            return
+        if self.tool == "prompt":
+            self._prompt(point=(x, y))
             return
         if self.segments is not None and self.segments[0] == self.current:
             self._paint_region(superpixel_at(None, x, y,
@@ -811,8 +814,39 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         if self.image is None or region.shape != self.image.shape[:2]:
             return
         mask = np.full(region.shape, self._class_index(), np.uint8)
-        self.view.apply_mask(mask, "Box" if self.tool == "box"
-                             else "Superpixel", region=region)
+        text = {"box": "Box", "prompt": "Segment Anything"}.get(
+            self.tool, "Superpixel")
+        self.view.apply_mask(mask, text, region=region)
+
+    def _on_sam_preset(self):
+        self.sam = None
+        self.waiting_prompt = None
+
+    def _prompt(self, **prompt):
+        """A Segment Anything mask for a click or a box (`point` or `box`
+        in image pixels); its weights are loaded first, as the widget's
+        task (a download the first time: progress and Cancel)."""
+        self.Error.failed.clear()
+        if self.sam is None:
+            self.sam = SegmentAnything(preset_path=self.sam_preset or None)
+        if self.sam.model is None:
+            self.waiting_prompt = (self.current, prompt)
+            if self.task is None or self.task is not self.sam_task:
+                # (the model's predictions go on once the weights are in)
+                self.resume_assistance = self.task is not None
+                self.start(run_load_sam, self.sam)
+                self.sam_task = self.task
+            return
+        self.quick.start(run_prompt, self.sam, self.image,
+                         done=self._paint_region,
+                         description="Segment Anything", **prompt)
+
+    def _on_sam_loaded(self):
+        waiting, self.waiting_prompt = self.waiting_prompt, None
+        if waiting is not None and waiting[0] == self.current:
+            self._prompt(**waiting[1])
+        if self.resume_assistance:
+            self.assist()
 
     def _on_scribbles_changed(self):
         if self.current is None:
@@ -1105,6 +1139,9 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
             self._show_current()
 
     def on_done(self, result):
+        if isinstance(result, SegmentAnything):
+            self._on_sam_loaded()
+            return
         if isinstance(result, Assistance):
             self.predicted_masks.update(result.masks)
             self.probabilities = result.probabilities
@@ -1116,6 +1153,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.commit.deferred()
 
     def on_user_error(self, ex: DeepImageError):
+        self.waiting_prompt = None
         self.Error.failed(str(ex))
 
     # --- outputs ---------------------------------------------------------

@@ -3,7 +3,8 @@
 Module-level ``run_…(…, state)`` functions for the widget's task
 (:func:`run_assistance`, :func:`run_suggestions`: a model's predictions,
 embeddings, what to label next) and for its quick tasks (:func:`run_box`,
-:func:`run_superpixels`, :func:`run_scribbles`), in the form
+:func:`run_superpixels`, :func:`run_scribbles`, :func:`run_prompt`; and
+:func:`run_load_sam`, which may download, in the widget's task), in the form
 :class:`~Orange.widgets.utils.concurrent.ConcurrentWidgetMixin` calls them:
 `state` is a ``TaskState`` (or anything with ``is_interruption_requested``,
 ``set_status``, ``set_progress_value`` and ``set_partial_result``).
@@ -20,10 +21,11 @@ from orangecontrib.deepimage.annotation import (
 from orangecontrib.deepimage.errors import raise_if_cancelled
 from orangecontrib.deepimage.images import ImageSkipped, load_image
 from orangecontrib.deepimage.segmentation import SegmentationModel
-from orangecontrib.deepimage.widgets.utils.tasks import task_progress
+from orangecontrib.deepimage.widgets.utils.tasks import (
+    download_progress, task_progress)
 
 __all__ = ["Assistance", "run_assistance", "run_suggestions", "run_box",
-           "run_superpixels", "run_scribbles", "pack_mask", "unpack_mask",
+           "run_load_sam", "run_prompt", "run_superpixels", "run_scribbles", "pack_mask", "unpack_mask",
            "SCRIBBLE_PIXELS", "scribble_scale"]
 
 
@@ -126,6 +128,22 @@ def run_box(image: np.ndarray, box: Tuple[int, int, int, int],
     """The object in the box (GrabCut, or a threshold in grey images)."""
     raise_if_cancelled(state)
     return mask_from_box(image, box)
+
+
+def run_load_sam(sam, state):
+    """Segment Anything's weights, loaded (downloaded the first time, with
+    the megabytes as progress); gives `sam` back."""
+    sam.load(progress=download_progress(state), state=state)
+    return sam
+
+
+def run_prompt(sam, image: np.ndarray, state, point=None,
+               box=None) -> np.ndarray:
+    """Segment Anything's mask for a click at `point` (x, y) or for `box`
+    (x0, y0, x1, y1), at the image's resolution."""
+    if point is not None:
+        return sam.mask_from_points(image, [point], [1], state=state)
+    return sam.mask_from_box(image, box, state=state)
 
 
 def run_superpixels(image: np.ndarray, state) -> np.ndarray:
