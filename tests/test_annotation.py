@@ -490,3 +490,65 @@ def test_masks_table_trains_a_segmentation_model(tmp_path):
     assert tuple(model.class_names) == ("background", "cell")
     labels = model.segment([str(folder / "unannotated.png")])
     assert labels[0].shape == (32, 32)
+
+
+def test_rename_label_keeps_the_mask_classes(tmp_path, images):
+    folder, names, table = images
+    store = AnnotationStore(tmp_path / "store", ["background", "cell"])
+    store.set_label(str(folder / names[0]), "blurred")
+    store.set_label(str(folder / names[1]), "blurred")
+    store.set_label(str(folder / names[2]), "sharp")
+    assert store.rename_label("blurred", "soft") == 2
+    assert store.labels == ["soft", "sharp"]
+    assert store.classes == ["background", "cell"]
+    with pytest.raises(ValueError, match="already labelled"):
+        store.rename_label("soft", "sharp")
+    with pytest.raises(ValueError, match="empty"):
+        store.rename_label("soft", " ")
+    assert store.rename_label("unused", "other") == 0
+    reopened = AnnotationStore(tmp_path / "store")
+    assert reopened.label(str(folder / names[1])) == "soft"
+    assert list(reopened.labels_table(table).domain.class_var.values) == \
+        ["soft", "sharp"]
+
+
+def test_embeddings_for_matches_rows_by_image_path(tmp_path, images):
+    from Orange.data import ContinuousVariable, Domain, Table
+    from orangecontrib.deepimage.annotation import embeddings_for
+    folder, names, table = images
+    # embeddings of the last two images only, in the other order
+    domain = Domain([ContinuousVariable("n0"), ContinuousVariable("n1")],
+                    metas=table.domain.metas)
+    embedded = Table.from_numpy(domain, np.array([[1., 2.], [3., 4.]]),
+                                metas=table.metas[[2, 1]])
+    paths = [str(folder / name) for name in names] + [None]
+    result = embeddings_for(paths, embedded)
+    assert result.shape == (4, 2)
+    assert np.isnan(result[[0, 3]]).all()
+    np.testing.assert_array_equal(result[1], [3, 4])
+    np.testing.assert_array_equal(result[2], [1, 2])
+    with pytest.raises(ValueError):
+        embeddings_for(paths, table)  # no embedding columns
+
+
+def test_scribbles_are_kept_beside_the_masks(tmp_path, images):
+    folder, names, table = images
+    store = AnnotationStore(tmp_path / "store", ["background", "cell"])
+    marks = np.zeros((12, 16), np.uint8)
+    marks[0, :5] = 1   # background
+    marks[6, 6:9] = 2  # cell
+    path = store.set_scribbles(str(folder / names[0]), marks)
+    assert path == os.path.join(store.folder, "scribbles", "photo0.png")
+    np.testing.assert_array_equal(
+        AnnotationStore(tmp_path / "store").scribbles(str(folder / names[0])),
+        marks)
+    assert store.scribbles(str(folder / names[1])) is None
+    with pytest.raises(ValueError, match="class index"):
+        store.set_scribbles(str(folder / names[1]), marks + 2)
+    # scribbles are not masks: the masks table and pairing do not see them
+    assert store.masks_table(table) is None
+    # and a file the store did not write is not replaced
+    Image.fromarray(marks).save(os.path.join(store.scribbles_dir,
+                                             "photo2.png"))
+    with pytest.raises(ForeignFileError):
+        store.set_scribbles(str(folder / names[2]), marks)

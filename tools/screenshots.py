@@ -117,9 +117,23 @@ def set_segmentation_folders(widget):
                        os.path.join(folder, "masks"))
 
 
+def annotate_nuclei(widget):
+    """The nuclei tutorial's images, in a store (a temporary folder) that
+    starts from the tutorial's masks, so the view shows one corrected."""
+    from orangecontrib.deepimage.annotation import AnnotationStore
+    folder = os.path.join(TUTORIALS, "nuclei")
+    store = tempfile.mkdtemp(prefix="annotate-")
+    AnnotationStore.from_masks(os.path.join(folder, "masks"), store)
+    table = pairs("nuclei")
+    widget.set_store_folder(store)
+    send(widget, "images", table)
+    widget.handleNewSignals()
+
+
 # What each widget is given: (input name, function making the value), or a
 # function that sets the widget up itself.
 FEEDS = {
+    "annotateimages": annotate_nuclei,
     "deepembedding": [("images", lambda: photos(6))],
     "editimages": [("data", lambda: pairs("edit"))],
     "explainimages": [("data", lambda: digits(1))],

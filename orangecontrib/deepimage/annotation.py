@@ -3,10 +3,11 @@ what to label next.
 
 :class:`AnnotationStore` keeps a project's annotations in one folder::
 
-    <folder>/masks/<image stem>.png   class-index masks (0 = background)
-    <folder>/masks/classes.txt        the class names, index 0 first
-    <folder>/labels.csv               image-level labels (image, label)
-    <folder>/.annotation-store.json   what the store wrote (see below)
+    <folder>/masks/<image stem>.png      class-index masks (0 = background)
+    <folder>/masks/classes.txt           the class names, index 0 first
+    <folder>/labels.csv                  image-level labels (image, label)
+    <folder>/scribbles/<image stem>.png  scribbles (0 = none, k = class k-1)
+    <folder>/.annotation-store.json      what the store wrote (see below)
 
 so that :func:`orangecontrib.deepimage.segdata.pair_folders` (and the
 Segmentation Data widget) read ``store.masks_dir`` unchanged. Every write
@@ -48,9 +49,11 @@ from orangecontrib.deepimage.segdata import (
 __all__ = ["AnnotationStore", "ForeignFileError", "scribble_segmenter",
            "ScribbleSegmenter", "mask_from_box", "superpixels",
            "superpixel_at", "suggest_next", "image_uncertainty",
+           "embeddings_for",
            "UNCERTAINTY_AFTER"]
 
 MASKS_DIR = "masks"
+SCRIBBLES_DIR = "scribbles"
 LABELS_FILE = "labels.csv"
 MANIFEST_FILE = ".annotation-store.json"
 DEFAULT_CLASSES = ("background", "object")
@@ -405,6 +408,40 @@ class AnnotationStore:
             stems.add(stem if own else (_strip_mask_suffix(stem) or stem))
         return sorted(stems)
 
+    # --- scribbles ------------------------------------------------------
+
+    @property
+    def scribbles_dir(self) -> str:
+        """Where :meth:`set_scribbles` keeps the strokes (beside masks/, so
+        that Segmentation Data never takes them for masks)."""
+        return os.path.join(self.folder, SCRIBBLES_DIR)
+
+    def set_scribbles(self, image_path: str, scribbles: np.ndarray) -> str:
+        """Keep the image's scribble strokes (0 = not marked, k >= 1 =
+        class k - 1, as :func:`scribble_segmenter` takes them) as
+        ``scribbles/<image stem>.png``; return the file's path."""
+        scribbles = np.asarray(scribbles)
+        if scribbles.ndim != 2 or not np.issubdtype(scribbles.dtype,
+                                                    np.integer):
+            raise ValueError(f"scribbles are a 2-D integer array. Received: "
+                             f"shape={scribbles.shape}, "
+                             f"dtype={scribbles.dtype}")
+        if scribbles.size and (scribbles.min() < 0
+                               or scribbles.max() > len(self._classes)):
+            raise ValueError(
+                f"scribble values must be 0 (not marked) to "
+                f"{len(self._classes)} (class index + 1). Received: "
+                f"{int(scribbles.min())}–{int(scribbles.max())}")
+        os.makedirs(self.scribbles_dir, exist_ok=True)
+        path = os.path.join(self.scribbles_dir, _stem(image_path) + ".png")
+        self._write_own(path, _mask_png(scribbles, len(self._classes) + 1))
+        return path
+
+    def scribbles(self, image_path: str) -> Optional[np.ndarray]:
+        """The image's scribbles, or None when it has none."""
+        path = os.path.join(self.scribbles_dir, _stem(image_path) + ".png")
+        return load_mask(path) if os.path.isfile(path) else None
+
     # --- labels ---------------------------------------------------------
 
     def _labels_path(self) -> str:
@@ -448,6 +485,29 @@ class AnnotationStore:
     def labels(self) -> List[str]:
         """The labels in use, in the order they were first given."""
         return list(dict.fromkeys(self._labels.values()))
+
+    def rename_label(self, old: str, new: str) -> int:
+        """Give the images labelled `old` the label `new`; return how many.
+
+        Mask classes are not touched (see :meth:`rename_class`).
+
+        Raises
+        ------
+        ValueError
+            When `new` is empty or images are already labelled `new`.
+        """
+        new = str(new).strip()
+        if not new:
+            raise ValueError("a label cannot be empty")
+        keys = [key for key, label in self._labels.items() if label == old]
+        if not keys or new == old:
+            return 0
+        if new in self._labels.values():
+            raise ValueError(f"images are already labelled {new!r}")
+        for key in keys:
+            self._labels[key] = new
+        self._write_labels()
+        return len(keys)
 
     # --- tables ---------------------------------------------------------
 
@@ -898,6 +958,34 @@ def superpixel_at(image: ArrayLike, x: int, y: int, n_segments: int = 400,
 
 
 # --- what to label next ------------------------------------------------------
+
+def embeddings_for(paths: Sequence[Optional[str]], table: Table
+                   ) -> np.ndarray:
+    """The embedding of each image in `paths`, from a table of embedded
+    images (e.g. Deep Embedding's output), matched by image path.
+
+    Returns:
+        ``(len(paths), D)`` float32; a row of NaN where `table` has no row
+        for the image (or the path is None).
+
+    Raises:
+        ValueError: when `table` has no image column or no embedding.
+    """
+    from orangecontrib.deepimage.clustering import embedding_matrix
+    column = require_image_column(table)
+    matrix = embedding_matrix(table)
+    where = {}
+    for row, value in enumerate(table.get_column(column)):
+        path = image_path(column, value)
+        if path is not None:
+            where.setdefault(_image_key(path), row)
+    result = np.full((len(paths), matrix.shape[1]), np.nan, np.float32)
+    for index, path in enumerate(paths):
+        row = None if path is None else where.get(_image_key(path))
+        if row is not None:
+            result[index] = matrix[row]
+    return result
+
 
 #: With at least this many labels per class (and probabilities given),
 #: :func:`suggest_next` picks by uncertainty instead of typicality. On

@@ -249,6 +249,20 @@ class ThumbnailGallery(QAbstractScrollArea):
             rows.extend(self.groups[group].rows[start:end].tolist())
         return rows
 
+    def ensure_visible(self, row: int):
+        """Scroll so that data row `row`'s cell is in view."""
+        for group, info in enumerate(self.groups):
+            positions = np.flatnonzero(info.rows == row)
+            if len(positions):
+                rect = self._cell_rect(group, int(positions[0]))
+                bar = self.verticalScrollBar()
+                height = self.viewport().height()
+                if rect.top() < bar.value():
+                    bar.setValue(rect.top())
+                elif rect.bottom() > bar.value() + height:
+                    bar.setValue(rect.bottom() - height)
+                return
+
     def item_at(self, pos: QPoint):
         """("header", group), ("image", group, position) or None."""
         y = pos.y() + self.verticalScrollBar().value()

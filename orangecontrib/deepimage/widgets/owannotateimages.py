@@ -1,0 +1,1206 @@
+"""Annotate Images: paint masks and label images, with the model helping.
+
+The annotations live in an :class:`~orangecontrib.deepimage.annotation.
+AnnotationStore` (a folder the user chooses); every edit is saved there
+shortly after it is made, and at once when another image is shown or the
+widget is closed. An edit that cannot be saved (no folder yet, a file the
+store did not write) is kept in memory and saved when it can be.
+
+Two lanes of work keep the canvas responsive: the widget's own task
+(progress bar, Cancel) predicts all images with the model on the input and
+embeds them for the suggestions (``run_assistance``); clicks of the box
+and superpixel tools and the scribble preview run in
+:class:`~.utils.quicktasks.QuickTasks` (``run_box``, ``run_superpixels``,
+``run_scribbles``), so they neither wait for nor cancel the long work. The
+runners are in :mod:`~.utils.annotationtasks`.
+"""
+import os
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from AnyQt.QtCore import QSize, Qt, QTimer
+from AnyQt.QtGui import (
+    QColor, QIcon, QKeySequence, QPixmap, QUndoGroup, QUndoStack)
+from AnyQt.QtWidgets import (
+    QButtonGroup, QFileDialog, QGridLayout, QLabel, QLineEdit,
+    QListWidget, QListWidgetItem, QRadioButton, QToolButton,
+    QVBoxLayout, QWidget)
+
+from Orange.base import Model
+from Orange.data import Table
+from Orange.widgets import gui
+from Orange.widgets.settings import Setting
+from Orange.widgets.utils.widgetpreview import WidgetPreview
+from Orange.widgets.widget import Input, Msg, Output, OWWidget
+
+from orangecontrib.deepimage.annotation import (
+    AnnotationStore, ForeignFileError, embeddings_for, superpixel_at)
+from orangecontrib.deepimage.errors import DeepImageError
+from orangecontrib.deepimage.images import (
+    ImageSkipped, find_image_column, image_path, load_image)
+from orangecontrib.deepimage.segdata import CLASSES_FILE
+from orangecontrib.deepimage.segmentation import SegmentationModel
+from orangecontrib.deepimage.widgets.utils.annotationtasks import (
+    Assistance, run_assistance, run_box, run_scribbles, run_suggestions,
+    run_superpixels, unpack_mask)
+from orangecontrib.deepimage.widgets.utils.annotationview import (
+    TOOLS, AnnotationView)
+from orangecontrib.deepimage.widgets.utils.gallery import ThumbnailGallery
+from orangecontrib.deepimage.widgets.utils.masks import (
+    class_colours, overlay_mask, report_image_html)
+from orangecontrib.deepimage.widgets.utils.quicktasks import QuickTasks
+from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
+from orangecontrib.deepimage.widgets.utils.thumbnails import ThumbnailLoader
+
+#: tool -> (title, key, what it does); the keys show in the tooltips.
+TOOL_INFO = {
+    "brush": ("Brush", "B", "Paint the selected class."),
+    "eraser": ("Eraser", "E", "Paint the background."),
+    "polygon": ("Polygon", "P", "Click the corners; double-click or Enter "
+                                "fills; Esc cancels, right click removes "
+                                "the last corner."),
+    "fill": ("Fill", "F", "Fill the connected region under the click."),
+    "box": ("Box", "X", "Draw a box around an object; GrabCut (or a "
+                        "threshold, in grey images) finds it."),
+    "superpixel": ("Superpixel", "S", "Add the superpixel under the click."),
+    "scribble": ("Scribble", "W", "Mark a few pixels of each class; the "
+                                  "prediction of the whole mask follows "
+                                  "live, Enter accepts it."),
+    "pan": ("Pan", "H", "Drag to move; the wheel zooms."),
+}
+#: The place for a Segment Anything tool (click and box prompts), which
+#: needs its weights; it is shown disabled until a core module for it is
+#: here (see :func:`sam_status`).
+SAM_MODULE = "orangecontrib.deepimage.sam"
+MODES = (("masks", "Paint masks"), ("labels", "Label images"))
+STRIP_THUMBNAIL = 96
+SAVE_DELAY_MS = 400
+OUTPUT_DELAY_MS = 1000
+SCRIBBLE_DELAY_MS = 300
+#: Status marks of the thumbnails: unlabelled, labelled, suggested.
+UNLABELLED, LABELLED, SUGGESTED = 0, 1, 2
+BACKGROUND_SCRIBBLES = (255, 255, 255)
+MARK_COLOURS = (QColor(0, 0, 0, 0), QColor("#2ca02c"), QColor("#ff7f0e"))
+
+
+def sam_status() -> str:
+    """Why the Segment Anything tool is off (its button's tooltip).
+
+    This is the place to connect the tool: once :data:`SAM_MODULE` gives
+    masks from click and box prompts, the button becomes a tool whose
+    clicks and boxes go there instead of to GrabCut."""
+    import importlib.util
+    if importlib.util.find_spec(SAM_MODULE) is None:
+        return ("Segment Anything (KerasHub's SAM) is not part of this "
+                "version of the add-on.")
+    return ("Segment Anything is installed, but this version of Annotate "
+            "Images does not use it yet.")
+
+
+# --- the widget --------------------------------------------------------------
+
+class OWAnnotateImages(OWWidget, TaskButtonsMixin):
+    name = "Annotate Images"
+    description = "Paint masks and label images, with a model and " \
+                  "scribbles helping; suggests what to label next."
+    icon = "icons/AnnotateImages.svg"
+    priority = 95
+    keywords = "annotate images, annotation, label images, paint masks, " \
+               "segmentation masks, scribbles, grabcut, superpixels, " \
+               "active learning"
+
+    class Inputs:
+        images = Input("Images", Table, default=True)
+        model = Input("Model", (Model, SegmentationModel),
+                      auto_summary=False)
+        embeddings = Input("Embeddings", Table)
+
+    class Outputs:
+        labelled = Output("Labelled Images", Table)
+        masks = Output("Images with Masks", Table, default=True)
+        suggested = Output("Suggested", Table)
+
+    class Error(OWWidget.Error):
+        no_image_column = Msg("The images have no image column (a text "
+                              "column marked as images, e.g. from Import "
+                              "Images).")
+        unwritable = Msg("Annotations cannot be saved in {}: {}")
+        foreign_file = Msg("{}")
+        not_saved = Msg("{}")
+        bad_store = Msg("The annotation folder cannot be read: {}")
+        unreadable = Msg("{} cannot be shown: {}")
+        no_embedding = Msg("The embeddings cannot be used: {}")
+        model_kind = Msg("The model is neither an image classifier nor a "
+                         "segmentation model.")
+        failed = Msg("{}")
+
+    class Warning(OWWidget.Warning):
+        unsaved = Msg("{} edit(s) are not saved yet: {}")
+        no_embedding = Msg("The embeddings lack {} of the images; they are "
+                           "not suggested.")
+        store_among_images = Msg(
+            "The annotation folder is inside the images' folder: Import "
+            "Images would read its masks as images. Choose another folder.")
+        mask_size = Msg("The mask of {} is {}×{}, the image {}×{}; the mask "
+                        "is not shown, and painting replaces it.")
+
+    class Information(OWWidget.Information):
+        no_folder = Msg("Choose a folder for the annotations; edits are kept "
+                        "until then.")
+        no_images = Msg("Connect images (e.g. from Import Images).")
+        scribble_more = Msg("Scribble on at least two classes (the "
+                            "background is one) to see the prediction.")
+
+    settings_version = 1
+    store_folder: str = Setting("")
+    store_relative: str = Setting("")
+    class_names: List[str] = Setting(["background", "object"])
+    label_names: List[str] = Setting([])
+    mode: str = Setting("masks")
+    tool: str = Setting("brush")
+    brush_size: int = Setting(12)
+    opacity: int = Setting(50)
+    current_class: str = Setting("object")
+    n_suggested: int = Setting(10)
+    auto_commit: bool = Setting(True)
+
+    want_main_area = True
+
+    def __init__(self):
+        OWWidget.__init__(self)
+        TaskButtonsMixin.__init__(self)
+        self.data: Optional[Table] = None
+        self.paths: List[Optional[str]] = []
+        self.model = None
+        self.embeddings_data: Optional[Table] = None
+        self.store: Optional[AnnotationStore] = None
+        self.current: Optional[int] = None
+        self.image: Optional[np.ndarray] = None
+        self.stacks: Dict[int, QUndoStack] = {}
+        self.scribbles: Dict[int, np.ndarray] = {}
+        self.pending_masks: Dict[int, np.ndarray] = {}
+        self.pending_labels: Dict[int, Optional[str]] = {}
+        self.pending_scribbles: Dict[int, np.ndarray] = {}
+        self.predicted_masks: Dict[int, bytes] = {}
+        self.probabilities: Optional[np.ndarray] = None
+        self.embeddings: Optional[np.ndarray] = None
+        self.suggested: List[int] = []
+        self.segmenter = None
+        self.segments: Optional[Tuple[int, np.ndarray]] = None
+        self._masked: set = set()  # file stems with a mask in the store
+        self._dirty = False      # the view's mask has unsaved edits
+        self._prefilled = False  # the view shows a prediction, unsaved
+        self._lut: Optional[np.ndarray] = None
+        self._marks: Optional[np.ndarray] = None  # UNLABELLED, … per row
+        if self.mode not in dict(MODES):
+            self.mode = "masks"
+        if self.tool not in TOOLS:
+            self.tool = "brush"
+        self.quick = QuickTasks(self, self.on_user_error)
+        self.undo_group = QUndoGroup(self)
+        self._timers()
+        self._controls()
+        self._main_area()
+        self._open_store()
+        self._show_palette()
+
+    def _timers(self):
+        self.save_timer = QTimer(self, singleShot=True,
+                                 interval=SAVE_DELAY_MS)
+        self.save_timer.timeout.connect(self.save_now)
+        self.output_timer = QTimer(self, singleShot=True,
+                                   interval=OUTPUT_DELAY_MS)
+        self.output_timer.timeout.connect(self.commit.deferred)
+        self.scribble_timer = QTimer(self, singleShot=True,
+                                     interval=SCRIBBLE_DELAY_MS)
+        self.scribble_timer.timeout.connect(self._fit_scribbles)
+
+    # --- the controls ---------------------------------------------------
+
+    def _controls(self):
+        box = gui.vBox(self.controlArea, "Annotation folder")
+        row = gui.hBox(box)
+        self.folder_edit = QLineEdit(self.store_folder)
+        self.folder_edit.setPlaceholderText("choose a folder")
+        self.folder_edit.setToolTip(
+            "Masks go to masks/ in this folder (as Segmentation Data reads "
+            "them), image labels to labels.csv.")
+        self.folder_edit.editingFinished.connect(self._on_folder_edited)
+        row.layout().addWidget(self.folder_edit)
+        gui.button(row, self, "…", callback=self.browse_folder,
+                   autoDefault=False, width=30)
+
+        box = gui.vBox(self.controlArea, "Mode")
+        self.mode_buttons = QButtonGroup(self)
+        for index, (key, title) in enumerate(MODES):
+            button = QRadioButton(title, checked=key == self.mode)
+            button.setToolTip("Keys 0–9 pick a mask class" if key == "masks"
+                              else "Keys 1–9 label the shown image")
+            self.mode_buttons.addButton(button, index)
+            box.layout().addWidget(button)
+        self.mode_buttons.idClicked.connect(
+            lambda index: self.set_mode(MODES[index][0]))
+
+        self.palette_box = box = gui.vBox(self.controlArea, "Classes")
+        self.palette_list = QListWidget()
+        # no focus: letters and digits are the widget's shortcuts
+        self.palette_list.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.palette_list.setMaximumHeight(150)
+        self.palette_list.setEditTriggers(
+            QListWidget.EditTrigger.DoubleClicked
+            | QListWidget.EditTrigger.EditKeyPressed)
+        self.palette_list.currentRowChanged.connect(self._on_palette_row)
+        self.palette_list.itemChanged.connect(self._on_palette_renamed)
+        box.layout().addWidget(self.palette_list)
+        row = gui.hBox(box)
+        gui.button(row, self, "Add", callback=self._on_add_clicked,
+                   autoDefault=False)
+        gui.button(row, self, "Rename", autoDefault=False,
+                   callback=lambda: self.palette_list.editItem(
+                       self.palette_list.currentItem()))
+        self.label_button = gui.button(
+            row, self, "Label image", autoDefault=False,
+            callback=self._on_label_clicked,
+            tooltip="Give the shown image the selected label (keys 1–9; "
+                    "0 removes its label, Enter takes the model's).")
+
+        self.tools_box = box = gui.vBox(self.controlArea, "Tools")
+        grid = QGridLayout()
+        gui.widgetBox(box, orientation=grid)
+        self.tool_buttons = QButtonGroup(self)
+        self.tool_buttons.setExclusive(True)
+        for index, name in enumerate(TOOLS):
+            title, key, text = TOOL_INFO[name]
+            button = QToolButton(text=title, checkable=True)
+            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            button.setToolTip(f"{title} ({key}): {text}")
+            button.setProperty("tool", name)
+            button.setChecked(name == self.tool)
+            self.tool_buttons.addButton(button, index)
+            grid.addWidget(button, index // 3, index % 3)
+        self.sam_button = QToolButton(text="Segment Anything", enabled=False)
+        self.sam_button.setToolTip(sam_status())
+        grid.addWidget(self.sam_button, len(TOOLS) // 3, len(TOOLS) % 3)
+        self.tool_buttons.buttonClicked.connect(
+            lambda button: self.set_tool(button.property("tool")))
+        gui.spin(box, self, "brush_size", 1, 500, label="Brush size:",
+                 orientation=Qt.Horizontal, suffix=" px",
+                 callback=self._on_brush_size)
+        gui.hSlider(box, self, "opacity", minValue=0, maxValue=100,
+                    label="Mask opacity:", callback=self._on_opacity)
+        # (outside the tools, which labels mode turns off: Enter takes the
+        # model's label there)
+        row = gui.hBox(self.controlArea)
+        for action, title, key in (
+                (self.undo_group.createUndoAction(self), "Undo", "Ctrl+Z"),
+                (self.undo_group.createRedoAction(self), "Redo",
+                 "Ctrl+Shift+Z")):
+            action.setText(title)
+            action.setToolTip(f"{title} ({key})")
+            button = QToolButton()
+            button.setDefaultAction(action)
+            row.layout().addWidget(button)
+        self.accept_button = gui.button(
+            row, self, "Accept (Enter)", callback=self.accept,
+            autoDefault=False,
+            tooltip="Keep the scribbles' or the model's prediction.")
+        gui.button(row, self, "Fit", autoDefault=False,
+                   callback=lambda: self.view.fit_in_view(),
+                   tooltip="Show the whole image (Ctrl+0); the wheel "
+                           "zooms, the middle button or Space pans.")
+
+        box = gui.vBox(self.controlArea, "What to label next")
+        gui.spin(box, self, "n_suggested", 0, 1000, label="Suggest:",
+                 orientation=Qt.Horizontal, suffix=" images",
+                 callback=self.suggest)
+        row = gui.hBox(box)
+        gui.button(row, self, "Next suggested (N)",
+                   callback=self.next_suggested, autoDefault=False)
+        gui.button(row, self, "Suggest again", callback=self.suggest,
+                   autoDefault=False)
+        self.controlArea.layout().addStretch(1)
+
+        self.add_cancel_button(self.buttonsArea)
+        gui.auto_send(self.buttonsArea, self, "auto_commit")
+
+    def _main_area(self):
+        self.loader = ThumbnailLoader(self, size=STRIP_THUMBNAIL)
+        self.strip = ThumbnailGallery(self.loader)
+        self.strip.caption = self._caption
+        self.strip.tooltip = self._tooltip
+        self.strip.setFixedWidth(self.strip.cell_width
+                                 + 2 * ThumbnailGallery.MARGIN + 24)
+        self.strip.selectionRequested.connect(self._on_strip_clicked)
+        self.view = AnnotationView()
+        self.view.maskChanged.connect(self._on_mask_changed)
+        self.view.scribblesChanged.connect(self._on_scribbles_changed)
+        self.view.boxDrawn.connect(self._on_box)
+        self.view.pointClicked.connect(self._on_point)
+        self.view.set_brush_size(self.brush_size)
+        self.view.set_opacity(self.opacity / 100)
+        self.image_label = QLabel(wordWrap=True)
+        right = QWidget()
+        layout = QVBoxLayout(right)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.image_label)
+        row = gui.hBox(self.mainArea)
+        row.layout().addWidget(self.strip)
+        row.layout().addWidget(right, 1)
+        self._apply_tool()
+
+    def sizeHint(self):
+        return QSize(1100, 700)
+
+    # --- the store --------------------------------------------------------
+
+    def _basedir(self) -> Optional[str]:
+        return self.workflowEnv().get("basedir") or None
+
+    def _store_path(self) -> str:
+        """The folder as chosen, or found beside the moved workflow."""
+        folder, basedir = self.store_folder, self._basedir()
+        if self.store_relative and basedir:
+            moved = os.path.join(basedir, self.store_relative)
+            if os.path.isdir(moved):
+                return moved
+        if folder and not os.path.isabs(folder) and basedir:
+            return os.path.join(basedir, folder)
+        return folder
+
+    def browse_folder(self):
+        start = self._store_path() if os.path.isdir(self._store_path()) \
+            else os.path.expanduser("~")
+        folder = QFileDialog.getExistingDirectory(
+            self, "Folder for the annotations", start)
+        if folder:
+            self.set_store_folder(folder)
+
+    def _on_folder_edited(self):
+        folder = self.folder_edit.text().strip()
+        if folder != self.store_folder:
+            self.set_store_folder(folder)
+
+    def set_store_folder(self, folder: str):
+        """Keep the annotations in `folder` (an existing store reopens)."""
+        self.save_now()  # what is saved goes to the folder it was made in
+        self.store_folder = folder
+        basedir = self._basedir()
+        relative = os.path.relpath(folder, basedir) \
+            if folder and basedir and os.path.isabs(folder) else ""
+        self.store_relative = "" if relative.startswith("..") else relative
+        self.folder_edit.setText(folder)
+        self.store = None
+        self._masked = set()
+        self._check_store_place()
+        self._open_store()
+        self.save_now()  # edits kept while there was no folder
+        self._forget_history()  # it was the other folder's
+        self._load_scribbles()
+        self._show_current()
+        self._refresh_marks()
+        self.commit.deferred()
+
+    def _forget_history(self):
+        """Drop the undo stacks and the scribbles held for the images."""
+        self.view.set_image(None)
+        for stack in self.stacks.values():
+            self.undo_group.removeStack(stack)
+            stack.deleteLater()
+        self.stacks, self.scribbles = {}, {}
+        self.segmenter = self.segments = None
+
+    def _open_store(self, create: bool = False) -> Optional[AnnotationStore]:
+        """The store, opened when its folder has one; with `create`, made
+        (the first write); else nothing is written."""
+        if self.store is not None:
+            return self.store
+        self.Error.bad_store.clear()
+        self.Error.unwritable.clear()
+        folder = self._store_path()
+        self.Information.no_folder(shown=not folder and (
+            create or self._has_pending()))
+        if not folder:
+            return None
+        exists = os.path.isfile(os.path.join(folder, "masks", CLASSES_FILE))
+        if not exists and not create:
+            return None
+        try:
+            store = AnnotationStore(folder,
+                                    None if exists else self.class_names)
+        except OSError as error:  # not a folder, read-only, full
+            self.Error.unwritable(folder, error.strerror or str(error))
+            return None
+        except ValueError as error:  # a broken classes.txt
+            self.Error.bad_store(str(error))
+            return None
+        self.store = store
+        # the store's classes win; a model's other classes join them at
+        # the next save (_sync_classes)
+        self.class_names = store.classes
+        self.label_names = self.label_names + [
+            label for label in store.labels if label not in self.label_names]
+        self._masked = set(store.annotated())
+        self._map_model_classes()
+        self._show_palette()
+        return store
+
+    def _sync_classes(self, store: AnnotationStore):
+        for name in self.class_names[len(store.classes):]:
+            store.add_class(name)
+
+    # --- inputs -------------------------------------------------------------
+
+    @Inputs.images
+    def set_images(self, data: Optional[Table]):
+        self.save_now()
+        self.Error.no_image_column.clear()
+        column = None if data is None else find_image_column(data)
+        if data is not None and column is None:
+            self.Error.no_image_column()
+            data = None
+        paths = [] if data is None else \
+            [image_path(column, value) for value in data.get_column(column)]
+        self.data = data
+        if paths == self.paths and paths:
+            return  # the same images again: keep their history and place
+        self.paths = paths
+        self._forget_history()
+        self.pending_masks, self.pending_labels = {}, {}
+        self.pending_scribbles = {}
+        self.predicted_masks, self.probabilities = {}, None
+        self.embeddings, self.suggested = None, []
+        self.current = None
+        self.loader.set_paths(self.paths)
+        self.strip.set_rows(range(len(self.paths)))
+
+    @Inputs.model
+    def set_model(self, model):
+        self.Error.model_kind.clear()
+        if model is not None and not isinstance(model, SegmentationModel) \
+                and not hasattr(model, "predict_paths"):
+            self.Error.model_kind()
+            model = None
+        self.model = model
+        self.predicted_masks, self.probabilities = {}, None
+        self._map_model_classes()
+
+    @Inputs.embeddings
+    def set_embeddings(self, data: Optional[Table]):
+        self.embeddings_data = data
+        self.embeddings = None
+
+    def handleNewSignals(self):
+        self.Information.no_images(shown=self.data is None)
+        self._check_store_place()
+        self._open_store()
+        self._load_scribbles()
+        if self.data is not None and len(self.data) and self.current is None:
+            self.show_image(0)
+        elif self._prefilled and self.current not in self.predicted_masks:
+            self._show_current()  # the prediction of a model now gone
+        self._refresh_marks()
+        self.commit.now()
+        self.assist()
+
+    def _check_store_place(self):
+        """Warn when the annotation folder lies among the images: Import
+        Images would read the masks there as images."""
+        folder = self._store_path()
+        inside = False
+        if folder and self.data is not None:
+            origin = find_image_column(self.data).attributes.get("origin")
+            if origin and os.path.isdir(origin):
+                store, images = (os.path.realpath(path)
+                                 for path in (folder, origin))
+                inside = os.path.commonpath([store, images]) == images
+        self.Warning.store_among_images(shown=inside)
+
+    def _map_model_classes(self):
+        """Learn the model's classes: mask classes or labels by name."""
+        model = self.model
+        if isinstance(model, SegmentationModel):
+            self.class_names = self.class_names + [
+                name for name in model.class_names[1:]
+                if name not in self.class_names]
+            self._lut = np.array(
+                [0] + [self.class_names.index(name)
+                       for name in model.class_names[1:]], np.uint8)
+        elif model is not None:
+            self.label_names = self.label_names + [
+                name for name in model.class_names
+                if name not in self.label_names]
+        self._show_palette()
+
+    # --- the shown image --------------------------------------------------
+
+    def show_image(self, row: Optional[int]):
+        """Show image `row` (saving the shown one's edits first)."""
+        self._capture()
+        self.save_now()
+        if self.quick.is_busy():
+            self.quick.cancel()
+        self.current = row
+        self.segments = None
+        self._show_current()
+        self.strip.set_selection(self._row_mask([] if row is None
+                                                else [row]))
+        if row is not None:
+            self.strip.ensure_visible(row)
+        self._refresh_marks()
+
+    def _show_current(self):
+        self.Error.unreadable.clear()
+        self._dirty = self._prefilled = False
+        row = self.current
+        self.image = None
+        if row is not None:
+            try:
+                self.image = np.asarray(load_image(self.paths[row]),
+                                        dtype=np.uint8)
+            except ImageSkipped as error:
+                self.Error.unreadable(self._name(row), str(error))
+        if self.image is None:
+            self.view.set_image(None)
+            self._show_info()
+            return
+        mask = self._mask_of(row)
+        self.Warning.mask_size.clear()
+        if mask is not None and mask.shape != self.image.shape[:2]:
+            self.Warning.mask_size(self._name(row), *mask.shape[::-1],
+                                   *self.image.shape[1::-1])
+            mask = None
+        if mask is None and row in self.predicted_masks:
+            mask = unpack_mask(self.predicted_masks[row])
+            self._prefilled = True
+        if row not in self.stacks:
+            self.stacks[row] = QUndoStack(self)
+            self.undo_group.addStack(self.stacks[row])
+        self.view.set_image(self.image, mask, self.scribbles.get(row),
+                            self.stacks[row])
+        self.undo_group.setActiveStack(self.stacks[row])
+        self._show_palette()
+        self._show_info()
+        if self.segmenter is not None and (row in self.scribbles
+                                           or not self._has_mask(row)):
+            self.quick.start(run_scribbles, [], [], self.image,
+                             self.segmenter, done=self._on_scribble_preview,
+                             description="scribble preview", replace=True)
+
+    def _has_mask(self, row: int) -> bool:
+        path = self.paths[row]
+        return row in self.pending_masks or path is not None and \
+            os.path.splitext(os.path.basename(path))[0] in self._masked
+
+    def _mask_of(self, row: int) -> Optional[np.ndarray]:
+        """The saved (or waiting to be saved) mask of a row."""
+        if row in self.pending_masks:
+            return self.pending_masks[row]
+        if self.store is None or self.paths[row] is None:
+            return None
+        return self.store.mask(self.paths[row])
+
+    def _label_of(self, row: int) -> Optional[str]:
+        if row in self.pending_labels:
+            return self.pending_labels[row]
+        if self.store is None or self.paths[row] is None:
+            return None
+        return self.store.label(self.paths[row])
+
+    def _name(self, row: int) -> str:
+        return os.path.basename(self.paths[row] or "") or f"row {row + 1}"
+
+    def _prediction(self, row: int) -> Optional[Tuple[str, float]]:
+        """The classifier's label for `row` and its probability."""
+        if self.probabilities is None or \
+                np.isnan(self.probabilities[row]).any():
+            return None
+        best = int(np.argmax(self.probabilities[row]))
+        return (self.model.class_names[best],
+                float(self.probabilities[row, best]))
+
+    def _show_info(self):
+        row = self.current
+        if row is None:
+            self.image_label.setText("")
+            return
+        parts = [f"<b>{self._name(row)}</b> ({row + 1} of {len(self.paths)})"]
+        label = self._label_of(row)
+        parts.append(f"label: {label}" if label else "no label")
+        predicted = self._prediction(row)
+        if predicted is not None:
+            parts.append(f"the model says {predicted[0]} "
+                         f"({100 * predicted[1]:.0f} %)"
+                         + ("" if label else " — Enter takes it"))
+        if self._prefilled:
+            parts.append("the mask is the model's prediction: edit it or "
+                         "press Enter to keep it")
+        if row in self.suggested:
+            parts.append("suggested")
+        self.image_label.setText(" · ".join(parts))
+
+    # --- edits and saving ---------------------------------------------
+
+    def _on_mask_changed(self):
+        self._dirty = True
+        self._prefilled = False
+        self.save_timer.start()
+
+    def _capture(self):
+        """Take the view's unsaved mask into the edits to be saved."""
+        if self._dirty and self.current is not None:
+            self.pending_masks[self.current] = self.view.mask()
+        self._dirty = False
+
+    def save_now(self):
+        """Save every waiting edit into the store (made at the first)."""
+        self.save_timer.stop()
+        self._capture()
+        if not self._has_pending():
+            return
+        store = self._open_store(create=True)
+        if store is None:
+            self._show_unsaved()
+            return
+        self.Error.foreign_file.clear()
+        self.Error.not_saved.clear()
+        if self.pending_masks:
+            self._save(self._sync_classes, store)
+        for row, mask in list(self.pending_masks.items()):
+            path = self.paths[row]
+            stem = os.path.splitext(os.path.basename(path))[0]
+            if not mask.any() and stem not in self._masked:
+                del self.pending_masks[row]  # nothing painted, nothing kept
+                continue
+            if self._save(store.set_mask, path, mask):
+                del self.pending_masks[row]
+                self._masked.add(stem)
+        for row, label in list(self.pending_labels.items()):
+            if self._save(store.set_label, self.paths[row], label):
+                del self.pending_labels[row]
+        for row, scribbles in list(self.pending_scribbles.items()):
+            if self._save(store.set_scribbles, self.paths[row], scribbles):
+                del self.pending_scribbles[row]
+        self._show_unsaved()
+        self._refresh_marks()
+        self.output_timer.start()
+
+    def _has_pending(self) -> bool:
+        return bool(self.pending_masks or self.pending_labels
+                    or self.pending_scribbles)
+
+    def _load_scribbles(self):
+        """The stored scribbles of the images (edits here win); they
+        train the scribble segmenter at once."""
+        if self.store is None:
+            return
+        for row, path in enumerate(self.paths):
+            if path is not None and row not in self.scribbles:
+                scribbles = self.store.scribbles(path)
+                if scribbles is not None and scribbles.any():
+                    self.scribbles[row] = scribbles.astype(np.uint8)
+        if self.scribbles and self.segmenter is None:
+            self.scribble_timer.start()
+
+    def _save(self, method, *args) -> bool:
+        try:
+            method(*args)
+        except ForeignFileError as error:
+            self.Error.foreign_file(str(error))
+        except OSError as error:  # read-only, full, removed meanwhile
+            self.Error.unwritable(self.store.folder,
+                                  error.strerror or str(error))
+        except ValueError as error:  # e.g. two images with one file stem
+            self.Error.not_saved(str(error))
+        else:
+            return True
+        return False
+
+    def _show_unsaved(self):
+        rows = sorted(set(self.pending_masks) | set(self.pending_labels)
+                      | set(self.pending_scribbles))
+        self.Warning.unsaved(
+            len(rows), ", ".join(self._name(row) for row in rows[:3]),
+            shown=bool(rows))
+
+    def accept(self):
+        """Enter: keep the scribble preview (one undoable edit), the
+        model's mask, or (in labels mode) the model's label."""
+        row = self.current
+        if row is None:
+            return
+        if self.mode == "labels":
+            predicted = self._prediction(row)
+            if predicted is not None:
+                self.set_label(predicted[0])
+        elif self.view.preview() is not None:
+            self.view.apply_mask(self.view.preview(),
+                                 "Accept the scribbles' prediction")
+            self.view.set_preview(None)
+        elif self._prefilled:
+            self.pending_masks[row] = self.view.mask()
+            self._prefilled = False
+            self.save_now()
+            self._show_info()
+
+    def set_label(self, label: Optional[str]):
+        """Label the shown image (None removes its label) and go on."""
+        row = self.current
+        if row is None or self.paths[row] is None:
+            return
+        self.pending_labels[row] = label
+        self.save_now()
+        self._show_info()
+        if label is not None and row + 1 < len(self.paths):
+            self.show_image(row + 1)
+
+    def undo(self):
+        self.undo_group.undo()
+
+    def redo(self):
+        self.undo_group.redo()
+
+    # --- tools ----------------------------------------------------------
+
+    def set_tool(self, name: str):
+        """Paint with tool `name` (one of TOOLS)."""
+        if name not in TOOLS:
+            raise ValueError(f"Unknown tool. Received: tool={name!r}")
+        self.tool = name
+        self.tool_buttons.button(TOOLS.index(name)).setChecked(True)
+        self._apply_tool()
+
+    def _apply_tool(self):
+        self.view.set_tool(self.tool if self.mode == "masks" else "pan")
+        self.view.set_brush_size(self.brush_size)
+
+    def _on_brush_size(self):
+        self.view.set_brush_size(self.brush_size)
+
+    def _on_opacity(self):
+        self.view.set_opacity(self.opacity / 100)
+
+    def _on_box(self, box):
+        x0, y0, x1, y1 = box
+        if self.image is None or x1 - x0 < 2 or y1 - y0 < 2:
+            return
+        self.quick.start(run_box, self.image, tuple(box),
+                         done=self._paint_region, description="box")
+
+    def _on_point(self, x: int, y: int):
+        if self.image is None:
+            return
+        if self.segments is not None and self.segments[0] == self.current:
+            self._paint_region(superpixel_at(None, x, y,
+                                             segments=self.segments[1]))
+            return
+        row = self.current
+
+        def done(segments):
+            self.segments = (row, segments)
+            if self.current == row:
+                self._paint_region(superpixel_at(None, x, y,
+                                                 segments=segments))
+        self.quick.start(run_superpixels, self.image, done=done,
+                         description="superpixels")
+
+    def _paint_region(self, region: np.ndarray):
+        """The current class into `region` (a box's or superpixel's
+        object), as one undoable edit."""
+        if self.image is None or region.shape != self.image.shape[:2]:
+            return
+        mask = np.full(region.shape, self._class_index(), np.uint8)
+        self.view.apply_mask(mask, "Box" if self.tool == "box"
+                             else "Superpixel", region=region)
+
+    def _on_scribbles_changed(self):
+        if self.current is None:
+            return
+        scribbles = self.view.scribbles()
+        if scribbles.any():
+            self.scribbles[self.current] = scribbles
+        else:
+            self.scribbles.pop(self.current, None)
+        self.pending_scribbles[self.current] = scribbles
+        self.segmenter = None
+        self.scribble_timer.start()
+        self.save_timer.start()
+
+    def _fit_scribbles(self):
+        rows = [row for row in self.scribbles if self.paths[row]]
+        classes = set()
+        for row in rows:
+            classes.update(np.unique(self.scribbles[row]).tolist())
+        classes.discard(0)
+        self.Information.scribble_more(shown=len(classes) < 2 and bool(rows))
+        if len(classes) < 2 or self.image is None:
+            self.view.set_preview(None)
+            return
+        images = [self.image if row == self.current else self.paths[row]
+                  for row in rows]
+        self.quick.start(run_scribbles, images,
+                         [self.scribbles[row] for row in rows], self.image,
+                         None, done=self._on_scribble_preview,
+                         description="scribbles", replace=True)
+
+    def _on_scribble_preview(self, result):
+        self.segmenter, mask = result
+        if self.image is not None and mask.shape == self.image.shape[:2]:
+            self.view.set_preview(np.minimum(mask, len(self.class_names) - 1)
+                                  .astype(np.uint8))
+
+    # --- classes and labels -----------------------------------------
+
+    def _palette_names(self) -> List[str]:
+        return self.class_names if self.mode == "masks" else self.label_names
+
+    def _colours(self) -> np.ndarray:
+        return class_colours(len(self._palette_names()) + 1) \
+            if self.mode == "labels" else class_colours(len(self.class_names))
+
+    def _class_index(self) -> int:
+        if self.current_class in self.class_names:
+            return self.class_names.index(self.current_class)
+        return min(1, len(self.class_names) - 1)
+
+    def _show_palette(self):
+        names = self._palette_names()
+        colours = self._colours()
+        if self.mode == "labels":
+            colours = colours[1:]
+        self.palette_list.blockSignals(True)
+        self.palette_list.clear()
+        for index, name in enumerate(names):
+            key = index if self.mode == "masks" else index + 1
+            pixmap = QPixmap(12, 12)
+            pixmap.fill(QColor(*colours[index]) if index or
+                        self.mode == "labels" else QColor("white"))
+            item = QListWidgetItem(QIcon(pixmap), name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+            item.setToolTip(f"key {key}" if key <= 9 else "")
+            self.palette_list.addItem(item)
+        if self.mode == "masks" and names:
+            self.palette_list.setCurrentRow(self._class_index())
+        self.palette_list.blockSignals(False)
+        # the mask's background is not drawn; its scribbles are, in white
+        # (class_colours gives it black, which dark images hide)
+        self.view.set_palette([BACKGROUND_SCRIBBLES] + [
+            tuple(int(v) for v in colour)
+            for colour in class_colours(len(self.class_names))[1:]])
+        self.view.set_current_class(self._class_index())
+        self.label_button.setEnabled(self.mode == "labels")
+        self.palette_box.setTitle("Mask classes" if self.mode == "masks"
+                                  else "Image labels")
+        self.tools_box.setEnabled(self.mode == "masks")
+
+    def select_class(self, index: int):
+        """Paint mask class `index` from now on."""
+        if 0 <= index < len(self.class_names):
+            self.current_class = self.class_names[index]
+            self.palette_list.setCurrentRow(index)
+            self.view.set_current_class(index)
+
+    def _on_palette_row(self, row: int):
+        if self.mode == "masks" and row >= 0:
+            self.select_class(row)
+
+    def add_class(self, name: str) -> None:
+        """A new mask class (masks mode) or image label (labels mode)."""
+        name = name.strip()
+        if not name or name in self._palette_names():
+            return
+        if self.mode == "labels":
+            self.label_names = self.label_names + [name]
+        else:
+            self.class_names = self.class_names + [name]
+            store = self._open_store(create=bool(self._store_path()))
+            if store is not None:
+                self._save(self._sync_classes, store)
+        self._show_palette()
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename a mask class or an image label."""
+        new = new.strip()
+        names = self._palette_names()
+        if not new or new == old or new in names or old not in names:
+            self._show_palette()
+            return
+        store = self._open_store(create=bool(self._store_path()))
+        if self.mode == "masks":
+            if store is not None and old in store.classes and \
+                    not self._save(store.rename_class, old, new):
+                self._show_palette()
+                return
+            self.class_names = [new if n == old else n
+                                for n in self.class_names]
+            if self.current_class == old:
+                self.current_class = new
+        else:
+            if store is not None and \
+                    not self._save(store.rename_label, old, new):
+                self._show_palette()
+                return
+            self.pending_labels = {row: new if label == old else label
+                                   for row, label
+                                   in self.pending_labels.items()}
+            self.label_names = [new if n == old else n
+                                for n in self.label_names]
+        self._show_palette()
+        self._show_info()
+        self.commit.deferred()
+
+    def _on_add_clicked(self):
+        names = self._palette_names()
+        stem = "class" if self.mode == "masks" else "label"
+        number = len(names) + (0 if self.mode == "masks" else 1)
+        while f"{stem} {number}" in names:
+            number += 1
+        self.add_class(f"{stem} {number}")
+        self.palette_list.setCurrentRow(self.palette_list.count() - 1)
+        self.palette_list.editItem(self.palette_list.currentItem())
+
+    def _on_palette_renamed(self, item: QListWidgetItem):
+        index = self.palette_list.row(item)
+        names = self._palette_names()
+        if 0 <= index < len(names):
+            self.rename(names[index], item.text())
+
+    def _on_label_clicked(self):
+        row = self.palette_list.currentRow()
+        if 0 <= row < len(self.label_names):
+            self.set_label(self.label_names[row])
+
+    def set_mode(self, mode: str):
+        """``"masks"`` (paint masks) or ``"labels"`` (label images)."""
+        if mode not in dict(MODES):
+            raise ValueError(f"Unknown mode. Received: mode={mode!r}")
+        self.mode = mode
+        self.mode_buttons.button(
+            [key for key, _ in MODES].index(mode)).setChecked(True)
+        self._apply_tool()
+        self._show_palette()
+        self._refresh_marks()
+
+    # --- the strip and suggestions ----------------------------------------
+
+    def _row_mask(self, rows) -> np.ndarray:
+        selected = np.zeros(len(self.paths), bool)
+        selected[list(rows)] = True
+        return selected
+
+    def labelled_rows(self) -> np.ndarray:
+        """Rows annotated in the current mode (a mask, or a label)."""
+        if self.mode == "masks":
+            return np.array([self._has_mask(row)
+                             for row in range(len(self.paths))], bool)
+        return np.array([self._label_of(row) is not None
+                         for row in range(len(self.paths))], bool)
+
+    def _refresh_marks(self):
+        if not self.paths:
+            self.strip.set_colors(None)
+            return
+        marks = np.where(self.labelled_rows(), LABELLED, UNLABELLED)
+        marks[[row for row in self.suggested if marks[row] == UNLABELLED]] \
+            = SUGGESTED
+        self._marks = marks
+        if self.mode == "masks":
+            self.strip.set_colors(marks, MARK_COLOURS)
+            return
+        # labels mode: a labelled image's frame has its label's colour
+        colours = list(MARK_COLOURS) + [
+            QColor(*map(int, colour)) for colour in self._colours()[1:]]
+        frames = marks.copy()
+        for row in np.flatnonzero(marks == LABELLED):
+            label = self._label_of(row)
+            if label in self.label_names:
+                frames[row] = len(MARK_COLOURS) + self.label_names.index(label)
+        self.strip.set_colors(frames, colours)
+
+    def _caption(self, row: int) -> str:
+        mark = self._marks
+        sign = {LABELLED: "✓ ", SUGGESTED: "★ "}.get(
+            None if mark is None or row >= len(mark) else int(mark[row]), "")
+        return sign + self._name(row)
+
+    def _tooltip(self, row: int) -> str:
+        mark = self._marks
+        status = ("unlabelled", "labelled", "suggested")[
+            int(mark[row])] if mark is not None and row < len(mark) else ""
+        label = self._label_of(row) if status == "labelled" \
+            and self.mode == "labels" else None
+        return f"{self._name(row)} ({label or status})"
+
+    def _on_strip_clicked(self, rows, _mode):
+        if rows:
+            self.show_image(int(rows[0]))
+
+    def next_suggested(self):
+        """N: show the next suggested image that is still unlabelled."""
+        waiting = self._waiting_suggestions()
+        if not waiting:
+            self.suggest()
+            return
+        position = waiting.index(self.current) + 1 \
+            if self.current in waiting else 0
+        self.show_image(waiting[position % len(waiting)])
+
+    def _given_embeddings(self) -> Optional[np.ndarray]:
+        self.Warning.no_embedding.clear()
+        self.Error.no_embedding.clear()
+        data = self.embeddings_data
+        if data is None:
+            return None
+        if find_image_column(data) is None:
+            self.Error.no_embedding("they have no image column to match "
+                                    "them with the images")
+            return None
+        try:
+            matrix = embeddings_for(self.paths, data)
+        except ValueError as error:  # no numeric columns
+            self.Error.no_embedding(str(error))
+            return None
+        missing = int(np.isnan(matrix).any(axis=1).sum())
+        if missing:
+            self.Warning.no_embedding(missing)
+        return matrix
+
+    def assist(self):
+        """Predict with the model and embed the images for suggestions."""
+        self.cancel()
+        if self.data is None or not len(self.data):
+            return
+        embeddings = self._given_embeddings()
+        embed = embeddings is None and self.n_suggested > 0 and \
+            self.embeddings_data is None
+        if self.model is None and not embed and embeddings is None:
+            return
+        unannotated = [row for row in range(len(self.paths))
+                       if not self._has_mask(row)]
+        if self.current in unannotated:
+            unannotated.remove(self.current)
+            unannotated.insert(0, self.current)
+        self.start(run_assistance, self.paths, self.model, self._lut,
+                   embeddings, embed, unannotated if
+                   isinstance(self.model, SegmentationModel) else [],
+                   self.labelled_rows(), self.n_suggested)
+
+    def suggest(self):
+        """Choose the next images again, from what is labelled now."""
+        if self.embeddings is None and self.probabilities is None:
+            self.assist()
+            return
+        self.cancel()
+        self.start(run_suggestions, self.probabilities, self.embeddings,
+                   self.labelled_rows(), self.n_suggested)
+
+    def on_partial_result(self, result):
+        row, png = result
+        self.predicted_masks[row] = png
+        stack = self.stacks.get(row)
+        if row == self.current and not self._has_mask(row) \
+                and not self._dirty and stack is not None \
+                and not stack.count():
+            self._show_current()
+
+    def on_done(self, result):
+        if isinstance(result, Assistance):
+            self.predicted_masks.update(result.masks)
+            self.probabilities = result.probabilities
+            self.embeddings = result.embeddings
+            result = result.suggested
+        self.suggested = result
+        self._refresh_marks()
+        self._show_info()
+        self.commit.deferred()
+
+    def on_user_error(self, ex: DeepImageError):
+        self.Error.failed(str(ex))
+
+    # --- outputs ---------------------------------------------------------
+
+    @gui.deferred
+    def commit(self):
+        self.output_timer.stop()
+        data, store = self.data, self.store
+        has = data is not None and store is not None
+        self.Outputs.labelled.send(store.labels_table(data) if has else None)
+        self.Outputs.masks.send(store.masks_table(data) if has else None)
+        waiting = [] if data is None else self._waiting_suggestions()
+        self.Outputs.suggested.send(data[waiting] if waiting else None)
+
+    def _waiting_suggestions(self) -> List[int]:
+        """The suggested rows that are not labelled yet."""
+        labelled = self.labelled_rows()
+        return [row for row in self.suggested if not labelled[row]]
+
+    # --- keys ------------------------------------------------------------
+
+    def keyPressEvent(self, event):
+        key, modifiers = event.key(), event.modifiers()
+        plain = not modifiers & ~Qt.KeyboardModifier.KeypadModifier
+        if event.matches(QKeySequence.StandardKey.Undo):
+            self.undo()
+        elif event.matches(QKeySequence.StandardKey.Redo) or (
+                key == Qt.Key.Key_Z and modifiers == (
+                    Qt.KeyboardModifier.ControlModifier
+                    | Qt.KeyboardModifier.ShiftModifier)):
+            self.redo()
+        elif plain and Qt.Key.Key_0 <= key <= Qt.Key.Key_9:
+            number = key - Qt.Key.Key_0
+            if self.mode == "masks":
+                self.select_class(number)
+            elif number == 0:
+                self.set_label(None)
+            elif number <= len(self.label_names):
+                self.set_label(self.label_names[number - 1])
+        elif plain and key == Qt.Key.Key_N:
+            self.next_suggested()
+        elif plain and key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            self.accept()
+        elif plain and self.mode == "masks" and event.text().upper() in {
+                info[1] for info in TOOL_INFO.values()}:
+            letter = event.text().upper()
+            self.set_tool(next(name for name, info in TOOL_INFO.items()
+                               if info[1] == letter))
+        else:
+            super().keyPressEvent(event)
+
+    # --- report and clean-up -------------------------------------------
+
+    def send_report(self):
+        n_masks = sum(self._has_mask(row) for row in range(len(self.paths)))
+        n_labels = sum(self._label_of(row) is not None
+                       for row in range(len(self.paths)))
+        self.report_items((
+            ("Annotation folder", self._store_path() or "(none)"),
+            ("Mode", dict(MODES)[self.mode]),
+            ("Mask classes", ", ".join(self.class_names)),
+            ("Image labels", ", ".join(self.label_names) or "(none)"),
+            ("Images", len(self.paths)),
+            ("With a mask", n_masks),
+            ("With a label", n_labels),
+            ("Suggested", len(self._waiting_suggestions()))))
+        if self.image is not None:
+            colours = class_colours(len(self.class_names))
+            image = self.image if self.image.ndim == 3 else \
+                np.repeat(self.image[..., None], 3, axis=-1)
+            self.report_caption(f"{self._name(self.current)} with its mask")
+            self.report_raw(report_image_html(
+                [overlay_mask(image[..., :3], self.view.mask(), colours,
+                              self.opacity / 100)], alt="annotated image"))
+
+    def onDeleteWidget(self):
+        self.save_now()
+        for timer in (self.save_timer, self.output_timer,
+                      self.scribble_timer):
+            timer.stop()
+        self.quick.shutdown()
+        self.shutdown()
+        self.loader.shutdown()
+        super().onDeleteWidget()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    WidgetPreview(OWAnnotateImages).run()
