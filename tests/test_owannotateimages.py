@@ -548,11 +548,15 @@ class TestTools(AnnotateTest):
         self.stroke(widget, [(1, 1), (30, 1)])
         self.stroke(widget, [(1, 30), (30, 30)])
         self.assertEqual(set(np.unique(widget.view.scribbles())), {0, 1})
+        self.process_events(
+            until=lambda: widget.Information.scribble_more.is_shown(),
+            timeout=5000)  # one class is not enough
         QTest.keyClick(widget, Qt.Key.Key_1)  # the object, in the disc
         self.stroke(widget, [(10, 12), (14, 12)])
         self.process_events(until=lambda: widget.view.preview() is not None,
                             timeout=TIMEOUT)
         preview = widget.view.preview()
+        self.assertFalse(widget.Information.scribble_more.is_shown())
         self.assertEqual(preview[12, 12], 1)
         self.assertEqual(preview[28, 3], 0)
         self.assertFalse(widget.view.mask().any())  # only a preview
