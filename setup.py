@@ -23,6 +23,10 @@ PACKAGE_DATA = {
         "*.jpg", "*.jpeg", "*.png", "*.tif", "*.tiff",
         "**/*.jpg", "**/*.jpeg", "**/*.png", "**/*.tif", "**/*.tiff",
         "**/*.tab", "**/*.csv", "**/*.md", "**/*.txt",
+        # an annotation store's record of the files it wrote (a hidden
+        # file, which "**/*" does not match): without it Annotate Images
+        # takes the store's masks for someone else's and never edits them
+        "**/.annotation-store.json",
     ],
 }
 

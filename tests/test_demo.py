@@ -58,7 +58,8 @@ def test_demo_embeds_the_bundled_photos(tmp_path, capsys):
 
 def test_every_tutorial_is_found():
     names = {os.path.basename(path) for path in tutorial_paths()}
-    assert {"classify-digits.ows", "edit-images.ows"} <= names
+    assert {"classify-digits.ows", "edit-images.ows",
+            "annotate-nuclei.ows"} <= names
 
 
 def test_report_fragments_fit_the_page():

@@ -36,3 +36,41 @@ def test_category_metadata():
     from orangecontrib.deepimage import widgets
     assert widgets.NAME == "Deep Image"
     assert widgets.ICON.endswith(".svg") and widgets.BACKGROUND
+
+
+def test_every_tutorial_file_is_installed(monkeypatch):
+    # setuptools' own selection of what a wheel holds (build_py), from
+    # setup.py's packages and package data: every file in the tutorials'
+    # folders, hidden ones (an annotation store's manifest) included.
+    import importlib.util
+    import os
+    from setuptools import find_namespace_packages
+    from setuptools.dist import Distribution
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(root)
+    spec = importlib.util.spec_from_file_location(
+        "deepimage_setup", os.path.join(root, "setup.py"))
+    setup_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup_module)  # (setup() runs under __main__)
+    dist = Distribution({
+        "name": "Orange3-DeepImage", "script_name": "setup.py",
+        "packages": find_namespace_packages(include=["orangecontrib*"]),
+        "package_data": setup_module.PACKAGE_DATA})
+    build = dist.get_command_obj("build_py")
+    build.ensure_finalized()
+    installed = {os.path.normpath(os.path.join(folder, name))
+                 for _, folder, _, names in build.data_files
+                 for name in names}
+    installed |= {os.path.normpath(path)
+                  for _, _, path in build.find_all_modules()}
+    tutorials = os.path.join("orangecontrib", "deepimage", "tutorials")
+    shipped = set()
+    for folder, subfolders, names in os.walk(tutorials):
+        subfolders[:] = [name for name in subfolders
+                         if name != "__pycache__"]
+        shipped |= {os.path.normpath(os.path.join(folder, name))
+                    for name in names}
+    manifest = os.path.join(tutorials, "annotate", "store",
+                            ".annotation-store.json")
+    assert manifest in shipped
+    assert shipped - installed == set()

@@ -37,6 +37,10 @@ EXPECTED_OUTPUTS = {
     "find-defects": {("Image Anomalies", "Scored Data"): 12,
                      ("Image Anomalies", "Anomalies"): 5,
                      ("Image Anomalies", "Normal"): 5},
+    "annotate-nuclei": {("Annotate Images", "Images with Masks"): 6,
+                        ("Annotate Images", "Suggested"): 3,
+                        ("Segment Images", "Counts"): 16,
+                        ("Segment Images", "Objects"): 100},
 }
 
 
@@ -46,6 +50,7 @@ FOLDER = os.path.dirname(next(iter(TUTORIALS.values())))
 IMPORTED_CLASSES = {
     "classify-digits": ([str(digit) for digit in range(10)], 200),
     "organise-photos": (None, 13),  # one folder: no class variable
+    "annotate-nuclei": (None, 16),
 }
 PAIRED_CLASSES = {
     "segment-nuclei": (["background", "nucleus"], 16),
@@ -60,7 +65,7 @@ def test_all_tutorials_are_there():
     # folders lie beside them. Segmentation Data reads sub-folders only.
     for name in ("photos", "digits"):
         assert os.path.exists(os.path.join(FOLDER, f"README-{name}.md"))
-    for name in ("nuclei", "edit", "defects"):
+    for name in ("nuclei", "edit", "defects", "annotate"):
         assert os.path.exists(os.path.join(FOLDER, name, "README.md"))
 
 
@@ -126,10 +131,30 @@ def test_tutorial_widgets_are_installed(name):
 IN_PROCESS = sorted(set(EXPECTED_OUTPUTS) - {"organise-photos"})
 _RUNS = {}
 
+# Annotation folders that ship with a tutorial; running it must leave them
+# as they are (Annotate Images writes only what the user edits).
+SHIPPED_STORES = {"annotate-nuclei": os.path.join(FOLDER, "annotate",
+                                                  "store")}
+_STORES_BEFORE = {}
+
+
+def files_state(folder):
+    """Every file under `folder`: its content and modification time."""
+    state = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as file:
+                state[os.path.relpath(path, folder)] = (
+                    file.read(), os.stat(path).st_mtime_ns)
+    return state
+
 
 def tutorial_run(name, folder):
     """Run a tutorial once per test session (its report in `folder`)."""
     if name not in _RUNS:
+        if name in SHIPPED_STORES:
+            _STORES_BEFORE[name] = files_state(SHIPPED_STORES[name])
         _RUNS[name] = run_workflow(TUTORIALS[name],
                                    report=str(folder / f"{name}.html"))
     return _RUNS[name]
@@ -170,6 +195,13 @@ KEY_FIGURES = {
                        r"nucleus 0\.\d{3}", r"Counts: 16 rows",
                        r"16 files written \(.*\) to "],
     "edit-images": [r"2 files written \(.*\) to "],
+    # the store's six masks train the U-Net, which segments all 16 tiles
+    "annotate-nuclei": [r"Annotate Images \(Annotate Images\)\n"
+                        r"\s+Images with Masks: 6 rows\n"
+                        r"\s+Suggested: 3 rows",
+                        r"validation IoU per class: background 0\.\d{3}, "
+                        r"nucleus 0\.\d{3}", r"Counts: 16 rows",
+                        r"16 files written \(predicted mask\) to "],
 }
 
 
@@ -179,6 +211,109 @@ def test_key_figures_of_each_tutorial(name, reports):
     summary = format_result(result)
     for pattern in KEY_FIGURES[name]:
         assert re.search(pattern, summary), (pattern, summary)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_STORES))
+def test_headless_run_leaves_the_shipped_store_alone(name, reports):
+    result = tutorial_run(name, reports)
+    assert not result.failed, format_result(result)
+    after = files_state(SHIPPED_STORES[name])
+    assert after.keys() == _STORES_BEFORE[name].keys()
+    for path, (content, mtime) in _STORES_BEFORE[name].items():
+        assert after[path] == (content, mtime), path
+
+
+def _load_make_store():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "make_store", os.path.join(FOLDER, "annotate", "make_store.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_annotation_store_is_made_again_byte_for_byte(tmp_path):
+    make_store = _load_make_store()
+    folder = tmp_path / "store"
+    rows = make_store.make_store(str(folder))
+    made = {path: content for path, (content, _)
+            in files_state(str(folder)).items()}
+    shipped = {path: content for path, (content, _)
+               in files_state(SHIPPED_STORES["annotate-nuclei"]).items()}
+    assert made.keys() == shipped.keys()
+    for path, content in shipped.items():
+        assert made[path] == content, path
+    # the correction brings every mask closer to the ground truth, and
+    # some objects really were corrected
+    assert len(rows) == 6
+    assert all(row["IoU after"] >= row["IoU before"] for row in rows)
+    assert all(row["IoU after"] > 0.8 for row in rows)
+    assert sum(row["erased"] + row["redrawn"] + row["added"]
+               for row in rows) > 0
+
+
+def test_annotation_store_opens_as_the_widget_and_trainer_read_it(tmp_path):
+    import shutil
+    import numpy as np
+    from orangecontrib.deepimage.annotation import AnnotationStore
+    from orangecontrib.deepimage.segdata import load_mask, pair_folders
+    settings = node_settings("annotate-nuclei", "OWAnnotateImages")
+    assert settings["store_relative"] == "annotate/store"
+    images = os.path.join(FOLDER, "nuclei", "images")
+    store_dir = os.path.join(FOLDER, settings["store_relative"])
+    # Segmentation Data pairs the masks with the tutorial's images
+    table, report = pair_folders(images, os.path.join(store_dir, "masks"))
+    assert report.n_pairs == 6 and report.classes == ["background",
+                                                      "nucleus"]
+    # scribbles of both classes on three tiles, outside masks/
+    store = AnnotationStore(store_dir)
+    scribbled = [name for name in sorted(os.listdir(images))
+                 if store.scribbles(os.path.join(images, name)) is not None]
+    assert len(scribbled) == 3
+    for name in scribbled:
+        marks = store.scribbles(os.path.join(images, name))
+        assert set(np.unique(marks)) == {0, 1, 2}
+    # no image path is recorded: a copy of the tutorial elsewhere edits
+    # its masks as its own
+    copy = tmp_path / "tutorials"
+    shutil.copytree(os.path.join(FOLDER, "nuclei", "images"),
+                    copy / "nuclei" / "images")
+    shutil.copytree(store_dir, copy / "annotate" / "store")
+    moved = AnnotationStore(str(copy / "annotate" / "store"))
+    image = str(copy / "nuclei" / "images" / "nuclei_r0_c0.png")
+    mask = moved.mask(image)
+    mask[:8, :8] = 1
+    moved.set_mask(image, mask)
+    np.testing.assert_array_equal(load_mask(
+        str(copy / "annotate" / "store" / "masks" / "nuclei_r0_c0.png")),
+        mask)
+
+
+def test_model_trained_on_the_store_segments_the_unannotated_tiles(
+        reports):
+    # a sensible model: on the ten tiles without a mask in the store,
+    # the nuclei it finds match the ground truth (Otsu's threshold gives
+    # a foreground IoU of about 0.73 on these tiles)
+    import numpy as np
+    from orangecontrib.deepimage.images import image_paths
+    from orangecontrib.deepimage.segdata import load_mask
+    result = tutorial_run("annotate-nuclei", reports)
+    table = result.outputs[("Segment Images", "Images with Masks")]
+    annotated = set(result.outputs[("Annotate Images", "Images with Masks")]
+                    .get_column("image name"))
+    predicted = image_paths(table, table.domain["predicted mask"])
+    images = image_paths(table, table.domain["image"])
+    ious = []
+    for image, mask in zip(images, predicted):
+        stem = os.path.splitext(os.path.basename(image))[0]
+        if stem in annotated:
+            continue
+        truth = load_mask(os.path.join(FOLDER, "nuclei", "masks",
+                                       stem + ".png")) > 0
+        found = load_mask(mask) > 0
+        ious.append((found & truth).sum() / (found | truth).sum())
+    assert len(ious) == 10
+    assert np.mean(ious) >= 0.75, ious
 
 
 def test_demo_report_of_the_tutorials(reports, tmp_path):
