@@ -216,13 +216,14 @@ def _wait_until_idle(scheme, timeout: float, settle: float = 0.5,
     return finished[0]
 
 
-def _node_reports(scheme, sent=None) -> List[NodeReport]:
+def _node_reports(scheme, sent=None, since: Optional[float] = None
+                  ) -> List[NodeReport]:
     reports = []
     for node in scheme.nodes:
         report = NodeReport(node.title, node.description.name)
         if sent is not None:
             report.results, report.key_results = _node_results(
-                scheme, node, sent)
+                scheme, node, sent, since)
         for message in node.state_messages():
             text = message.contents
             if not text:
@@ -332,9 +333,13 @@ def _image_columns(table) -> Dict[Tuple[str, str], Any]:
             if var.attributes.get("type") == "image"}
 
 
-def _files_written(table, inputs) -> List[str]:
+def _files_written(table, inputs, since: Optional[float] = None
+                   ) -> List[str]:
     """Image columns of `table` that are not in the `inputs` tables and
-    point to files: the files the widget made."""
+    point to files: the files the widget made or gave. Only files modified
+    after `since` (a ``time.time()``; None: all) count as written by this
+    run; the others were there already (e.g. a widget reused files of the
+    same content, or sends annotations that it only read)."""
     from orangecontrib.deepimage.images import image_paths
     seen = {}
     for source in inputs:
@@ -349,12 +354,20 @@ def _files_written(table, inputs) -> List[str]:
             folders = {os.path.dirname(path) for path in paths}
             where = folders.pop() if len(folders) == 1 \
                 else f"{len(folders) + 1} folders"
-            lines.append(f"{len(paths)} files written ({var.name}) "
-                         f"to {where}")
+            new = len(paths) if since is None else sum(
+                os.path.getmtime(path) >= since for path in paths)
+            if new == len(paths):
+                lines.append(f"{len(paths)} files written ({var.name}) "
+                             f"to {where}")
+            else:
+                done = "none" if not new else f"{new}"
+                lines.append(f"{len(paths)} files ({var.name}) in {where}, "
+                             f"{done} written by this run")
     return lines
 
 
-def _node_results(scheme, node, sent) -> Tuple[List[str], List[str]]:
+def _node_results(scheme, node, sent, since: Optional[float] = None
+                  ) -> Tuple[List[str], List[str]]:
     """All result lines of a node, and the key ones among them: all but
     tables that are a row-for-row copy of an input (same number of rows,
     no clusters added)."""
@@ -375,7 +388,7 @@ def _node_results(scheme, node, sent) -> Tuple[List[str], List[str]]:
                 or ("Cluster" in value.domain and not clustered):
             key += described
         if inputs and isinstance(value, Table):
-            written += [line for line in _files_written(value, inputs)
+            written += [line for line in _files_written(value, inputs, since)
                         if line not in written]
     return lines + written, key + written
 
@@ -520,12 +533,14 @@ def run_workflow(path: str, timeout: float = 1800,
     wanted = [parse_output_spec(spec) for spec in outputs]
     _application()
     start = time.monotonic()
+    # (whole seconds: some file systems keep modification times so)
+    started = float(int(time.time()))
     # Relative paths in widgets' settings start from the workflow's folder.
     env = {"basedir": os.path.dirname(os.path.abspath(path))}
     scheme, sent = _load(path, _registry(), env)
     scheme.signal_manager.start()
     finished = _wait_until_idle(scheme, timeout, progress=progress)
-    nodes = _node_reports(scheme, sent)
+    nodes = _node_reports(scheme, sent, started)
     result = WorkflowResult(path, nodes, time.monotonic() - start, dict(sent))
     try:
         if not finished:
