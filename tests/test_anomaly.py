@@ -1,4 +1,5 @@
 """Anomaly detection (anomaly.py) on tiny synthetic textures."""
+import dataclasses
 import math
 import os
 import pickle
@@ -9,6 +10,7 @@ from PIL import Image
 
 from orangecontrib.deepimage.anomaly import (
     AnomalyLearner, choose_threshold, greedy_coreset, top_mean)
+from orangecontrib.deepimage.backbones import BACKBONES
 from orangecontrib.deepimage.errors import Cancelled, InvalidInput
 
 from imagedata import image_table
@@ -227,3 +229,36 @@ def test_maps_shrunk_for_thumbnails(images, patchcore):
     assert full.maps[0].shape == (72, 96)
     assert small.maps[0].shape == (24, 32)  # the aspect ratio is kept
     assert small.scores[0] == full.scores[0]
+
+
+def test_padim_falls_back_to_the_shared_feature_maps():
+    squeezenet = BACKBONES["squeezenet"]
+    shared = dataclasses.replace(squeezenet, padim_layers=(), padim_grid=())
+    assert shared.anomaly_features("padim") == (
+        squeezenet.anomaly_layers, squeezenet.anomaly_grid)
+    assert squeezenet.anomaly_features("patchcore") == (
+        squeezenet.anomaly_layers, squeezenet.anomaly_grid)
+    with pytest.raises(InvalidInput, match="knn"):
+        squeezenet.anomaly_features("knn")
+
+
+def test_model_pickled_before_per_method_maps_scores_the_same(
+        images, monkeypatch):
+    folder, normal, defective, _ = images
+    test = paths(folder, normal[10:] + defective)
+    squeezenet = BACKBONES["squeezenet"]
+    # Fitted as PaDiM was before it had its own maps: on anomaly_layers.
+    monkeypatch.setitem(BACKBONES, "squeezenet", dataclasses.replace(
+        squeezenet, padim_layers=(), padim_grid=()))
+    model = AnomalyLearner(method="padim", n_features=50)(
+        paths(folder, normal[:10]))
+    monkeypatch.undo()
+    assert model.feature_layers == squeezenet.anomaly_layers
+    scores = model.score(test)
+    # Such a model's pickle has none of the new attributes.
+    del model.feature_layers, model.feature_grid, model.n_channels
+    old = pickle.dumps(model)
+    restored = pickle.loads(old)
+    assert restored.feature_layers == squeezenet.anomaly_layers
+    assert restored.feature_grid == squeezenet.anomaly_grid
+    np.testing.assert_array_equal(restored.score(test), scores)
