@@ -16,6 +16,7 @@ from orangecontrib.deepimage.errors import Cancelled, InvalidInput
 from imagedata import image_table
 
 GRID = 27 * 27  # patches per image for SqueezeNet at 227×227
+PADIM_GRID = 13 * 13  # PaDiM's, on fire3 + fire7
 
 
 def texture(rng, height=72, width=96):
@@ -125,7 +126,7 @@ def test_padim_separates_defects(images):
     folder, normal, defective, masks = images
     model = AnomalyLearner(method="padim", n_features=50)(
         paths(folder, normal[:10]))
-    assert model.mean.shape == (GRID, 50)
+    assert model.mean.shape == (PADIM_GRID, 50)
     normal_scores = model.score(paths(folder, normal[10:]))
     maps = model.anomaly_map(paths(folder, defective))
     assert min(m.max() for m in maps) > normal_scores.max()
@@ -262,3 +263,26 @@ def test_model_pickled_before_per_method_maps_scores_the_same(
     assert restored.feature_layers == squeezenet.anomaly_layers
     assert restored.feature_grid == squeezenet.anomaly_grid
     np.testing.assert_array_equal(restored.score(test), scores)
+
+
+def test_padim_reads_its_own_feature_maps(images, patchcore):
+    folder, normal, defective, _ = images
+    squeezenet = BACKBONES["squeezenet"]
+    model = AnomalyLearner(method="padim", n_features=50)(
+        paths(folder, normal[:10]))
+    # fire3 (128 channels, 56×56 pooled to 13×13) and fire7 (384, 13×13).
+    assert model.feature_layers == ("fire3_concat", "fire7_concat") \
+        == squeezenet.padim_layers != patchcore.feature_layers
+    assert model.network.layers == model.feature_layers
+    assert model.n_channels == model.network.n_channels == 512
+    assert model.grid == (13, 13) and patchcore.grid == (27, 27)
+    restored = pickle.loads(pickle.dumps(model))
+    test = paths(folder, normal[10:] + defective)
+    np.testing.assert_array_equal(restored.score(test), model.score(test))
+    # Scored on other maps (as if the registry had changed under it), the
+    # model refuses rather than giving wrong scores.
+    restored.feature_layers = squeezenet.anomaly_layers
+    restored.feature_grid = squeezenet.anomaly_grid
+    restored._network = None
+    with pytest.raises(InvalidInput, match="fit it again"):
+        restored.score(test[:1])
