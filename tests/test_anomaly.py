@@ -1,4 +1,5 @@
 """Anomaly detection (anomaly.py) on tiny synthetic textures."""
+import dataclasses
 import math
 import os
 import pickle
@@ -9,11 +10,13 @@ from PIL import Image
 
 from orangecontrib.deepimage.anomaly import (
     AnomalyLearner, choose_threshold, greedy_coreset, top_mean)
+from orangecontrib.deepimage.backbones import BACKBONES
 from orangecontrib.deepimage.errors import Cancelled, InvalidInput
 
 from imagedata import image_table
 
 GRID = 27 * 27  # patches per image for SqueezeNet at 227×227
+PADIM_GRID = 13 * 13  # PaDiM's, on fire3 + fire7
 
 
 def texture(rng, height=72, width=96):
@@ -123,7 +126,7 @@ def test_padim_separates_defects(images):
     folder, normal, defective, masks = images
     model = AnomalyLearner(method="padim", n_features=50)(
         paths(folder, normal[:10]))
-    assert model.mean.shape == (GRID, 50)
+    assert model.mean.shape == (PADIM_GRID, 50)
     normal_scores = model.score(paths(folder, normal[10:]))
     maps = model.anomaly_map(paths(folder, defective))
     assert min(m.max() for m in maps) > normal_scores.max()
@@ -227,3 +230,59 @@ def test_maps_shrunk_for_thumbnails(images, patchcore):
     assert full.maps[0].shape == (72, 96)
     assert small.maps[0].shape == (24, 32)  # the aspect ratio is kept
     assert small.scores[0] == full.scores[0]
+
+
+def test_padim_falls_back_to_the_shared_feature_maps():
+    squeezenet = BACKBONES["squeezenet"]
+    shared = dataclasses.replace(squeezenet, padim_layers=(), padim_grid=())
+    assert shared.anomaly_features("padim") == (
+        squeezenet.anomaly_layers, squeezenet.anomaly_grid)
+    assert squeezenet.anomaly_features("patchcore") == (
+        squeezenet.anomaly_layers, squeezenet.anomaly_grid)
+    with pytest.raises(InvalidInput, match="knn"):
+        squeezenet.anomaly_features("knn")
+
+
+def test_model_pickled_before_per_method_maps_scores_the_same(
+        images, monkeypatch):
+    folder, normal, defective, _ = images
+    test = paths(folder, normal[10:] + defective)
+    squeezenet = BACKBONES["squeezenet"]
+    # Fitted as PaDiM was before it had its own maps: on anomaly_layers.
+    monkeypatch.setitem(BACKBONES, "squeezenet", dataclasses.replace(
+        squeezenet, padim_layers=(), padim_grid=()))
+    model = AnomalyLearner(method="padim", n_features=50)(
+        paths(folder, normal[:10]))
+    monkeypatch.undo()
+    assert model.feature_layers == squeezenet.anomaly_layers
+    scores = model.score(test)
+    # Such a model's pickle has none of the new attributes.
+    del model.feature_layers, model.feature_grid, model.n_channels
+    old = pickle.dumps(model)
+    restored = pickle.loads(old)
+    assert restored.feature_layers == squeezenet.anomaly_layers
+    assert restored.feature_grid == squeezenet.anomaly_grid
+    np.testing.assert_array_equal(restored.score(test), scores)
+
+
+def test_padim_reads_its_own_feature_maps(images, patchcore):
+    folder, normal, defective, _ = images
+    squeezenet = BACKBONES["squeezenet"]
+    model = AnomalyLearner(method="padim", n_features=50)(
+        paths(folder, normal[:10]))
+    # fire3 (128 channels, 56×56 pooled to 13×13) and fire7 (384, 13×13).
+    assert model.feature_layers == ("fire3_concat", "fire7_concat") \
+        == squeezenet.padim_layers != patchcore.feature_layers
+    assert model.network.layers == model.feature_layers
+    assert model.n_channels == model.network.n_channels == 512
+    assert model.grid == (13, 13) and patchcore.grid == (27, 27)
+    restored = pickle.loads(pickle.dumps(model))
+    test = paths(folder, normal[10:] + defective)
+    np.testing.assert_array_equal(restored.score(test), model.score(test))
+    # Scored on other maps (as if the registry had changed under it), the
+    # model refuses rather than giving wrong scores.
+    restored.feature_layers = squeezenet.anomaly_layers
+    restored.feature_grid = squeezenet.anomaly_grid
+    restored._network = None
+    with pytest.raises(InvalidInput, match="fit it again"):
+        restored.score(test[:1])

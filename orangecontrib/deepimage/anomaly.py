@@ -3,12 +3,17 @@
 Two standard methods on the patch features of a pretrained network:
 
 * **PatchCore** (Roth et al., CVPR 2022): every position of two
-  feature maps (named in the backbone registry) is a patch feature; a greedy (k-center) coreset of the normal
-  images' patches is the memory bank, and a patch's anomaly is its distance
+  feature maps (named in the backbone registry) is a patch feature; a
+  greedy (k-center) coreset of the normal images' patches is the memory
+  bank, and a patch's anomaly is its distance
   to the nearest patch in the bank (scikit-learn's ``NearestNeighbors``);
 * **PaDiM** (Defard et al., 2020): a Gaussian per patch position, fitted on
   a random subset of the feature channels; a patch's anomaly is its
   Mahalanobis distance to the Gaussian of its position.
+
+Each method reads the feature maps the registry names for it
+(:meth:`~orangecontrib.deepimage.backbones.Backbone.anomaly_features`),
+and a model keeps the names of those it was fitted on.
 
 An image's anomaly map is its patch anomalies upsampled to the image's own
 size and smoothed; its score is the mean of the map's highest 1 %
@@ -147,22 +152,30 @@ def greedy_coreset(features: np.ndarray, n: int, random_state=0,
 # --- the network --------------------------------------------------------
 
 class _PatchNetwork:
-    """A backbone cut at its two anomaly layers: pixels -> patch features.
+    """A backbone cut at two feature maps: pixels -> patch features.
 
     Each map is averaged over 3×3 neighbourhoods (PatchCore's local
-    aggregation), brought to the backbone's ``anomaly_grid`` (by area
-    averaging, i.e. adaptive average pooling, when it is larger, bilinearly
-    when smaller; default: the first map's size) and the two are
-    concatenated: ``(batch, height, width, channels)`` float32.
+    aggregation), brought to `grid` (by area averaging, i.e. adaptive
+    average pooling, when it is larger, bilinearly when smaller; () for
+    the first map's size) and the two are concatenated:
+    ``(batch, height, width, channels)`` float32. `layers` and `grid`
+    default to the backbone's ``anomaly_layers`` and ``anomaly_grid``.
     """
 
-    def __init__(self, backbone: Backbone, weights: Optional[str] = None):
-        if len(backbone.anomaly_layers) != 2:
+    def __init__(self, backbone: Backbone, weights: Optional[str] = None,
+                 layers: Optional[Sequence[str]] = None,
+                 grid: Optional[Sequence[int]] = None):
+        layers = tuple(backbone.anomaly_layers if layers is None
+                       else layers)
+        if len(layers) != 2:
             raise InvalidInput(
                 f"{backbone.name} has no feature maps for anomaly "
                 f"detection; use another backbone")
         self.backbone = backbone
         self.weights = weights
+        self.layers = layers
+        self.grid_size = tuple(backbone.anomaly_grid if grid is None
+                               else grid)
         self._predict = None
         self._lock = threading.Lock()
         self.grid: Optional[Tuple[int, int]] = None
@@ -184,8 +197,7 @@ class _PatchNetwork:
         # The policy goes to each layer built, never to Keras' global one.
         policy = preferred_dtype_policy()
         network = backbone.build(self.weights, dtype=policy)
-        maps = [network.get_layer(name).output
-                for name in backbone.anomaly_layers]
+        maps = [network.get_layer(name).output for name in self.layers]
         trunk = keras.Model(network.input, maps)
         pixels = keras.Input((height, width, 3), name="pixels")
         preprocessed = ImagePreprocessing(backbone.preprocessing,
@@ -194,8 +206,7 @@ class _PatchNetwork:
         model = keras.Model(pixels, trunk(preprocessed),
                             name=f"{backbone.key}_patches")
         first = model.outputs[0]
-        grid = tuple(backbone.anomaly_grid) \
-            or (int(first.shape[1]), int(first.shape[2]))
+        grid = self.grid_size or (int(first.shape[1]), int(first.shape[2]))
         self.grid = grid
         self.n_channels = sum(int(m.shape[-1]) for m in model.outputs)
         sizes = [(int(m.shape[1]), int(m.shape[2])) for m in model.outputs]
@@ -227,19 +238,25 @@ _shared_networks: Dict[Tuple, _PatchNetwork] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_patch_network(backbone: Backbone, weights: Optional[str] = None
+def shared_patch_network(backbone: Backbone, weights: Optional[str] = None,
+                         layers: Optional[Sequence[str]] = None,
+                         grid: Optional[Sequence[int]] = None
                          ) -> _PatchNetwork:
-    """The patch network of `backbone`, built once and then reused.
+    """The patch network of `backbone` at `layers` pooled to `grid`
+    (default: its ``anomaly_layers`` and ``anomaly_grid``), built once and
+    then reused.
 
     The network is never trained, so learners and models share it (as
     embedders are, see
     :func:`~orangecontrib.deepimage.embedding.shared_embedder`).
     """
-    key = (backbone.key, backbone.anomaly_layers, backbone.anomaly_grid,
-           weights or None)
+    layers = tuple(backbone.anomaly_layers if layers is None else layers)
+    grid = tuple(backbone.anomaly_grid if grid is None else grid)
+    key = (backbone.key, layers, grid, weights or None)
     with _shared_lock:
         if key not in _shared_networks:
-            _shared_networks[key] = _PatchNetwork(backbone, weights or None)
+            _shared_networks[key] = _PatchNetwork(
+                backbone, weights or None, layers, grid)
         return _shared_networks[key]
 
 
@@ -283,7 +300,8 @@ class AnomalyLearner:
     ----------
     backbone : str
         A key of the backbone registry whose entry names two feature maps
-        (``anomaly_layers``); SqueezeNet works offline.
+        (``anomaly_layers``; PaDiM's may differ, ``padim_layers``);
+        SqueezeNet works offline.
     method : str
         ``"patchcore"`` or ``"padim"``.
     coreset : float
@@ -341,7 +359,9 @@ class AnomalyLearner:
             raise InvalidInput("quantile must be in (0, 1] and calibration "
                                "in [0, 1)")
         self.backbone = get_backbone(backbone)
-        if len(self.backbone.anomaly_layers) != 2:
+        self.feature_layers, self.feature_grid = \
+            self.backbone.anomaly_features(method)
+        if len(self.feature_layers) != 2:
             raise InvalidInput(f"{self.backbone.name} has no feature maps "
                                f"for anomaly detection; use another backbone")
         self.method = method
@@ -431,9 +451,12 @@ class AnomalyLearner:
         anomalous = np.flatnonzero(~is_normal)
         progress = progress_callback or (lambda fraction: None)
 
-        network = shared_patch_network(self.backbone, self.weights)
+        network = shared_patch_network(self.backbone, self.weights,
+                                       self.feature_layers, self.feature_grid)
         model = AnomalyModel(self.backbone.key, self.method, self.weights,
-                             column_name, self.batch_size, self.workers)
+                             column_name, self.batch_size, self.workers,
+                             layers=self.feature_layers,
+                             layer_grid=self.feature_grid)
         model._network = network
         n_total = len(train) + len(held) + len(anomalous) \
             + (len(train) if not n_held else 0)
@@ -539,6 +562,7 @@ class AnomalyLearner:
                 continue
             if channels is None:
                 n_channels = features.shape[-1]
+                model.n_channels = int(n_channels)
                 channels = np.sort(rng.choice(
                     n_channels, min(self.n_features, n_channels),
                     replace=False))
@@ -602,6 +626,12 @@ class AnomalyModel:
         Images scoring above it are anomalous.
     memory_bank : numpy.ndarray or None
         PatchCore: ``(n_patches, n_channels)`` normal patch features.
+    feature_layers, feature_grid : tuple
+        The backbone's feature maps the model was fitted on and the grid
+        they are pooled to (() for the first map's size); by default the
+        registry's for `method`.
+    n_channels : int or None
+        The channels of those patch features (None when unknown).
     normal_scores, anomaly_scores : numpy.ndarray
         The scores the threshold was chosen from.
     skipped : dict
@@ -611,9 +641,17 @@ class AnomalyModel:
     def __init__(self, backbone: str, method: str,
                  weights: Optional[str] = None,
                  image_column: Optional[str] = None,
-                 batch_size: int = 16, workers: int = 2):
+                 batch_size: int = 16, workers: int = 2,
+                 layers: Optional[Sequence[str]] = None,
+                 layer_grid: Optional[Sequence[int]] = None):
         self.backbone_key = backbone
         self.method = method
+        default_layers, default_grid = \
+            get_backbone(backbone).anomaly_features(method)
+        self.feature_layers = tuple(default_layers if layers is None
+                                    else layers)
+        self.feature_grid = tuple(default_grid if layer_grid is None
+                                  else layer_grid)
         self.weights = weights
         self.image_column = image_column
         self.batch_size = batch_size
@@ -627,6 +665,7 @@ class AnomalyModel:
         self.anomaly_scores = np.zeros(0)
         self.skipped: Dict[int, str] = {}
         self.n_train = 0
+        self.n_channels: Optional[int] = None
         self._network: Optional[_PatchNetwork] = None
 
     @property
@@ -640,6 +679,7 @@ class AnomalyModel:
     def set_memory_bank(self, bank: np.ndarray, grid):
         from sklearn.neighbors import NearestNeighbors
         self.memory_bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self.n_channels = int(self.memory_bank.shape[1])
         self.grid = tuple(grid)
         self._neighbours = NearestNeighbors(n_neighbors=1).fit(
             self.memory_bank)
@@ -658,19 +698,48 @@ class AnomalyModel:
         return state
 
     def __setstate__(self, state):
+        if "feature_layers" not in state:
+            # Pickled before each method had its own feature maps: both
+            # were fitted on the registry's shared anomaly_layers.
+            backbone = get_backbone(state["backbone_key"])
+            bank = state.get("memory_bank")
+            state = {**state,
+                     "feature_layers": tuple(backbone.anomaly_layers),
+                     "feature_grid": tuple(backbone.anomaly_grid),
+                     "n_channels": None if bank is None
+                     else int(bank.shape[1])}
         self.__dict__.update(state)
 
     @property
     def network(self) -> _PatchNetwork:
         if self._network is None:
-            self._network = shared_patch_network(self.backbone, self.weights)
+            self._network = shared_patch_network(
+                self.backbone, self.weights, self.feature_layers,
+                self.feature_grid)
         return self._network
 
     # --- scoring --------------------------------------------------------
 
     def patch_scores(self, features: np.ndarray) -> np.ndarray:
-        """``(batch, h, w)`` anomaly of each patch of `features`."""
+        """``(batch, h, w)`` anomaly of each patch of `features`.
+
+        Raises
+        ------
+        InvalidInput
+            When `features` are not of the shape the model was fitted on.
+        """
         batch, height, width, channels = features.shape
+        if self.method == "patchcore":
+            fitted = self.memory_bank.shape[1] == channels
+        else:
+            fitted = self.mean.shape[0] == height * width \
+                and self.n_channels in (None, channels) \
+                and int(self.channels.max()) < channels
+        if not fitted:
+            raise InvalidInput(
+                f"The model was fitted on other features of "
+                f"{self.backbone.name} than {', '.join(self.feature_layers)} "
+                f"give; fit it again")
         if self.method == "patchcore":
             distances, _ = self._neighbours.kneighbors(
                 features.reshape(-1, channels))

@@ -67,12 +67,19 @@ class Backbone:
         Position in lists shown to the user.
     anomaly_layers : (str, str)
         Two feature maps whose positions are the patch features of anomaly
-        detection (PatchCore, PaDiM): mid-level ones (strides about 8 and
-        16) for the deep networks, SqueezeNet's early fire modules (stride
-        4), whose receptive fields are closer to a small defect's size.
+        detection (PatchCore, and PaDiM unless `padim_layers` says
+        otherwise): mid-level ones (strides about 8 and 16) for the deep
+        networks, SqueezeNet's early fire modules (stride 4), whose
+        receptive fields are closer to a small defect's size.
     anomaly_grid : (int, int) or ()
         (height, width) the anomaly layers are average-pooled (or
         upsampled) to; () for the size of the first of them.
+    padim_layers : (str, str) or ()
+        PaDiM's two feature maps where they differ from `anomaly_layers`;
+        () for `anomaly_layers`. See :meth:`anomaly_features`.
+    padim_grid : (int, int) or ()
+        PaDiM's grid where it differs from `anomaly_grid`; () for
+        `anomaly_grid`.
     """
     key: str
     name: str
@@ -90,6 +97,8 @@ class Backbone:
     transfer_layer: str = "penultimate"
     anomaly_layers: Tuple[str, ...] = ()
     anomaly_grid: Tuple[int, ...] = ()
+    padim_layers: Tuple[str, ...] = ()
+    padim_grid: Tuple[int, ...] = ()
 
     @property
     def is_bundled(self) -> bool:
@@ -110,6 +119,28 @@ class Backbone:
         if self.weights.is_cached():
             return "downloaded"
         return f"downloads {self.weights.approx_mb} MB"
+
+    def anomaly_features(self, method: str = "patchcore"
+                         ) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
+        """(layers, grid) of the patch features of anomaly `method`.
+
+        PatchCore reads `anomaly_layers` and `anomaly_grid`; PaDiM reads
+        `padim_layers` and `padim_grid`, each falling back to the former
+        when empty.
+
+        Raises
+        ------
+        InvalidInput
+            When `method` is neither ``"patchcore"`` nor ``"padim"``.
+        """
+        if method == "patchcore":
+            return tuple(self.anomaly_layers), tuple(self.anomaly_grid)
+        if method == "padim":
+            return (tuple(self.padim_layers or self.anomaly_layers),
+                    tuple(self.padim_grid or self.anomaly_grid))
+        raise InvalidInput(f"Unknown anomaly method. Received: "
+                           f"method={method!r}; expected 'padim' or "
+                           f"'patchcore'")
 
     def layer_names(self) -> List[str]:
         """Names of the embeddings this backbone offers."""
@@ -233,11 +264,16 @@ BACKBONES: Dict[str, Backbone] = {b.key: b for b in (
         extra_layers={"fire9": ("fire9_concat", 512)},
         outputs_logits=True, order=0,
         feature_map_layer="fire9_concat", transfer_layer="fire9",
-        # fire2 and fire3 (56×56), pooled to fire5's grid (stride 8): on
-        # texture crops with synthesised defects they beat fire5 + fire7
-        # (bench/bench_anomaly.py, chosen on a validation split).
+        # Chosen on the validation split of bench/anomaly_choices.py
+        # (texture crops with synthesised defects): for PatchCore fire2
+        # and fire3 (56×56) pooled to fire5's grid (stride 8) beat
+        # fire5 + fire7 on every texture; for PaDiM fire3 and fire7 pooled
+        # to fire7's 13×13 had the best mean image AUROC of nine pairs on
+        # 13×13 and 27×27 grids.
         anomaly_layers=("fire2_concat", "fire3_concat"),
-        anomaly_grid=(27, 27)),
+        anomaly_grid=(27, 27),
+        padim_layers=("fire3_concat", "fire7_concat"),
+        padim_grid=(13, 13)),
     Backbone(
         key="inception-v3", name="Inception v3",
         description="Google's Inception v3 trained on ImageNet.",
