@@ -41,6 +41,14 @@ def save_workflow(path, registry, nodes, links, setup=None):
 
 
 FILE = "Orange.widgets.data.owfile.OWFile"
+
+
+def iris(widgets):
+    """File opens Orange's iris: named, since a File widget's default is
+    the file that the last File widget (e.g. another test's) opened."""
+    from Orange.data.table import get_sample_datasets_dir
+    widgets["File"].add_path(
+        os.path.join(get_sample_datasets_dir(), "iris.tab"))
 TABLE = "Orange.widgets.data.owtable.OWTable"
 EMBEDDING = "orangecontrib.deepimage.widgets.owdeepembedding.OWDeepEmbedding"
 
@@ -48,7 +56,7 @@ EMBEDDING = "orangecontrib.deepimage.widgets.owdeepembedding.OWDeepEmbedding"
 def test_runs_a_workflow_writes_report_and_output(tmp_path, registry):
     path = str(tmp_path / "iris.ows")
     save_workflow(path, registry, {"File": FILE, "Data Table": TABLE},
-                  [("File", "Data", "Data Table", "Data")])
+                  [("File", "Data", "Data Table", "Data")], iris)
     report, output = tmp_path / "report.html", tmp_path / "iris.tab"
     plain = tmp_path / "iris.csv"
     result = run_workflow(path, report=str(report),
@@ -124,7 +132,7 @@ def test_a_failing_widget_is_named_with_its_error(tmp_path, registry,
     # Deep Embedding on data without images shows an error.
     path = str(tmp_path / "no-images.ows")
     save_workflow(path, registry, {"File": FILE, "Embed": EMBEDDING},
-                  [("File", "Data", "Embed", "Images")])
+                  [("File", "Data", "Embed", "Images")], iris)
     result = run_workflow(path)
     assert [node.title for node in result.failed] == ["Embed"]
     assert "image column" in result.failed[0].errors[0]
