@@ -63,6 +63,10 @@ from orangecontrib.deepimage.annotation import (  # noqa: E402
     mask_from_box, scribble_segmenter, suggest_next)
 
 from results_io import write_results  # noqa: E402
+# The strokes the tutorial's annotation store was made with: one
+# definition, so the bench measures the very strokes the tutorial ships.
+from orangecontrib.deepimage.tutorials.annotate.make_store import (  # noqa
+    strokes)
 
 TUTORIALS = os.path.join(os.path.dirname(__file__), "..", "orangecontrib",
                          "deepimage", "tutorials")
@@ -82,43 +86,6 @@ def load_nuclei():
     return ({n: read("images", n) for n in names},
             {n: read("masks", n) > 0 for n in names},
             {n: read("instances", n) for n in names})
-
-
-def strokes(truth, instances, rng, n_nuclei=5, n_background=4, length=10):
-    """Synthetic strokes drawn from the ground truth (see the module doc)."""
-    from scipy.ndimage import binary_erosion, distance_transform_edt
-    from skimage.draw import line
-    from skimage.measure import regionprops
-    height, width = truth.shape
-    marks = np.zeros(truth.shape, np.uint8)
-
-    def segment(y, x, angle, size):
-        rows, cols = line(int(y), int(x), int(y + size * np.sin(angle)),
-                          int(x + size * np.cos(angle)))
-        keep = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-        return rows[keep], cols[keep]
-
-    regions = regionprops(instances)
-    for index in rng.permutation(len(regions))[:n_nuclei]:
-        region = regions[index]
-        inside = binary_erosion(instances == region.label)
-        angle = rng.uniform(0, np.pi)
-        cy, cx = region.centroid
-        rows, cols = segment(cy - length / 2 * np.sin(angle),
-                             cx - length / 2 * np.cos(angle), angle, length)
-        keep = inside[rows, cols]
-        marks[rows[keep], cols[keep]] = 2
-    far = distance_transform_edt(~truth) > 3
-    placed = 0
-    while placed < n_background:
-        y, x = rng.integers(0, height), rng.integers(0, width)
-        rows, cols = segment(y, x, rng.uniform(0, np.pi), 3 * length)
-        keep = far[rows, cols]
-        if keep.sum() < 1.5 * length:
-            continue
-        marks[rows[keep], cols[keep]] = 1
-        placed += 1
-    return marks
 
 
 #: settings of scribble_segmenter measured besides its defaults (each with
