@@ -20,11 +20,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from AnyQt.QtCore import QSize, Qt, QTimer
-from AnyQt.QtGui import (
-    QColor, QIcon, QKeySequence, QPixmap, QUndoGroup, QUndoStack)
+from AnyQt.QtGui import QColor, QKeySequence, QUndoGroup, QUndoStack
 from AnyQt.QtWidgets import (
-    QButtonGroup, QFileDialog, QGridLayout, QLabel, QLineEdit,
-    QListWidget, QListWidgetItem, QRadioButton, QToolButton,
+    QButtonGroup, QFileDialog, QLabel, QLineEdit, QRadioButton,
     QVBoxLayout, QWidget)
 
 from Orange.base import Model
@@ -34,6 +32,7 @@ from Orange.widgets.settings import Setting
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
+from orangecontrib.deepimage import annotationstate as state
 from orangecontrib.deepimage.annotation import (
     AnnotationStore, ForeignFileError, embeddings_for, superpixel_at)
 from orangecontrib.deepimage.errors import DeepImageError
@@ -45,45 +44,25 @@ from orangecontrib.deepimage.segmentation import SegmentationModel
 from orangecontrib.deepimage.widgets.utils.annotationtasks import (
     Assistance, run_assistance, run_box, run_load_sam, run_prompt,
     run_scribbles, run_suggestions, run_superpixels, unpack_mask)
+from orangecontrib.deepimage.widgets.utils.annotationstrip import (
+    AnnotationStrip)
+from orangecontrib.deepimage.widgets.utils.annotationtools import (
+    add_tool_controls, add_undo_buttons, tool_for_key)
 from orangecontrib.deepimage.widgets.utils.annotationview import (
     TOOLS, AnnotationView)
-from orangecontrib.deepimage.widgets.utils.gallery import ThumbnailGallery
+from orangecontrib.deepimage.widgets.utils.classpalette import ClassPalette
 from orangecontrib.deepimage.widgets.utils.masks import (
     class_colours, overlay_mask, report_image_html)
 from orangecontrib.deepimage.widgets.utils.quicktasks import QuickTasks
 from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
 from orangecontrib.deepimage.widgets.utils.thumbnails import ThumbnailLoader
 
-#: tool -> (title, key, what it does); the keys show in the tooltips.
-TOOL_INFO = {
-    "brush": ("Brush", "B", "Paint the selected class."),
-    "eraser": ("Eraser", "E", "Paint the background."),
-    "polygon": ("Polygon", "P", "Click the corners; double-click or Enter "
-                                "fills; Esc cancels, right click removes "
-                                "the last corner."),
-    "fill": ("Fill", "F", "Fill the connected region under the click."),
-    "box": ("Box", "X", "Draw a box around an object; GrabCut (or a "
-                        "threshold, in grey images) finds it."),
-    "superpixel": ("Superpixel", "S", "Add the superpixel under the click."),
-    "scribble": ("Scribble", "W", "Mark a few pixels of each class; the "
-                                  "prediction of the whole mask follows "
-                                  "live, Enter accepts it."),
-    "pan": ("Pan", "H", "Drag to move; the wheel zooms."),
-    "prompt": ("Segment Anything", "A",
-               "Click an object or draw a box around it; KerasHub's Segment "
-               "Anything (SAM) outlines it. Its weights (about 375 MB) are "
-               "downloaded on first use, or read from the folder or URL "
-               "under SAM weights, or from the weights mirror."),
-}
 MODES = (("masks", "Paint masks"), ("labels", "Label images"))
 STRIP_THUMBNAIL = 96
 SAVE_DELAY_MS = 400
 OUTPUT_DELAY_MS = 1000
 SCRIBBLE_DELAY_MS = 300
-#: Status marks of the thumbnails: unlabelled, labelled, suggested.
-UNLABELLED, LABELLED, SUGGESTED = 0, 1, 2
 BACKGROUND_SCRIBBLES = (255, 255, 255)
-MARK_COLOURS = (QColor(0, 0, 0, 0), QColor("#2ca02c"), QColor("#ff7f0e"))
 
 
 # --- the widget --------------------------------------------------------------
@@ -181,7 +160,6 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self._dirty = False      # the view's mask has unsaved edits
         self._prefilled = False  # the view shows a prediction, unsaved
         self._lut: Optional[np.ndarray] = None
-        self._marks: Optional[np.ndarray] = None  # UNLABELLED, … per row
         if self.mode not in dict(MODES):
             self.mode = "masks"
         if self.tool not in TOOLS:
@@ -235,69 +213,22 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.mode_buttons.idClicked.connect(
             lambda index: self.set_mode(MODES[index][0]))
 
-        self.palette_box = box = gui.vBox(self.controlArea, "Classes")
-        self.palette_list = QListWidget()
-        # no focus: letters and digits are the widget's shortcuts
-        self.palette_list.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.palette_list.setMaximumHeight(150)
-        self.palette_list.setEditTriggers(
-            QListWidget.EditTrigger.DoubleClicked
-            | QListWidget.EditTrigger.EditKeyPressed)
-        self.palette_list.currentRowChanged.connect(self._on_palette_row)
-        self.palette_list.itemChanged.connect(self._on_palette_renamed)
-        box.layout().addWidget(self.palette_list)
-        row = gui.hBox(box)
-        gui.button(row, self, "Add", callback=self._on_add_clicked,
-                   autoDefault=False)
-        gui.button(row, self, "Rename", autoDefault=False,
-                   callback=lambda: self.palette_list.editItem(
-                       self.palette_list.currentItem()))
-        self.label_button = gui.button(
-            row, self, "Label image", autoDefault=False,
-            callback=self._on_label_clicked,
-            tooltip="Give the shown image the selected label (keys 1–9; "
-                    "0 removes its label, Enter takes the model's).")
+        self.palette_box = gui.vBox(self.controlArea, "Classes")
+        self.palette = ClassPalette()
+        self.palette.classSelected.connect(self._on_palette_row)
+        self.palette.renamed.connect(self._on_palette_renamed)
+        self.palette.addRequested.connect(self._on_add_clicked)
+        self.palette.labelRequested.connect(self._on_label_clicked)
+        self.palette_box.layout().addWidget(self.palette)
 
-        self.tools_box = box = gui.vBox(self.controlArea, "Tools")
-        grid = QGridLayout()
-        gui.widgetBox(box, orientation=grid)
-        self.tool_buttons = QButtonGroup(self)
-        self.tool_buttons.setExclusive(True)
-        for index, name in enumerate(TOOLS):
-            title, key, text = TOOL_INFO[name]
-            button = QToolButton(text=title, checkable=True)
-            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-            button.setToolTip(f"{title} ({key}): {text}")
-            button.setProperty("tool", name)
-            button.setChecked(name == self.tool)
-            self.tool_buttons.addButton(button, index)
-            grid.addWidget(button, index // 3, index % 3)
-        self.tool_buttons.buttonClicked.connect(
-            lambda button: self.set_tool(button.property("tool")))
-        gui.spin(box, self, "brush_size", 1, 500, label="Brush size:",
-                 orientation=Qt.Horizontal, suffix=" px",
-                 callback=self._on_brush_size)
-        gui.hSlider(box, self, "opacity", minValue=0, maxValue=100,
-                    label="Mask opacity:", callback=self._on_opacity)
-        gui.lineEdit(box, self, "sam_preset", label="SAM weights:",
-                     orientation=Qt.Horizontal, callback=self._on_sam_preset,
-                     placeholderText="download on first use",
-                     tooltip="Where Segment Anything's KerasHub preset is: "
-                             "a folder or URL (e.g. one saved with "
-                             "save_to_preset); empty: the Keras cache, the "
-                             "weights mirror, or a download of about 375 MB.")
+        self.tools_box = gui.vBox(self.controlArea, "Tools")
+        self.tool_buttons = add_tool_controls(
+            self.tools_box, self, self.set_tool, self._on_brush_size,
+            self._on_opacity, self._on_sam_preset)
         # (outside the tools, which labels mode turns off: Enter takes the
         # model's label there)
         row = gui.hBox(self.controlArea)
-        for action, title, key in (
-                (self.undo_group.createUndoAction(self), "Undo", "Ctrl+Z"),
-                (self.undo_group.createRedoAction(self), "Redo",
-                 "Ctrl+Shift+Z")):
-            action.setText(title)
-            action.setToolTip(f"{title} ({key})")
-            button = QToolButton()
-            button.setDefaultAction(action)
-            row.layout().addWidget(button)
+        add_undo_buttons(row, self.undo_group)
         self.accept_button = gui.button(
             row, self, "Accept (Enter)", callback=self.accept,
             autoDefault=False,
@@ -323,11 +254,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
 
     def _main_area(self):
         self.loader = ThumbnailLoader(self, size=STRIP_THUMBNAIL)
-        self.strip = ThumbnailGallery(self.loader)
-        self.strip.caption = self._caption
-        self.strip.tooltip = self._tooltip
-        self.strip.setFixedWidth(self.strip.cell_width
-                                 + 2 * ThumbnailGallery.MARGIN + 24)
+        self.strip = AnnotationStrip(self.loader, self._name, self._label_of)
         self.strip.selectionRequested.connect(self._on_strip_clicked)
         self.view = AnnotationView()
         self.view.maskChanged.connect(self._on_mask_changed)
@@ -357,14 +284,8 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
 
     def _store_path(self) -> str:
         """The folder as chosen, or found beside the moved workflow."""
-        folder, basedir = self.store_folder, self._basedir()
-        if self.store_relative and basedir:
-            moved = os.path.join(basedir, self.store_relative)
-            if os.path.isdir(moved):
-                return moved
-        if folder and not os.path.isabs(folder) and basedir:
-            return os.path.join(basedir, folder)
-        return folder
+        return state.store_path(self.store_folder, self.store_relative,
+                                self._basedir())
 
     def browse_folder(self):
         start = self._store_path() if os.path.isdir(self._store_path()) \
@@ -383,10 +304,8 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         """Keep the annotations in `folder` (an existing store reopens)."""
         self.save_now()  # what is saved goes to the folder it was made in
         self.store_folder = folder
-        basedir = self._basedir()
-        relative = os.path.relpath(folder, basedir) \
-            if folder and basedir and os.path.isabs(folder) else ""
-        self.store_relative = "" if relative.startswith("..") else relative
+        self.store_relative = state.relative_store_path(folder,
+                                                        self._basedir())
         self.folder_edit.setText(folder)
         self.store = None
         self._masked = set()
@@ -436,8 +355,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         # the store's classes win; a model's other classes join them at
         # the next save (_sync_classes)
         self.class_names = store.classes
-        self.label_names = self.label_names + [
-            label for label in store.labels if label not in self.label_names]
+        self.label_names = state.merge_names(self.label_names, store.labels)
         self._masked = set(store.annotated())
         self._map_model_classes()
         self._show_palette()
@@ -504,30 +422,20 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
     def _check_store_place(self):
         """Warn when the annotation folder lies among the images: Import
         Images would read the masks there as images."""
-        folder = self._store_path()
-        inside = False
-        if folder and self.data is not None:
-            origin = find_image_column(self.data).attributes.get("origin")
-            if origin and os.path.isdir(origin):
-                store, images = (os.path.realpath(path)
-                                 for path in (folder, origin))
-                inside = os.path.commonpath([store, images]) == images
-        self.Warning.store_among_images(shown=inside)
+        origin = None if self.data is None else \
+            find_image_column(self.data).attributes.get("origin")
+        self.Warning.store_among_images(
+            shown=state.store_among_images(self._store_path(), origin))
 
     def _map_model_classes(self):
         """Learn the model's classes: mask classes or labels by name."""
         model = self.model
         if isinstance(model, SegmentationModel):
-            self.class_names = self.class_names + [
-                name for name in model.class_names[1:]
-                if name not in self.class_names]
-            self._lut = np.array(
-                [0] + [self.class_names.index(name)
-                       for name in model.class_names[1:]], np.uint8)
+            self.class_names, self._lut = state.model_class_lut(
+                self.class_names, model.class_names)
         elif model is not None:
-            self.label_names = self.label_names + [
-                name for name in model.class_names
-                if name not in self.label_names]
+            self.label_names = state.merge_names(self.label_names,
+                                                 model.class_names)
         self._show_palette()
 
     # --- the shown image --------------------------------------------------
@@ -622,20 +530,9 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         if row is None:
             self.image_label.setText("")
             return
-        parts = [f"<b>{self._name(row)}</b> ({row + 1} of {len(self.paths)})"]
-        label = self._label_of(row)
-        parts.append(f"label: {label}" if label else "no label")
-        predicted = self._prediction(row)
-        if predicted is not None:
-            parts.append(f"the model says {predicted[0]} "
-                         f"({100 * predicted[1]:.0f} %)"
-                         + ("" if label else " — Enter takes it"))
-        if self._prefilled:
-            parts.append("the mask is the model's prediction: edit it or "
-                         "press Enter to keep it")
-        if row in self.suggested:
-            parts.append("suggested")
-        self.image_label.setText(" · ".join(parts))
+        self.image_label.setText(state.image_info(
+            self._name(row), row, len(self.paths), self._label_of(row),
+            self._prediction(row), self._prefilled, row in self.suggested))
 
     # --- edits and saving ---------------------------------------------
 
@@ -899,31 +796,20 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         return min(1, len(self.class_names) - 1)
 
     def _show_palette(self):
-        names = self._palette_names()
-        colours = self._colours()
-        if self.mode == "labels":
-            colours = colours[1:]
-        self.palette_list.blockSignals(True)
-        self.palette_list.clear()
-        for index, name in enumerate(names):
-            key = index if self.mode == "masks" else index + 1
-            pixmap = QPixmap(12, 12)
-            pixmap.fill(QColor(*colours[index]) if index or
-                        self.mode == "labels" else QColor("white"))
-            item = QListWidgetItem(QIcon(pixmap), name)
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
-            item.setToolTip(f"key {key}" if key <= 9 else "")
-            self.palette_list.addItem(item)
-        if self.mode == "masks" and names:
-            self.palette_list.setCurrentRow(self._class_index())
-        self.palette_list.blockSignals(False)
+        names, masks = self._palette_names(), self.mode == "masks"
+        colours = [QColor(*colour) for colour in self._colours()]
+        if masks and colours:  # the background
+            colours[0] = QColor("white")
+        self.palette.set_classes(
+            names, colours if masks else colours[1:], 0 if masks else 1,
+            self._class_index() if masks and names else None)
         # the mask's background is not drawn; its scribbles are, in white
         # (class_colours gives it black, which dark images hide)
         self.view.set_palette([BACKGROUND_SCRIBBLES] + [
             tuple(int(v) for v in colour)
             for colour in class_colours(len(self.class_names))[1:]])
         self.view.set_current_class(self._class_index())
-        self.label_button.setEnabled(self.mode == "labels")
+        self.palette.label_button.setEnabled(self.mode == "labels")
         self.palette_box.setTitle("Mask classes" if self.mode == "masks"
                                   else "Image labels")
         self.tools_box.setEnabled(self.mode == "masks")
@@ -932,7 +818,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         """Paint mask class `index` from now on."""
         if 0 <= index < len(self.class_names):
             self.current_class = self.class_names[index]
-            self.palette_list.setCurrentRow(index)
+            self.palette.select(index)
             self.view.set_current_class(index)
 
     def _on_palette_row(self, row: int):
@@ -966,8 +852,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
                     not self._save(store.rename_class, old, new):
                 self._show_palette()
                 return
-            self.class_names = [new if n == old else n
-                                for n in self.class_names]
+            self.class_names = state.rename_in(self.class_names, old, new)
             if self.current_class == old:
                 self.current_class = new
         else:
@@ -978,30 +863,23 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
             self.pending_labels = {row: new if label == old else label
                                    for row, label
                                    in self.pending_labels.items()}
-            self.label_names = [new if n == old else n
-                                for n in self.label_names]
+            self.label_names = state.rename_in(self.label_names, old, new)
         self._show_palette()
         self._show_info()
         self.commit.deferred()
 
     def _on_add_clicked(self):
-        names = self._palette_names()
-        stem = "class" if self.mode == "masks" else "label"
-        number = len(names) + (0 if self.mode == "masks" else 1)
-        while f"{stem} {number}" in names:
-            number += 1
-        self.add_class(f"{stem} {number}")
-        self.palette_list.setCurrentRow(self.palette_list.count() - 1)
-        self.palette_list.editItem(self.palette_list.currentItem())
+        names, masks = self._palette_names(), self.mode == "masks"
+        self.add_class(state.new_name(names, "class" if masks else "label",
+                                      len(names) + (0 if masks else 1)))
+        self.palette.edit_last()
 
-    def _on_palette_renamed(self, item: QListWidgetItem):
-        index = self.palette_list.row(item)
+    def _on_palette_renamed(self, index: int, text: str):
         names = self._palette_names()
         if 0 <= index < len(names):
-            self.rename(names[index], item.text())
+            self.rename(names[index], text)
 
-    def _on_label_clicked(self):
-        row = self.palette_list.currentRow()
+    def _on_label_clicked(self, row: int):
         if 0 <= row < len(self.label_names):
             self.set_label(self.label_names[row])
 
@@ -1033,38 +911,14 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
 
     def _refresh_marks(self):
         if not self.paths:
-            self.strip.set_colors(None)
+            self.strip.set_marks(None)
             return
-        marks = np.where(self.labelled_rows(), LABELLED, UNLABELLED)
-        marks[[row for row in self.suggested if marks[row] == UNLABELLED]] \
-            = SUGGESTED
-        self._marks = marks
+        marks = state.status_marks(self.labelled_rows(), self.suggested)
         if self.mode == "masks":
-            self.strip.set_colors(marks, MARK_COLOURS)
-            return
-        # labels mode: a labelled image's frame has its label's colour
-        colours = list(MARK_COLOURS) + [
-            QColor(*map(int, colour)) for colour in self._colours()[1:]]
-        frames = marks.copy()
-        for row in np.flatnonzero(marks == LABELLED):
-            label = self._label_of(row)
-            if label in self.label_names:
-                frames[row] = len(MARK_COLOURS) + self.label_names.index(label)
-        self.strip.set_colors(frames, colours)
-
-    def _caption(self, row: int) -> str:
-        mark = self._marks
-        sign = {LABELLED: "✓ ", SUGGESTED: "★ "}.get(
-            None if mark is None or row >= len(mark) else int(mark[row]), "")
-        return sign + self._name(row)
-
-    def _tooltip(self, row: int) -> str:
-        mark = self._marks
-        status = ("unlabelled", "labelled", "suggested")[
-            int(mark[row])] if mark is not None and row < len(mark) else ""
-        label = self._label_of(row) if status == "labelled" \
-            and self.mode == "labels" else None
-        return f"{self._name(row)} ({label or status})"
+            self.strip.set_marks(marks)
+        else:  # a labelled image's frame has its label's colour
+            self.strip.set_marks(marks, self.label_names, [
+                QColor(*map(int, colour)) for colour in self._colours()[1:]])
 
     def _on_strip_clicked(self, rows, _mode):
         if rows:
@@ -1076,9 +930,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         if not waiting:
             self.suggest()
             return
-        position = waiting.index(self.current) + 1 \
-            if self.current in waiting else 0
-        self.show_image(waiting[position % len(waiting)])
+        self.show_image(state.next_suggested(waiting, self.current))
 
     def _given_embeddings(self) -> Optional[np.ndarray]:
         self.Warning.no_embedding.clear()
@@ -1170,8 +1022,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
 
     def _waiting_suggestions(self) -> List[int]:
         """The suggested rows that are not labelled yet."""
-        labelled = self.labelled_rows()
-        return [row for row in self.suggested if not labelled[row]]
+        return state.waiting_suggestions(self.suggested, self.labelled_rows())
 
     # --- keys ------------------------------------------------------------
 
@@ -1197,11 +1048,8 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
             self.next_suggested()
         elif plain and key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
             self.accept()
-        elif plain and self.mode == "masks" and event.text().upper() in {
-                info[1] for info in TOOL_INFO.values()}:
-            letter = event.text().upper()
-            self.set_tool(next(name for name, info in TOOL_INFO.items()
-                               if info[1] == letter))
+        elif plain and self.mode == "masks" and tool_for_key(event.text()):
+            self.set_tool(tool_for_key(event.text()))
         else:
             super().keyPressEvent(event)
 
