@@ -22,8 +22,7 @@ import numpy as np
 from AnyQt.QtCore import QSize, Qt, QTimer
 from AnyQt.QtGui import QColor, QKeySequence, QUndoGroup, QUndoStack
 from AnyQt.QtWidgets import (
-    QButtonGroup, QFileDialog, QLabel, QLineEdit, QRadioButton,
-    QVBoxLayout, QWidget)
+    QButtonGroup, QLabel, QLineEdit, QRadioButton, QVBoxLayout, QWidget)
 
 from Orange.base import Model
 from Orange.data import Table
@@ -34,22 +33,24 @@ from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
 from orangecontrib.deepimage import annotationstate as state
 from orangecontrib.deepimage.annotation import (
-    AnnotationStore, ForeignFileError, embeddings_for, superpixel_at)
+    AnnotationStore, embeddings_for)
 from orangecontrib.deepimage.errors import DeepImageError
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_path, load_image)
-from orangecontrib.deepimage.segdata import CLASSES_FILE
 from orangecontrib.deepimage.sam import SegmentAnything
 from orangecontrib.deepimage.segmentation import SegmentationModel
+from orangecontrib.deepimage.widgets.utils.annotationstore import (
+    AnnotationStoreMixin)
 from orangecontrib.deepimage.widgets.utils.annotationtasks import (
-    Assistance, run_assistance, run_box, run_load_sam, run_prompt,
-    run_scribbles, run_suggestions, run_superpixels, unpack_mask)
+    Assistance, run_assistance, run_scribbles, run_suggestions, unpack_mask)
 from orangecontrib.deepimage.widgets.utils.annotationstrip import (
     AnnotationStrip)
 from orangecontrib.deepimage.widgets.utils.annotationtools import (
     add_tool_controls, add_undo_buttons, tool_for_key)
 from orangecontrib.deepimage.widgets.utils.annotationview import (
     TOOLS, AnnotationView)
+from orangecontrib.deepimage.widgets.utils.assistedtools import (
+    AssistedToolsMixin)
 from orangecontrib.deepimage.widgets.utils.classpalette import ClassPalette
 from orangecontrib.deepimage.widgets.utils.masks import (
     class_colours, overlay_mask, report_image_html)
@@ -67,7 +68,8 @@ BACKGROUND_SCRIBBLES = (255, 255, 255)
 
 # --- the widget --------------------------------------------------------------
 
-class OWAnnotateImages(OWWidget, TaskButtonsMixin):
+class OWAnnotateImages(OWWidget, TaskButtonsMixin, AnnotationStoreMixin,
+                       AssistedToolsMixin):
     name = "Annotate Images"
     description = "Paint masks and label images, with a model and " \
                   "scribbles helping; suggests what to label next."
@@ -277,94 +279,6 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
     def sizeHint(self):
         return QSize(1100, 700)
 
-    # --- the store --------------------------------------------------------
-
-    def _basedir(self) -> Optional[str]:
-        return self.workflowEnv().get("basedir") or None
-
-    def _store_path(self) -> str:
-        """The folder as chosen, or found beside the moved workflow."""
-        return state.store_path(self.store_folder, self.store_relative,
-                                self._basedir())
-
-    def browse_folder(self):
-        start = self._store_path() if os.path.isdir(self._store_path()) \
-            else os.path.expanduser("~")
-        folder = QFileDialog.getExistingDirectory(
-            self, "Folder for the annotations", start)
-        if folder:
-            self.set_store_folder(folder)
-
-    def _on_folder_edited(self):
-        folder = self.folder_edit.text().strip()
-        if folder != self.store_folder:
-            self.set_store_folder(folder)
-
-    def set_store_folder(self, folder: str):
-        """Keep the annotations in `folder` (an existing store reopens)."""
-        self.save_now()  # what is saved goes to the folder it was made in
-        self.store_folder = folder
-        self.store_relative = state.relative_store_path(folder,
-                                                        self._basedir())
-        self.folder_edit.setText(folder)
-        self.store = None
-        self._masked = set()
-        self._check_store_place()
-        self._open_store()
-        self.save_now()  # edits kept while there was no folder
-        self._forget_history()  # it was the other folder's
-        self._load_scribbles()
-        self._show_current()
-        self._refresh_marks()
-        self.commit.deferred()
-
-    def _forget_history(self):
-        """Drop the undo stacks and the scribbles held for the images."""
-        self.view.set_image(None)
-        for stack in self.stacks.values():
-            self.undo_group.removeStack(stack)
-            stack.deleteLater()
-        self.stacks, self.scribbles = {}, {}
-        self.segmenter = self.segments = None
-
-    def _open_store(self, create: bool = False) -> Optional[AnnotationStore]:
-        """The store, opened when its folder has one; with `create`, made
-        (the first write); else nothing is written."""
-        if self.store is not None:
-            return self.store
-        self.Error.bad_store.clear()
-        self.Error.unwritable.clear()
-        folder = self._store_path()
-        self.Information.no_folder(shown=not folder and (
-            create or self._has_pending()))
-        if not folder:
-            return None
-        exists = os.path.isfile(os.path.join(folder, "masks", CLASSES_FILE))
-        if not exists and not create:
-            return None
-        try:
-            store = AnnotationStore(folder,
-                                    None if exists else self.class_names)
-        except OSError as error:  # not a folder, read-only, full
-            self.Error.unwritable(folder, error.strerror or str(error))
-            return None
-        except ValueError as error:  # a broken classes.txt
-            self.Error.bad_store(str(error))
-            return None
-        self.store = store
-        # the store's classes win; a model's other classes join them at
-        # the next save (_sync_classes)
-        self.class_names = store.classes
-        self.label_names = state.merge_names(self.label_names, store.labels)
-        self._masked = set(store.annotated())
-        self._map_model_classes()
-        self._show_palette()
-        return store
-
-    def _sync_classes(self, store: AnnotationStore):
-        for name in self.class_names[len(store.classes):]:
-            store.add_class(name)
-
     # --- inputs -------------------------------------------------------------
 
     @Inputs.images
@@ -419,14 +333,6 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.commit.now()
         self.assist()
 
-    def _check_store_place(self):
-        """Warn when the annotation folder lies among the images: Import
-        Images would read the masks there as images."""
-        origin = None if self.data is None else \
-            find_image_column(self.data).attributes.get("origin")
-        self.Warning.store_among_images(
-            shown=state.store_among_images(self._store_path(), origin))
-
     def _map_model_classes(self):
         """Learn the model's classes: mask classes or labels by name."""
         model = self.model
@@ -454,6 +360,15 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         if row is not None:
             self.strip.ensure_visible(row)
         self._refresh_marks()
+
+    def _forget_history(self):
+        """Drop the undo stacks and the scribbles held for the images."""
+        self.view.set_image(None)
+        for stack in self.stacks.values():
+            self.undo_group.removeStack(stack)
+            stack.deleteLater()
+        self.stacks, self.scribbles = {}, {}
+        self.segmenter = self.segments = None
 
     def _show_current(self):
         self.Error.unreadable.clear()
@@ -493,26 +408,6 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
                              self.segmenter, done=self._on_scribble_preview,
                              description="scribble preview", replace=True)
 
-    def _has_mask(self, row: int) -> bool:
-        path = self.paths[row]
-        return row in self.pending_masks or path is not None and \
-            os.path.splitext(os.path.basename(path))[0] in self._masked
-
-    def _mask_of(self, row: int) -> Optional[np.ndarray]:
-        """The saved (or waiting to be saved) mask of a row."""
-        if row in self.pending_masks:
-            return self.pending_masks[row]
-        if self.store is None or self.paths[row] is None:
-            return None
-        return self.store.mask(self.paths[row])
-
-    def _label_of(self, row: int) -> Optional[str]:
-        if row in self.pending_labels:
-            return self.pending_labels[row]
-        if self.store is None or self.paths[row] is None:
-            return None
-        return self.store.label(self.paths[row])
-
     def _name(self, row: int) -> str:
         return os.path.basename(self.paths[row] or "") or f"row {row + 1}"
 
@@ -540,83 +435,6 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self._dirty = True
         self._prefilled = False
         self.save_timer.start()
-
-    def _capture(self):
-        """Take the view's unsaved mask into the edits to be saved."""
-        if self._dirty and self.current is not None:
-            self.pending_masks[self.current] = self.view.mask()
-        self._dirty = False
-
-    def save_now(self):
-        """Save every waiting edit into the store (made at the first)."""
-        self.save_timer.stop()
-        self._capture()
-        if not self._has_pending():
-            return
-        store = self._open_store(create=True)
-        if store is None:
-            self._show_unsaved()
-            return
-        self.Error.foreign_file.clear()
-        self.Error.not_saved.clear()
-        if self.pending_masks:
-            self._save(self._sync_classes, store)
-        for row, mask in list(self.pending_masks.items()):
-            path = self.paths[row]
-            stem = os.path.splitext(os.path.basename(path))[0]
-            if not mask.any() and stem not in self._masked:
-                del self.pending_masks[row]  # nothing painted, nothing kept
-                continue
-            if self._save(store.set_mask, path, mask):
-                del self.pending_masks[row]
-                self._masked.add(stem)
-        for row, label in list(self.pending_labels.items()):
-            if self._save(store.set_label, self.paths[row], label):
-                del self.pending_labels[row]
-        for row, scribbles in list(self.pending_scribbles.items()):
-            if self._save(store.set_scribbles, self.paths[row], scribbles):
-                del self.pending_scribbles[row]
-        self._show_unsaved()
-        self._refresh_marks()
-        self.output_timer.start()
-
-    def _has_pending(self) -> bool:
-        return bool(self.pending_masks or self.pending_labels
-                    or self.pending_scribbles)
-
-    def _load_scribbles(self):
-        """The stored scribbles of the images (edits here win); they
-        train the scribble segmenter at once."""
-        if self.store is None:
-            return
-        for row, path in enumerate(self.paths):
-            if path is not None and row not in self.scribbles:
-                scribbles = self.store.scribbles(path)
-                if scribbles is not None and scribbles.any():
-                    self.scribbles[row] = scribbles.astype(np.uint8)
-        if self.scribbles and self.segmenter is None:
-            self.scribble_timer.start()
-
-    def _save(self, method, *args) -> bool:
-        try:
-            method(*args)
-        except ForeignFileError as error:
-            self.Error.foreign_file(str(error))
-        except OSError as error:  # read-only, full, removed meanwhile
-            self.Error.unwritable(self.store.folder,
-                                  error.strerror or str(error))
-        except ValueError as error:  # e.g. two images with one file stem
-            self.Error.not_saved(str(error))
-        else:
-            return True
-        return False
-
-    def _show_unsaved(self):
-        rows = sorted(set(self.pending_masks) | set(self.pending_labels)
-                      | set(self.pending_scribbles))
-        self.Warning.unsaved(
-            len(rows), ", ".join(self._name(row) for row in rows[:3]),
-            shown=bool(rows))
 
     def accept(self):
         """Enter: keep the scribble preview (one undoable edit), the
@@ -674,112 +492,6 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
 
     def _on_opacity(self):
         self.view.set_opacity(self.opacity / 100)
-
-    def _on_box(self, box):
-        x0, y0, x1, y1 = box
-        if self.image is None or x1 - x0 < 2 or y1 - y0 < 2:
-            return
-        if self.tool == "prompt":
-            self._prompt(box=tuple(box))
-            return
-        self.quick.start(run_box, self.image, tuple(box),
-                         done=self._paint_region, description="box")
-
-    def _on_point(self, x: int, y: int):
-        if self.image is None:
-            return
-        if self.tool == "prompt":
-            self._prompt(point=(x, y))
-            return
-        if self.segments is not None and self.segments[0] == self.current:
-            self._paint_region(superpixel_at(None, x, y,
-                                             segments=self.segments[1]))
-            return
-        row = self.current
-
-        def done(segments):
-            self.segments = (row, segments)
-            if self.current == row:
-                self._paint_region(superpixel_at(None, x, y,
-                                                 segments=segments))
-        self.quick.start(run_superpixels, self.image, done=done,
-                         description="superpixels")
-
-    def _paint_region(self, region: np.ndarray):
-        """The current class into `region` (a box's or superpixel's
-        object), as one undoable edit."""
-        if self.image is None or region.shape != self.image.shape[:2]:
-            return
-        mask = np.full(region.shape, self._class_index(), np.uint8)
-        text = {"box": "Box", "prompt": "Segment Anything"}.get(
-            self.tool, "Superpixel")
-        self.view.apply_mask(mask, text, region=region)
-
-    def _on_sam_preset(self):
-        self.sam = None
-        self.waiting_prompt = None
-
-    def _prompt(self, **prompt):
-        """A Segment Anything mask for a click or a box (`point` or `box`
-        in image pixels); its weights are loaded first, as the widget's
-        task (a download the first time: progress and Cancel)."""
-        self.Error.failed.clear()
-        if self.sam is None:
-            self.sam = SegmentAnything(preset_path=self.sam_preset or None)
-        if self.sam.model is None:
-            self.waiting_prompt = (self.current, prompt)
-            if self.task is None or self.task is not self.sam_task:
-                # (the model's predictions go on once the weights are in)
-                self.resume_assistance = self.task is not None
-                self.start(run_load_sam, self.sam)
-                self.sam_task = self.task
-            return
-        self.quick.start(run_prompt, self.sam, self.image,
-                         done=self._paint_region,
-                         description="Segment Anything", **prompt)
-
-    def _on_sam_loaded(self):
-        waiting, self.waiting_prompt = self.waiting_prompt, None
-        if waiting is not None and waiting[0] == self.current:
-            self._prompt(**waiting[1])
-        if self.resume_assistance:
-            self.assist()
-
-    def _on_scribbles_changed(self):
-        if self.current is None:
-            return
-        scribbles = self.view.scribbles()
-        if scribbles.any():
-            self.scribbles[self.current] = scribbles
-        else:
-            self.scribbles.pop(self.current, None)
-        self.pending_scribbles[self.current] = scribbles
-        self.segmenter = None
-        self.scribble_timer.start()
-        self.save_timer.start()
-
-    def _fit_scribbles(self):
-        rows = [row for row in self.scribbles if self.paths[row]]
-        classes = set()
-        for row in rows:
-            classes.update(np.unique(self.scribbles[row]).tolist())
-        classes.discard(0)
-        self.Information.scribble_more(shown=len(classes) < 2 and bool(rows))
-        if len(classes) < 2 or self.image is None:
-            self.view.set_preview(None)
-            return
-        images = [self.image if row == self.current else self.paths[row]
-                  for row in rows]
-        self.quick.start(run_scribbles, images,
-                         [self.scribbles[row] for row in rows], self.image,
-                         None, done=self._on_scribble_preview,
-                         description="scribbles", replace=True)
-
-    def _on_scribble_preview(self, result):
-        self.segmenter, mask = result
-        if self.image is not None and mask.shape == self.image.shape[:2]:
-            self.view.set_preview(np.minimum(mask, len(self.class_names) - 1)
-                                  .astype(np.uint8))
 
     # --- classes and labels -----------------------------------------
 
