@@ -27,7 +27,8 @@ def test_label_frames_colour_only_known_labels():
 def test_captions_and_tooltips():
     marks = np.array([LABELLED, SUGGESTED, UNLABELLED])
     assert [state.caption("x.png", state.mark_at(marks, row))
-            for row in range(4)] == ["✓ x.png", "★ x.png", "x.png", "x.png"]
+            for row in range(4)] == [
+        "✓ x.png", "★ x.png", "x.png", "x.png"]
     assert state.mark_at(None, 0) is None
     assert state.tooltip("x.png", SUGGESTED) == "x.png (suggested)"
     assert state.tooltip("x.png", LABELLED, "cat") == "x.png (cat)"

@@ -22,7 +22,7 @@ import numpy as np
 from AnyQt.QtCore import QSize, Qt, QTimer
 from AnyQt.QtGui import QColor, QKeySequence, QUndoGroup, QUndoStack
 from AnyQt.QtWidgets import (
-    QButtonGroup, QLabel, QLineEdit, QRadioButton, QVBoxLayout, QWidget)
+    QButtonGroup, QLabel, QRadioButton, QVBoxLayout, QWidget)
 
 from Orange.base import Model
 from Orange.data import Table
@@ -32,13 +32,14 @@ from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
 from orangecontrib.deepimage import annotationstate as state
-from orangecontrib.deepimage.annotation import (
-    AnnotationStore, embeddings_for)
+from orangecontrib.deepimage.annotation import embeddings_for
 from orangecontrib.deepimage.errors import DeepImageError
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_path, load_image)
 from orangecontrib.deepimage.sam import SegmentAnything
 from orangecontrib.deepimage.segmentation import SegmentationModel
+from orangecontrib.deepimage.widgets.utils.annotationclasses import (
+    AnnotationClassesMixin)
 from orangecontrib.deepimage.widgets.utils.annotationstore import (
     AnnotationStoreMixin)
 from orangecontrib.deepimage.widgets.utils.annotationtasks import (
@@ -51,7 +52,6 @@ from orangecontrib.deepimage.widgets.utils.annotationview import (
     TOOLS, AnnotationView)
 from orangecontrib.deepimage.widgets.utils.assistedtools import (
     AssistedToolsMixin)
-from orangecontrib.deepimage.widgets.utils.classpalette import ClassPalette
 from orangecontrib.deepimage.widgets.utils.masks import (
     class_colours, overlay_mask, report_image_html)
 from orangecontrib.deepimage.widgets.utils.quicktasks import QuickTasks
@@ -63,13 +63,12 @@ STRIP_THUMBNAIL = 96
 SAVE_DELAY_MS = 400
 OUTPUT_DELAY_MS = 1000
 SCRIBBLE_DELAY_MS = 300
-BACKGROUND_SCRIBBLES = (255, 255, 255)
 
 
 # --- the widget --------------------------------------------------------------
 
 class OWAnnotateImages(OWWidget, TaskButtonsMixin, AnnotationStoreMixin,
-                       AssistedToolsMixin):
+                       AnnotationClassesMixin, AssistedToolsMixin):
     name = "Annotate Images"
     description = "Paint masks and label images, with a model and " \
                   "scribbles helping; suggests what to label next."
@@ -144,22 +143,14 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin, AnnotationStoreMixin,
         self.paths: List[Optional[str]] = []
         self.model = None
         self.embeddings_data: Optional[Table] = None
-        self.store: Optional[AnnotationStore] = None
         self.current: Optional[int] = None
         self.image: Optional[np.ndarray] = None
         self.stacks: Dict[int, QUndoStack] = {}
         self.scribbles: Dict[int, np.ndarray] = {}
-        self.pending_masks: Dict[int, np.ndarray] = {}
-        self.pending_labels: Dict[int, Optional[str]] = {}
-        self.pending_scribbles: Dict[int, np.ndarray] = {}
         self.predicted_masks: Dict[int, bytes] = {}
         self.probabilities: Optional[np.ndarray] = None
         self.embeddings: Optional[np.ndarray] = None
         self.suggested: List[int] = []
-        self.segmenter = None
-        self.segments: Optional[Tuple[int, np.ndarray]] = None
-        self._masked: set = set()  # file stems with a mask in the store
-        self._dirty = False      # the view's mask has unsaved edits
         self._prefilled = False  # the view shows a prediction, unsaved
         self._lut: Optional[np.ndarray] = None
         if self.mode not in dict(MODES):
@@ -167,10 +158,8 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin, AnnotationStoreMixin,
         if self.tool not in TOOLS:
             self.tool = "brush"
         self.quick = QuickTasks(self, self.on_user_error)
-        self.sam: Optional[SegmentAnything] = None
-        self.waiting_prompt: Optional[Tuple[int, dict]] = None
-        self.sam_task = None  # the task that loads its weights
-        self.resume_assistance = False
+        self._init_store_state()
+        self._init_tools_state()
         self.undo_group = QUndoGroup(self)
         self._timers()
         self._controls()
@@ -192,17 +181,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin, AnnotationStoreMixin,
     # --- the controls ---------------------------------------------------
 
     def _controls(self):
-        box = gui.vBox(self.controlArea, "Annotation folder")
-        row = gui.hBox(box)
-        self.folder_edit = QLineEdit(self.store_folder)
-        self.folder_edit.setPlaceholderText("choose a folder")
-        self.folder_edit.setToolTip(
-            "Masks go to masks/ in this folder (as Segmentation Data reads "
-            "them), image labels to labels.csv.")
-        self.folder_edit.editingFinished.connect(self._on_folder_edited)
-        row.layout().addWidget(self.folder_edit)
-        gui.button(row, self, "…", callback=self.browse_folder,
-                   autoDefault=False, width=30)
+        self._add_folder_box(self.controlArea)
 
         box = gui.vBox(self.controlArea, "Mode")
         self.mode_buttons = QButtonGroup(self)
@@ -215,13 +194,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin, AnnotationStoreMixin,
         self.mode_buttons.idClicked.connect(
             lambda index: self.set_mode(MODES[index][0]))
 
-        self.palette_box = gui.vBox(self.controlArea, "Classes")
-        self.palette = ClassPalette()
-        self.palette.classSelected.connect(self._on_palette_row)
-        self.palette.renamed.connect(self._on_palette_renamed)
-        self.palette.addRequested.connect(self._on_add_clicked)
-        self.palette.labelRequested.connect(self._on_label_clicked)
-        self.palette_box.layout().addWidget(self.palette)
+        self._add_palette_box(self.controlArea)
 
         self.tools_box = gui.vBox(self.controlArea, "Tools")
         self.tool_buttons = add_tool_controls(
@@ -493,107 +466,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin, AnnotationStoreMixin,
     def _on_opacity(self):
         self.view.set_opacity(self.opacity / 100)
 
-    # --- classes and labels -----------------------------------------
-
-    def _palette_names(self) -> List[str]:
-        return self.class_names if self.mode == "masks" else self.label_names
-
-    def _colours(self) -> np.ndarray:
-        return class_colours(len(self._palette_names()) + 1) \
-            if self.mode == "labels" else class_colours(len(self.class_names))
-
-    def _class_index(self) -> int:
-        if self.current_class in self.class_names:
-            return self.class_names.index(self.current_class)
-        return min(1, len(self.class_names) - 1)
-
-    def _show_palette(self):
-        names, masks = self._palette_names(), self.mode == "masks"
-        colours = [QColor(*colour) for colour in self._colours()]
-        if masks and colours:  # the background
-            colours[0] = QColor("white")
-        self.palette.set_classes(
-            names, colours if masks else colours[1:], 0 if masks else 1,
-            self._class_index() if masks and names else None)
-        # the mask's background is not drawn; its scribbles are, in white
-        # (class_colours gives it black, which dark images hide)
-        self.view.set_palette([BACKGROUND_SCRIBBLES] + [
-            tuple(int(v) for v in colour)
-            for colour in class_colours(len(self.class_names))[1:]])
-        self.view.set_current_class(self._class_index())
-        self.palette.label_button.setEnabled(self.mode == "labels")
-        self.palette_box.setTitle("Mask classes" if self.mode == "masks"
-                                  else "Image labels")
-        self.tools_box.setEnabled(self.mode == "masks")
-
-    def select_class(self, index: int):
-        """Paint mask class `index` from now on."""
-        if 0 <= index < len(self.class_names):
-            self.current_class = self.class_names[index]
-            self.palette.select(index)
-            self.view.set_current_class(index)
-
-    def _on_palette_row(self, row: int):
-        if self.mode == "masks" and row >= 0:
-            self.select_class(row)
-
-    def add_class(self, name: str) -> None:
-        """A new mask class (masks mode) or image label (labels mode)."""
-        name = name.strip()
-        if not name or name in self._palette_names():
-            return
-        if self.mode == "labels":
-            self.label_names = self.label_names + [name]
-        else:
-            self.class_names = self.class_names + [name]
-            store = self._open_store(create=bool(self._store_path()))
-            if store is not None:
-                self._save(self._sync_classes, store)
-        self._show_palette()
-
-    def rename(self, old: str, new: str) -> None:
-        """Rename a mask class or an image label."""
-        new = new.strip()
-        names = self._palette_names()
-        if not new or new == old or new in names or old not in names:
-            self._show_palette()
-            return
-        store = self._open_store(create=bool(self._store_path()))
-        if self.mode == "masks":
-            if store is not None and old in store.classes and \
-                    not self._save(store.rename_class, old, new):
-                self._show_palette()
-                return
-            self.class_names = state.rename_in(self.class_names, old, new)
-            if self.current_class == old:
-                self.current_class = new
-        else:
-            if store is not None and \
-                    not self._save(store.rename_label, old, new):
-                self._show_palette()
-                return
-            self.pending_labels = {row: new if label == old else label
-                                   for row, label
-                                   in self.pending_labels.items()}
-            self.label_names = state.rename_in(self.label_names, old, new)
-        self._show_palette()
-        self._show_info()
-        self.commit.deferred()
-
-    def _on_add_clicked(self):
-        names, masks = self._palette_names(), self.mode == "masks"
-        self.add_class(state.new_name(names, "class" if masks else "label",
-                                      len(names) + (0 if masks else 1)))
-        self.palette.edit_last()
-
-    def _on_palette_renamed(self, index: int, text: str):
-        names = self._palette_names()
-        if 0 <= index < len(names):
-            self.rename(names[index], text)
-
-    def _on_label_clicked(self, row: int):
-        if 0 <= row < len(self.label_names):
-            self.set_label(self.label_names[row])
+    # --- mode ------------------------------------------------------------
 
     def set_mode(self, mode: str):
         """``"masks"`` (paint masks) or ``"labels"`` (label images)."""

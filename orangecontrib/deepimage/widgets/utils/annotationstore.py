@@ -7,23 +7,26 @@ to be saved (masks, labels, scribbles per row) and saving them, with the
 errors a user can act on shown as the widget's messages. A failed save
 keeps the edit, to be saved when it can be.
 
-The widget has the settings ``store_folder`` and ``store_relative``; the
-attributes ``data``, ``paths``, ``store``, ``current``, ``class_names``,
-``label_names``, ``scribbles``, ``pending_masks``, ``pending_labels``,
-``pending_scribbles``, ``_masked``, ``_dirty``, ``view``, ``folder_edit``,
-``save_timer``, ``scribble_timer`` and ``output_timer``; the messages
-``Error.bad_store``, ``Error.unwritable``, ``Error.foreign_file``,
+The widget calls ``_init_store_state`` (which makes ``store``,
+``pending_masks``, ``pending_labels``, ``pending_scribbles``, ``_masked``
+and ``_dirty``) and ``_add_folder_box`` (``folder_edit``), and has the
+settings ``store_folder`` and ``store_relative``; the attributes ``data``,
+``paths``, ``current``, ``class_names``, ``label_names``, ``scribbles``,
+``view``, ``save_timer``, ``scribble_timer`` and ``output_timer``; the
+messages ``Error.bad_store``, ``Error.unwritable``, ``Error.foreign_file``,
 ``Error.not_saved``, ``Warning.unsaved``, ``Warning.store_among_images``
 and ``Information.no_folder``; and the methods ``_forget_history``,
 ``_show_current``, ``_refresh_marks``, ``_map_model_classes``,
 ``_show_palette``, ``_name`` and ``commit``.
 """
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 
-from AnyQt.QtWidgets import QFileDialog
+from AnyQt.QtWidgets import QFileDialog, QLineEdit, QWidget
+
+from Orange.widgets import gui
 
 from orangecontrib.deepimage import annotationstate as state
 from orangecontrib.deepimage.annotation import (
@@ -36,6 +39,27 @@ __all__ = ["AnnotationStoreMixin"]
 
 class AnnotationStoreMixin:
     """The annotation folder of a widget, and saving into it."""
+
+    def _init_store_state(self):
+        self.store: Optional[AnnotationStore] = None
+        self.pending_masks: Dict[int, np.ndarray] = {}
+        self.pending_labels: Dict[int, Optional[str]] = {}
+        self.pending_scribbles: Dict[int, np.ndarray] = {}
+        self._masked: set = set()  # file stems with a mask in the store
+        self._dirty = False  # the view's mask has unsaved edits
+
+    def _add_folder_box(self, parent: QWidget):
+        box = gui.vBox(parent, "Annotation folder")
+        row = gui.hBox(box)
+        self.folder_edit = QLineEdit(self.store_folder)
+        self.folder_edit.setPlaceholderText("choose a folder")
+        self.folder_edit.setToolTip(
+            "Masks go to masks/ in this folder (as Segmentation Data reads "
+            "them), image labels to labels.csv.")
+        self.folder_edit.editingFinished.connect(self._on_folder_edited)
+        row.layout().addWidget(self.folder_edit)
+        gui.button(row, self, "…", callback=self.browse_folder,
+                   autoDefault=False, width=30)
 
     def _basedir(self) -> Optional[str]:
         return self.workflowEnv().get("basedir") or None

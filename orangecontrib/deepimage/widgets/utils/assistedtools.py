@@ -8,15 +8,18 @@ Anything's weights (a download the first time) is the widget's own task,
 with progress and Cancel. A found region is painted with the current class
 as one undoable edit.
 
-The widget has the settings ``tool`` and ``sam_preset``; the attributes
-``image``, ``current``, ``paths``, ``class_names``, ``view``, ``quick``,
-``task``, ``sam``, ``sam_task``, ``waiting_prompt``,
-``resume_assistance``, ``segments``, ``segmenter``, ``scribbles``,
-``pending_scribbles``, ``scribble_timer`` and ``save_timer``; the messages
+The widget calls ``_init_tools_state`` (which makes ``sam``,
+``sam_task``, ``waiting_prompt``, ``resume_assistance``, ``segments`` and
+``segmenter``) and has the settings ``tool`` and ``sam_preset``; the
+attributes ``image``, ``current``, ``paths``, ``class_names``, ``view``,
+``quick``, ``task``, ``scribbles``, ``pending_scribbles``,
+``scribble_timer`` and ``save_timer``; the messages
 ``Error.failed`` and ``Information.scribble_more``; and the methods
 ``start`` (of ``ConcurrentWidgetMixin``), ``assist`` and
 ``_class_index``.
 """
+from typing import Optional, Tuple
+
 import numpy as np
 
 from orangecontrib.deepimage.annotation import superpixel_at
@@ -29,6 +32,14 @@ __all__ = ["AssistedToolsMixin"]
 
 class AssistedToolsMixin:
     """Box, superpixel, Segment Anything and scribble tools of a widget."""
+
+    def _init_tools_state(self):
+        self.segmenter = None
+        self.segments: Optional[Tuple[int, np.ndarray]] = None
+        self.sam: Optional[SegmentAnything] = None
+        self.waiting_prompt: Optional[Tuple[int, dict]] = None
+        self.sam_task = None  # the task that loads its weights
+        self.resume_assistance = False
 
     def _on_box(self, box):
         x0, y0, x1, y1 = box
