@@ -20,8 +20,11 @@ from orangecontrib.deepimage.annotation import AnnotationStore
 from orangecontrib.deepimage.segdata import load_mask
 from orangecontrib.deepimage.widgets import owannotateimages
 from orangecontrib.deepimage.widgets.utils import annotationtasks
-from orangecontrib.deepimage.widgets.owannotateimages import (
-    OWAnnotateImages, TOOL_INFO)
+from orangecontrib.deepimage.annotationstate import SUGGESTED
+from orangecontrib.deepimage.widgets.owannotateimages import OWAnnotateImages
+from orangecontrib.deepimage.widgets.utils.annotationstrip import (
+    MARK_COLOURS)
+from orangecontrib.deepimage.widgets.utils.annotationtools import TOOL_INFO
 
 from imagedata import image_table, shapes_table
 
@@ -189,7 +192,7 @@ class TestOWAnnotateImages(AnnotateTest):
                          tuple(colours[2]))
         self.assertEqual(widget.strip.cell_color(1).getRgb()[:3],
                          tuple(colours[1]))
-        self.assertIn("(odd)", widget._tooltip(0))
+        self.assertIn("(odd)", widget.strip.tooltip(0))
         self.assertTrue(widget.accept_button.isEnabled())
         widget.show_image(1)
         QTest.keyClick(widget, Qt.Key.Key_0)  # removes the label
@@ -217,33 +220,32 @@ class TestOWAnnotateImages(AnnotateTest):
         QTest.keyClick(widget, Qt.Key.Key_N)
         self.assertEqual(widget.current, widget.suggested[1])
         self.assertEqual(widget.strip.cell_color(first),
-                         owannotateimages.MARK_COLOURS[
-                             owannotateimages.SUGGESTED])
-        self.assertTrue(widget._caption(first).startswith("★"))
+                         MARK_COLOURS[SUGGESTED])
+        self.assertTrue(widget.strip.caption(first).startswith("★"))
         # once annotated, an image is no longer suggested
         widget.show_image(first)
         self.stroke(widget, [(3, 3), (6, 3)])
         widget.save_now()
         widget.commit.now()
         self.assertEqual(len(self.get_output(widget.Outputs.suggested)), 1)
-        self.assertTrue(widget._caption(first).startswith("✓"))
+        self.assertTrue(widget.strip.caption(first).startswith("✓"))
 
     def test_palette_adds_and_renames_classes_in_the_store(self):
         widget = self.create(brush_size=3)
         self.send_signal(widget.Inputs.images, self.data)
         self.stroke(widget, [(5, 5), (12, 5)])
         widget.save_now()
-        widget.palette_list.setCurrentRow(1)
-        widget.palette_list.currentItem().setText("crane")  # as edited
+        widget.palette.list.setCurrentRow(1)
+        widget.palette.list.currentItem().setText("crane")  # as edited
         store = AnnotationStore(self.store_dir)
         self.assertEqual(store.classes, ["background", "crane"])
         self.assertEqual(widget.current_class, "crane")
         self.assertEqual(int(store.mask(self.path(0)).max()), 1)  # kept
         widget._on_add_clicked()
-        widget.palette_list.currentItem().setText("cable")
+        widget.palette.list.currentItem().setText("cable")
         self.assertEqual(AnnotationStore(self.store_dir).classes,
                          ["background", "crane", "cable"])
-        self.assertEqual(widget.palette_list.count(), 3)
+        self.assertEqual(widget.palette.list.count(), 3)
         QTest.keyClick(widget, Qt.Key.Key_2)
         self.assertEqual(widget.current_class, "cable")
         # labels have their own names

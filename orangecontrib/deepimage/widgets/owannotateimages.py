@@ -20,12 +20,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from AnyQt.QtCore import QSize, Qt, QTimer
-from AnyQt.QtGui import (
-    QColor, QIcon, QKeySequence, QPixmap, QUndoGroup, QUndoStack)
+from AnyQt.QtGui import QColor, QKeySequence, QUndoGroup, QUndoStack
 from AnyQt.QtWidgets import (
-    QButtonGroup, QFileDialog, QGridLayout, QLabel, QLineEdit,
-    QListWidget, QListWidgetItem, QRadioButton, QToolButton,
-    QVBoxLayout, QWidget)
+    QButtonGroup, QLabel, QRadioButton, QVBoxLayout, QWidget)
 
 from Orange.base import Model
 from Orange.data import Table
@@ -34,61 +31,44 @@ from Orange.widgets.settings import Setting
 from Orange.widgets.utils.widgetpreview import WidgetPreview
 from Orange.widgets.widget import Input, Msg, Output, OWWidget
 
-from orangecontrib.deepimage.annotation import (
-    AnnotationStore, ForeignFileError, embeddings_for, superpixel_at)
+from orangecontrib.deepimage import annotationstate as state
+from orangecontrib.deepimage.annotation import embeddings_for
 from orangecontrib.deepimage.errors import DeepImageError
 from orangecontrib.deepimage.images import (
     ImageSkipped, find_image_column, image_path, load_image)
-from orangecontrib.deepimage.segdata import CLASSES_FILE
 from orangecontrib.deepimage.sam import SegmentAnything
 from orangecontrib.deepimage.segmentation import SegmentationModel
+from orangecontrib.deepimage.widgets.utils.annotationclasses import (
+    AnnotationClassesMixin)
+from orangecontrib.deepimage.widgets.utils.annotationstore import (
+    AnnotationStoreMixin)
 from orangecontrib.deepimage.widgets.utils.annotationtasks import (
-    Assistance, run_assistance, run_box, run_load_sam, run_prompt,
-    run_scribbles, run_suggestions, run_superpixels, unpack_mask)
+    Assistance, run_assistance, run_scribbles, run_suggestions, unpack_mask)
+from orangecontrib.deepimage.widgets.utils.annotationstrip import (
+    AnnotationStrip)
+from orangecontrib.deepimage.widgets.utils.annotationtools import (
+    add_tool_controls, add_undo_buttons, tool_for_key)
 from orangecontrib.deepimage.widgets.utils.annotationview import (
     TOOLS, AnnotationView)
-from orangecontrib.deepimage.widgets.utils.gallery import ThumbnailGallery
+from orangecontrib.deepimage.widgets.utils.assistedtools import (
+    AssistedToolsMixin)
 from orangecontrib.deepimage.widgets.utils.masks import (
     class_colours, overlay_mask, report_image_html)
 from orangecontrib.deepimage.widgets.utils.quicktasks import QuickTasks
 from orangecontrib.deepimage.widgets.utils.tasks import TaskButtonsMixin
 from orangecontrib.deepimage.widgets.utils.thumbnails import ThumbnailLoader
 
-#: tool -> (title, key, what it does); the keys show in the tooltips.
-TOOL_INFO = {
-    "brush": ("Brush", "B", "Paint the selected class."),
-    "eraser": ("Eraser", "E", "Paint the background."),
-    "polygon": ("Polygon", "P", "Click the corners; double-click or Enter "
-                                "fills; Esc cancels, right click removes "
-                                "the last corner."),
-    "fill": ("Fill", "F", "Fill the connected region under the click."),
-    "box": ("Box", "X", "Draw a box around an object; GrabCut (or a "
-                        "threshold, in grey images) finds it."),
-    "superpixel": ("Superpixel", "S", "Add the superpixel under the click."),
-    "scribble": ("Scribble", "W", "Mark a few pixels of each class; the "
-                                  "prediction of the whole mask follows "
-                                  "live, Enter accepts it."),
-    "pan": ("Pan", "H", "Drag to move; the wheel zooms."),
-    "prompt": ("Segment Anything", "A",
-               "Click an object or draw a box around it; KerasHub's Segment "
-               "Anything (SAM) outlines it. Its weights (about 375 MB) are "
-               "downloaded on first use, or read from the folder or URL "
-               "under SAM weights, or from the weights mirror."),
-}
 MODES = (("masks", "Paint masks"), ("labels", "Label images"))
 STRIP_THUMBNAIL = 96
 SAVE_DELAY_MS = 400
 OUTPUT_DELAY_MS = 1000
 SCRIBBLE_DELAY_MS = 300
-#: Status marks of the thumbnails: unlabelled, labelled, suggested.
-UNLABELLED, LABELLED, SUGGESTED = 0, 1, 2
-BACKGROUND_SCRIBBLES = (255, 255, 255)
-MARK_COLOURS = (QColor(0, 0, 0, 0), QColor("#2ca02c"), QColor("#ff7f0e"))
 
 
 # --- the widget --------------------------------------------------------------
 
-class OWAnnotateImages(OWWidget, TaskButtonsMixin):
+class OWAnnotateImages(OWWidget, TaskButtonsMixin, AnnotationStoreMixin,
+                       AnnotationClassesMixin, AssistedToolsMixin):
     name = "Annotate Images"
     description = "Paint masks and label images, with a model and " \
                   "scribbles helping; suggests what to label next."
@@ -163,34 +143,23 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.paths: List[Optional[str]] = []
         self.model = None
         self.embeddings_data: Optional[Table] = None
-        self.store: Optional[AnnotationStore] = None
         self.current: Optional[int] = None
         self.image: Optional[np.ndarray] = None
         self.stacks: Dict[int, QUndoStack] = {}
         self.scribbles: Dict[int, np.ndarray] = {}
-        self.pending_masks: Dict[int, np.ndarray] = {}
-        self.pending_labels: Dict[int, Optional[str]] = {}
-        self.pending_scribbles: Dict[int, np.ndarray] = {}
         self.predicted_masks: Dict[int, bytes] = {}
         self.probabilities: Optional[np.ndarray] = None
         self.embeddings: Optional[np.ndarray] = None
         self.suggested: List[int] = []
-        self.segmenter = None
-        self.segments: Optional[Tuple[int, np.ndarray]] = None
-        self._masked: set = set()  # file stems with a mask in the store
-        self._dirty = False      # the view's mask has unsaved edits
         self._prefilled = False  # the view shows a prediction, unsaved
         self._lut: Optional[np.ndarray] = None
-        self._marks: Optional[np.ndarray] = None  # UNLABELLED, … per row
         if self.mode not in dict(MODES):
             self.mode = "masks"
         if self.tool not in TOOLS:
             self.tool = "brush"
         self.quick = QuickTasks(self, self.on_user_error)
-        self.sam: Optional[SegmentAnything] = None
-        self.waiting_prompt: Optional[Tuple[int, dict]] = None
-        self.sam_task = None  # the task that loads its weights
-        self.resume_assistance = False
+        self._init_store_state()
+        self._init_tools_state()
         self.undo_group = QUndoGroup(self)
         self._timers()
         self._controls()
@@ -212,17 +181,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
     # --- the controls ---------------------------------------------------
 
     def _controls(self):
-        box = gui.vBox(self.controlArea, "Annotation folder")
-        row = gui.hBox(box)
-        self.folder_edit = QLineEdit(self.store_folder)
-        self.folder_edit.setPlaceholderText("choose a folder")
-        self.folder_edit.setToolTip(
-            "Masks go to masks/ in this folder (as Segmentation Data reads "
-            "them), image labels to labels.csv.")
-        self.folder_edit.editingFinished.connect(self._on_folder_edited)
-        row.layout().addWidget(self.folder_edit)
-        gui.button(row, self, "…", callback=self.browse_folder,
-                   autoDefault=False, width=30)
+        self._add_folder_box(self.controlArea)
 
         box = gui.vBox(self.controlArea, "Mode")
         self.mode_buttons = QButtonGroup(self)
@@ -235,69 +194,16 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.mode_buttons.idClicked.connect(
             lambda index: self.set_mode(MODES[index][0]))
 
-        self.palette_box = box = gui.vBox(self.controlArea, "Classes")
-        self.palette_list = QListWidget()
-        # no focus: letters and digits are the widget's shortcuts
-        self.palette_list.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.palette_list.setMaximumHeight(150)
-        self.palette_list.setEditTriggers(
-            QListWidget.EditTrigger.DoubleClicked
-            | QListWidget.EditTrigger.EditKeyPressed)
-        self.palette_list.currentRowChanged.connect(self._on_palette_row)
-        self.palette_list.itemChanged.connect(self._on_palette_renamed)
-        box.layout().addWidget(self.palette_list)
-        row = gui.hBox(box)
-        gui.button(row, self, "Add", callback=self._on_add_clicked,
-                   autoDefault=False)
-        gui.button(row, self, "Rename", autoDefault=False,
-                   callback=lambda: self.palette_list.editItem(
-                       self.palette_list.currentItem()))
-        self.label_button = gui.button(
-            row, self, "Label image", autoDefault=False,
-            callback=self._on_label_clicked,
-            tooltip="Give the shown image the selected label (keys 1–9; "
-                    "0 removes its label, Enter takes the model's).")
+        self._add_palette_box(self.controlArea)
 
-        self.tools_box = box = gui.vBox(self.controlArea, "Tools")
-        grid = QGridLayout()
-        gui.widgetBox(box, orientation=grid)
-        self.tool_buttons = QButtonGroup(self)
-        self.tool_buttons.setExclusive(True)
-        for index, name in enumerate(TOOLS):
-            title, key, text = TOOL_INFO[name]
-            button = QToolButton(text=title, checkable=True)
-            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-            button.setToolTip(f"{title} ({key}): {text}")
-            button.setProperty("tool", name)
-            button.setChecked(name == self.tool)
-            self.tool_buttons.addButton(button, index)
-            grid.addWidget(button, index // 3, index % 3)
-        self.tool_buttons.buttonClicked.connect(
-            lambda button: self.set_tool(button.property("tool")))
-        gui.spin(box, self, "brush_size", 1, 500, label="Brush size:",
-                 orientation=Qt.Horizontal, suffix=" px",
-                 callback=self._on_brush_size)
-        gui.hSlider(box, self, "opacity", minValue=0, maxValue=100,
-                    label="Mask opacity:", callback=self._on_opacity)
-        gui.lineEdit(box, self, "sam_preset", label="SAM weights:",
-                     orientation=Qt.Horizontal, callback=self._on_sam_preset,
-                     placeholderText="download on first use",
-                     tooltip="Where Segment Anything's KerasHub preset is: "
-                             "a folder or URL (e.g. one saved with "
-                             "save_to_preset); empty: the Keras cache, the "
-                             "weights mirror, or a download of about 375 MB.")
+        self.tools_box = gui.vBox(self.controlArea, "Tools")
+        self.tool_buttons = add_tool_controls(
+            self.tools_box, self, self.set_tool, self._on_brush_size,
+            self._on_opacity, self._on_sam_preset)
         # (outside the tools, which labels mode turns off: Enter takes the
         # model's label there)
         row = gui.hBox(self.controlArea)
-        for action, title, key in (
-                (self.undo_group.createUndoAction(self), "Undo", "Ctrl+Z"),
-                (self.undo_group.createRedoAction(self), "Redo",
-                 "Ctrl+Shift+Z")):
-            action.setText(title)
-            action.setToolTip(f"{title} ({key})")
-            button = QToolButton()
-            button.setDefaultAction(action)
-            row.layout().addWidget(button)
+        add_undo_buttons(row, self.undo_group)
         self.accept_button = gui.button(
             row, self, "Accept (Enter)", callback=self.accept,
             autoDefault=False,
@@ -323,11 +229,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
 
     def _main_area(self):
         self.loader = ThumbnailLoader(self, size=STRIP_THUMBNAIL)
-        self.strip = ThumbnailGallery(self.loader)
-        self.strip.caption = self._caption
-        self.strip.tooltip = self._tooltip
-        self.strip.setFixedWidth(self.strip.cell_width
-                                 + 2 * ThumbnailGallery.MARGIN + 24)
+        self.strip = AnnotationStrip(self.loader, self._name, self._label_of)
         self.strip.selectionRequested.connect(self._on_strip_clicked)
         self.view = AnnotationView()
         self.view.maskChanged.connect(self._on_mask_changed)
@@ -349,103 +251,6 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
 
     def sizeHint(self):
         return QSize(1100, 700)
-
-    # --- the store --------------------------------------------------------
-
-    def _basedir(self) -> Optional[str]:
-        return self.workflowEnv().get("basedir") or None
-
-    def _store_path(self) -> str:
-        """The folder as chosen, or found beside the moved workflow."""
-        folder, basedir = self.store_folder, self._basedir()
-        if self.store_relative and basedir:
-            moved = os.path.join(basedir, self.store_relative)
-            if os.path.isdir(moved):
-                return moved
-        if folder and not os.path.isabs(folder) and basedir:
-            return os.path.join(basedir, folder)
-        return folder
-
-    def browse_folder(self):
-        start = self._store_path() if os.path.isdir(self._store_path()) \
-            else os.path.expanduser("~")
-        folder = QFileDialog.getExistingDirectory(
-            self, "Folder for the annotations", start)
-        if folder:
-            self.set_store_folder(folder)
-
-    def _on_folder_edited(self):
-        folder = self.folder_edit.text().strip()
-        if folder != self.store_folder:
-            self.set_store_folder(folder)
-
-    def set_store_folder(self, folder: str):
-        """Keep the annotations in `folder` (an existing store reopens)."""
-        self.save_now()  # what is saved goes to the folder it was made in
-        self.store_folder = folder
-        basedir = self._basedir()
-        relative = os.path.relpath(folder, basedir) \
-            if folder and basedir and os.path.isabs(folder) else ""
-        self.store_relative = "" if relative.startswith("..") else relative
-        self.folder_edit.setText(folder)
-        self.store = None
-        self._masked = set()
-        self._check_store_place()
-        self._open_store()
-        self.save_now()  # edits kept while there was no folder
-        self._forget_history()  # it was the other folder's
-        self._load_scribbles()
-        self._show_current()
-        self._refresh_marks()
-        self.commit.deferred()
-
-    def _forget_history(self):
-        """Drop the undo stacks and the scribbles held for the images."""
-        self.view.set_image(None)
-        for stack in self.stacks.values():
-            self.undo_group.removeStack(stack)
-            stack.deleteLater()
-        self.stacks, self.scribbles = {}, {}
-        self.segmenter = self.segments = None
-
-    def _open_store(self, create: bool = False) -> Optional[AnnotationStore]:
-        """The store, opened when its folder has one; with `create`, made
-        (the first write); else nothing is written."""
-        if self.store is not None:
-            return self.store
-        self.Error.bad_store.clear()
-        self.Error.unwritable.clear()
-        folder = self._store_path()
-        self.Information.no_folder(shown=not folder and (
-            create or self._has_pending()))
-        if not folder:
-            return None
-        exists = os.path.isfile(os.path.join(folder, "masks", CLASSES_FILE))
-        if not exists and not create:
-            return None
-        try:
-            store = AnnotationStore(folder,
-                                    None if exists else self.class_names)
-        except OSError as error:  # not a folder, read-only, full
-            self.Error.unwritable(folder, error.strerror or str(error))
-            return None
-        except ValueError as error:  # a broken classes.txt
-            self.Error.bad_store(str(error))
-            return None
-        self.store = store
-        # the store's classes win; a model's other classes join them at
-        # the next save (_sync_classes)
-        self.class_names = store.classes
-        self.label_names = self.label_names + [
-            label for label in store.labels if label not in self.label_names]
-        self._masked = set(store.annotated())
-        self._map_model_classes()
-        self._show_palette()
-        return store
-
-    def _sync_classes(self, store: AnnotationStore):
-        for name in self.class_names[len(store.classes):]:
-            store.add_class(name)
 
     # --- inputs -------------------------------------------------------------
 
@@ -501,33 +306,15 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self.commit.now()
         self.assist()
 
-    def _check_store_place(self):
-        """Warn when the annotation folder lies among the images: Import
-        Images would read the masks there as images."""
-        folder = self._store_path()
-        inside = False
-        if folder and self.data is not None:
-            origin = find_image_column(self.data).attributes.get("origin")
-            if origin and os.path.isdir(origin):
-                store, images = (os.path.realpath(path)
-                                 for path in (folder, origin))
-                inside = os.path.commonpath([store, images]) == images
-        self.Warning.store_among_images(shown=inside)
-
     def _map_model_classes(self):
         """Learn the model's classes: mask classes or labels by name."""
         model = self.model
         if isinstance(model, SegmentationModel):
-            self.class_names = self.class_names + [
-                name for name in model.class_names[1:]
-                if name not in self.class_names]
-            self._lut = np.array(
-                [0] + [self.class_names.index(name)
-                       for name in model.class_names[1:]], np.uint8)
+            self.class_names, self._lut = state.model_class_lut(
+                self.class_names, model.class_names)
         elif model is not None:
-            self.label_names = self.label_names + [
-                name for name in model.class_names
-                if name not in self.label_names]
+            self.label_names = state.merge_names(self.label_names,
+                                                 model.class_names)
         self._show_palette()
 
     # --- the shown image --------------------------------------------------
@@ -546,6 +333,15 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         if row is not None:
             self.strip.ensure_visible(row)
         self._refresh_marks()
+
+    def _forget_history(self):
+        """Drop the undo stacks and the scribbles held for the images."""
+        self.view.set_image(None)
+        for stack in self.stacks.values():
+            self.undo_group.removeStack(stack)
+            stack.deleteLater()
+        self.stacks, self.scribbles = {}, {}
+        self.segmenter = self.segments = None
 
     def _show_current(self):
         self.Error.unreadable.clear()
@@ -585,26 +381,6 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
                              self.segmenter, done=self._on_scribble_preview,
                              description="scribble preview", replace=True)
 
-    def _has_mask(self, row: int) -> bool:
-        path = self.paths[row]
-        return row in self.pending_masks or path is not None and \
-            os.path.splitext(os.path.basename(path))[0] in self._masked
-
-    def _mask_of(self, row: int) -> Optional[np.ndarray]:
-        """The saved (or waiting to be saved) mask of a row."""
-        if row in self.pending_masks:
-            return self.pending_masks[row]
-        if self.store is None or self.paths[row] is None:
-            return None
-        return self.store.mask(self.paths[row])
-
-    def _label_of(self, row: int) -> Optional[str]:
-        if row in self.pending_labels:
-            return self.pending_labels[row]
-        if self.store is None or self.paths[row] is None:
-            return None
-        return self.store.label(self.paths[row])
-
     def _name(self, row: int) -> str:
         return os.path.basename(self.paths[row] or "") or f"row {row + 1}"
 
@@ -622,20 +398,9 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         if row is None:
             self.image_label.setText("")
             return
-        parts = [f"<b>{self._name(row)}</b> ({row + 1} of {len(self.paths)})"]
-        label = self._label_of(row)
-        parts.append(f"label: {label}" if label else "no label")
-        predicted = self._prediction(row)
-        if predicted is not None:
-            parts.append(f"the model says {predicted[0]} "
-                         f"({100 * predicted[1]:.0f} %)"
-                         + ("" if label else " — Enter takes it"))
-        if self._prefilled:
-            parts.append("the mask is the model's prediction: edit it or "
-                         "press Enter to keep it")
-        if row in self.suggested:
-            parts.append("suggested")
-        self.image_label.setText(" · ".join(parts))
+        self.image_label.setText(state.image_info(
+            self._name(row), row, len(self.paths), self._label_of(row),
+            self._prediction(row), self._prefilled, row in self.suggested))
 
     # --- edits and saving ---------------------------------------------
 
@@ -643,83 +408,6 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         self._dirty = True
         self._prefilled = False
         self.save_timer.start()
-
-    def _capture(self):
-        """Take the view's unsaved mask into the edits to be saved."""
-        if self._dirty and self.current is not None:
-            self.pending_masks[self.current] = self.view.mask()
-        self._dirty = False
-
-    def save_now(self):
-        """Save every waiting edit into the store (made at the first)."""
-        self.save_timer.stop()
-        self._capture()
-        if not self._has_pending():
-            return
-        store = self._open_store(create=True)
-        if store is None:
-            self._show_unsaved()
-            return
-        self.Error.foreign_file.clear()
-        self.Error.not_saved.clear()
-        if self.pending_masks:
-            self._save(self._sync_classes, store)
-        for row, mask in list(self.pending_masks.items()):
-            path = self.paths[row]
-            stem = os.path.splitext(os.path.basename(path))[0]
-            if not mask.any() and stem not in self._masked:
-                del self.pending_masks[row]  # nothing painted, nothing kept
-                continue
-            if self._save(store.set_mask, path, mask):
-                del self.pending_masks[row]
-                self._masked.add(stem)
-        for row, label in list(self.pending_labels.items()):
-            if self._save(store.set_label, self.paths[row], label):
-                del self.pending_labels[row]
-        for row, scribbles in list(self.pending_scribbles.items()):
-            if self._save(store.set_scribbles, self.paths[row], scribbles):
-                del self.pending_scribbles[row]
-        self._show_unsaved()
-        self._refresh_marks()
-        self.output_timer.start()
-
-    def _has_pending(self) -> bool:
-        return bool(self.pending_masks or self.pending_labels
-                    or self.pending_scribbles)
-
-    def _load_scribbles(self):
-        """The stored scribbles of the images (edits here win); they
-        train the scribble segmenter at once."""
-        if self.store is None:
-            return
-        for row, path in enumerate(self.paths):
-            if path is not None and row not in self.scribbles:
-                scribbles = self.store.scribbles(path)
-                if scribbles is not None and scribbles.any():
-                    self.scribbles[row] = scribbles.astype(np.uint8)
-        if self.scribbles and self.segmenter is None:
-            self.scribble_timer.start()
-
-    def _save(self, method, *args) -> bool:
-        try:
-            method(*args)
-        except ForeignFileError as error:
-            self.Error.foreign_file(str(error))
-        except OSError as error:  # read-only, full, removed meanwhile
-            self.Error.unwritable(self.store.folder,
-                                  error.strerror or str(error))
-        except ValueError as error:  # e.g. two images with one file stem
-            self.Error.not_saved(str(error))
-        else:
-            return True
-        return False
-
-    def _show_unsaved(self):
-        rows = sorted(set(self.pending_masks) | set(self.pending_labels)
-                      | set(self.pending_scribbles))
-        self.Warning.unsaved(
-            len(rows), ", ".join(self._name(row) for row in rows[:3]),
-            shown=bool(rows))
 
     def accept(self):
         """Enter: keep the scribble preview (one undoable edit), the
@@ -778,232 +466,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
     def _on_opacity(self):
         self.view.set_opacity(self.opacity / 100)
 
-    def _on_box(self, box):
-        x0, y0, x1, y1 = box
-        if self.image is None or x1 - x0 < 2 or y1 - y0 < 2:
-            return
-        if self.tool == "prompt":
-            self._prompt(box=tuple(box))
-            return
-        self.quick.start(run_box, self.image, tuple(box),
-                         done=self._paint_region, description="box")
-
-    def _on_point(self, x: int, y: int):
-        if self.image is None:
-            return
-        if self.tool == "prompt":
-            self._prompt(point=(x, y))
-            return
-        if self.segments is not None and self.segments[0] == self.current:
-            self._paint_region(superpixel_at(None, x, y,
-                                             segments=self.segments[1]))
-            return
-        row = self.current
-
-        def done(segments):
-            self.segments = (row, segments)
-            if self.current == row:
-                self._paint_region(superpixel_at(None, x, y,
-                                                 segments=segments))
-        self.quick.start(run_superpixels, self.image, done=done,
-                         description="superpixels")
-
-    def _paint_region(self, region: np.ndarray):
-        """The current class into `region` (a box's or superpixel's
-        object), as one undoable edit."""
-        if self.image is None or region.shape != self.image.shape[:2]:
-            return
-        mask = np.full(region.shape, self._class_index(), np.uint8)
-        text = {"box": "Box", "prompt": "Segment Anything"}.get(
-            self.tool, "Superpixel")
-        self.view.apply_mask(mask, text, region=region)
-
-    def _on_sam_preset(self):
-        self.sam = None
-        self.waiting_prompt = None
-
-    def _prompt(self, **prompt):
-        """A Segment Anything mask for a click or a box (`point` or `box`
-        in image pixels); its weights are loaded first, as the widget's
-        task (a download the first time: progress and Cancel)."""
-        self.Error.failed.clear()
-        if self.sam is None:
-            self.sam = SegmentAnything(preset_path=self.sam_preset or None)
-        if self.sam.model is None:
-            self.waiting_prompt = (self.current, prompt)
-            if self.task is None or self.task is not self.sam_task:
-                # (the model's predictions go on once the weights are in)
-                self.resume_assistance = self.task is not None
-                self.start(run_load_sam, self.sam)
-                self.sam_task = self.task
-            return
-        self.quick.start(run_prompt, self.sam, self.image,
-                         done=self._paint_region,
-                         description="Segment Anything", **prompt)
-
-    def _on_sam_loaded(self):
-        waiting, self.waiting_prompt = self.waiting_prompt, None
-        if waiting is not None and waiting[0] == self.current:
-            self._prompt(**waiting[1])
-        if self.resume_assistance:
-            self.assist()
-
-    def _on_scribbles_changed(self):
-        if self.current is None:
-            return
-        scribbles = self.view.scribbles()
-        if scribbles.any():
-            self.scribbles[self.current] = scribbles
-        else:
-            self.scribbles.pop(self.current, None)
-        self.pending_scribbles[self.current] = scribbles
-        self.segmenter = None
-        self.scribble_timer.start()
-        self.save_timer.start()
-
-    def _fit_scribbles(self):
-        rows = [row for row in self.scribbles if self.paths[row]]
-        classes = set()
-        for row in rows:
-            classes.update(np.unique(self.scribbles[row]).tolist())
-        classes.discard(0)
-        self.Information.scribble_more(shown=len(classes) < 2 and bool(rows))
-        if len(classes) < 2 or self.image is None:
-            self.view.set_preview(None)
-            return
-        images = [self.image if row == self.current else self.paths[row]
-                  for row in rows]
-        self.quick.start(run_scribbles, images,
-                         [self.scribbles[row] for row in rows], self.image,
-                         None, done=self._on_scribble_preview,
-                         description="scribbles", replace=True)
-
-    def _on_scribble_preview(self, result):
-        self.segmenter, mask = result
-        if self.image is not None and mask.shape == self.image.shape[:2]:
-            self.view.set_preview(np.minimum(mask, len(self.class_names) - 1)
-                                  .astype(np.uint8))
-
-    # --- classes and labels -----------------------------------------
-
-    def _palette_names(self) -> List[str]:
-        return self.class_names if self.mode == "masks" else self.label_names
-
-    def _colours(self) -> np.ndarray:
-        return class_colours(len(self._palette_names()) + 1) \
-            if self.mode == "labels" else class_colours(len(self.class_names))
-
-    def _class_index(self) -> int:
-        if self.current_class in self.class_names:
-            return self.class_names.index(self.current_class)
-        return min(1, len(self.class_names) - 1)
-
-    def _show_palette(self):
-        names = self._palette_names()
-        colours = self._colours()
-        if self.mode == "labels":
-            colours = colours[1:]
-        self.palette_list.blockSignals(True)
-        self.palette_list.clear()
-        for index, name in enumerate(names):
-            key = index if self.mode == "masks" else index + 1
-            pixmap = QPixmap(12, 12)
-            pixmap.fill(QColor(*colours[index]) if index or
-                        self.mode == "labels" else QColor("white"))
-            item = QListWidgetItem(QIcon(pixmap), name)
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
-            item.setToolTip(f"key {key}" if key <= 9 else "")
-            self.palette_list.addItem(item)
-        if self.mode == "masks" and names:
-            self.palette_list.setCurrentRow(self._class_index())
-        self.palette_list.blockSignals(False)
-        # the mask's background is not drawn; its scribbles are, in white
-        # (class_colours gives it black, which dark images hide)
-        self.view.set_palette([BACKGROUND_SCRIBBLES] + [
-            tuple(int(v) for v in colour)
-            for colour in class_colours(len(self.class_names))[1:]])
-        self.view.set_current_class(self._class_index())
-        self.label_button.setEnabled(self.mode == "labels")
-        self.palette_box.setTitle("Mask classes" if self.mode == "masks"
-                                  else "Image labels")
-        self.tools_box.setEnabled(self.mode == "masks")
-
-    def select_class(self, index: int):
-        """Paint mask class `index` from now on."""
-        if 0 <= index < len(self.class_names):
-            self.current_class = self.class_names[index]
-            self.palette_list.setCurrentRow(index)
-            self.view.set_current_class(index)
-
-    def _on_palette_row(self, row: int):
-        if self.mode == "masks" and row >= 0:
-            self.select_class(row)
-
-    def add_class(self, name: str) -> None:
-        """A new mask class (masks mode) or image label (labels mode)."""
-        name = name.strip()
-        if not name or name in self._palette_names():
-            return
-        if self.mode == "labels":
-            self.label_names = self.label_names + [name]
-        else:
-            self.class_names = self.class_names + [name]
-            store = self._open_store(create=bool(self._store_path()))
-            if store is not None:
-                self._save(self._sync_classes, store)
-        self._show_palette()
-
-    def rename(self, old: str, new: str) -> None:
-        """Rename a mask class or an image label."""
-        new = new.strip()
-        names = self._palette_names()
-        if not new or new == old or new in names or old not in names:
-            self._show_palette()
-            return
-        store = self._open_store(create=bool(self._store_path()))
-        if self.mode == "masks":
-            if store is not None and old in store.classes and \
-                    not self._save(store.rename_class, old, new):
-                self._show_palette()
-                return
-            self.class_names = [new if n == old else n
-                                for n in self.class_names]
-            if self.current_class == old:
-                self.current_class = new
-        else:
-            if store is not None and \
-                    not self._save(store.rename_label, old, new):
-                self._show_palette()
-                return
-            self.pending_labels = {row: new if label == old else label
-                                   for row, label
-                                   in self.pending_labels.items()}
-            self.label_names = [new if n == old else n
-                                for n in self.label_names]
-        self._show_palette()
-        self._show_info()
-        self.commit.deferred()
-
-    def _on_add_clicked(self):
-        names = self._palette_names()
-        stem = "class" if self.mode == "masks" else "label"
-        number = len(names) + (0 if self.mode == "masks" else 1)
-        while f"{stem} {number}" in names:
-            number += 1
-        self.add_class(f"{stem} {number}")
-        self.palette_list.setCurrentRow(self.palette_list.count() - 1)
-        self.palette_list.editItem(self.palette_list.currentItem())
-
-    def _on_palette_renamed(self, item: QListWidgetItem):
-        index = self.palette_list.row(item)
-        names = self._palette_names()
-        if 0 <= index < len(names):
-            self.rename(names[index], item.text())
-
-    def _on_label_clicked(self):
-        row = self.palette_list.currentRow()
-        if 0 <= row < len(self.label_names):
-            self.set_label(self.label_names[row])
+    # --- mode ------------------------------------------------------------
 
     def set_mode(self, mode: str):
         """``"masks"`` (paint masks) or ``"labels"`` (label images)."""
@@ -1033,38 +496,14 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
 
     def _refresh_marks(self):
         if not self.paths:
-            self.strip.set_colors(None)
+            self.strip.set_marks(None)
             return
-        marks = np.where(self.labelled_rows(), LABELLED, UNLABELLED)
-        marks[[row for row in self.suggested if marks[row] == UNLABELLED]] \
-            = SUGGESTED
-        self._marks = marks
+        marks = state.status_marks(self.labelled_rows(), self.suggested)
         if self.mode == "masks":
-            self.strip.set_colors(marks, MARK_COLOURS)
-            return
-        # labels mode: a labelled image's frame has its label's colour
-        colours = list(MARK_COLOURS) + [
-            QColor(*map(int, colour)) for colour in self._colours()[1:]]
-        frames = marks.copy()
-        for row in np.flatnonzero(marks == LABELLED):
-            label = self._label_of(row)
-            if label in self.label_names:
-                frames[row] = len(MARK_COLOURS) + self.label_names.index(label)
-        self.strip.set_colors(frames, colours)
-
-    def _caption(self, row: int) -> str:
-        mark = self._marks
-        sign = {LABELLED: "✓ ", SUGGESTED: "★ "}.get(
-            None if mark is None or row >= len(mark) else int(mark[row]), "")
-        return sign + self._name(row)
-
-    def _tooltip(self, row: int) -> str:
-        mark = self._marks
-        status = ("unlabelled", "labelled", "suggested")[
-            int(mark[row])] if mark is not None and row < len(mark) else ""
-        label = self._label_of(row) if status == "labelled" \
-            and self.mode == "labels" else None
-        return f"{self._name(row)} ({label or status})"
+            self.strip.set_marks(marks)
+        else:  # a labelled image's frame has its label's colour
+            self.strip.set_marks(marks, self.label_names, [
+                QColor(*map(int, colour)) for colour in self._colours()[1:]])
 
     def _on_strip_clicked(self, rows, _mode):
         if rows:
@@ -1076,9 +515,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
         if not waiting:
             self.suggest()
             return
-        position = waiting.index(self.current) + 1 \
-            if self.current in waiting else 0
-        self.show_image(waiting[position % len(waiting)])
+        self.show_image(state.next_suggested(waiting, self.current))
 
     def _given_embeddings(self) -> Optional[np.ndarray]:
         self.Warning.no_embedding.clear()
@@ -1170,8 +607,7 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
 
     def _waiting_suggestions(self) -> List[int]:
         """The suggested rows that are not labelled yet."""
-        labelled = self.labelled_rows()
-        return [row for row in self.suggested if not labelled[row]]
+        return state.waiting_suggestions(self.suggested, self.labelled_rows())
 
     # --- keys ------------------------------------------------------------
 
@@ -1197,11 +633,8 @@ class OWAnnotateImages(OWWidget, TaskButtonsMixin):
             self.next_suggested()
         elif plain and key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
             self.accept()
-        elif plain and self.mode == "masks" and event.text().upper() in {
-                info[1] for info in TOOL_INFO.values()}:
-            letter = event.text().upper()
-            self.set_tool(next(name for name, info in TOOL_INFO.items()
-                               if info[1] == letter))
+        elif plain and self.mode == "masks" and tool_for_key(event.text()):
+            self.set_tool(tool_for_key(event.text()))
         else:
             super().keyPressEvent(event)
 
